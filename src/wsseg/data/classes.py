@@ -1,0 +1,89 @@
+"""Class lists. Index 0 is always background; foreground classes are 1..C in masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsseg.errors import DataError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+BACKGROUND = "background"
+VOID = 255
+# 255 marks void pixels, so at most 254 foreground classes fit in an 8-bit mask.
+MAX_CLASSES = 254
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """The foreground classes of a dataset, in label order (mask value = position + 1)."""
+
+    foreground: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.foreground:
+            raise ValueError("a class list needs at least one foreground class")
+        if len(self.foreground) > MAX_CLASSES:
+            raise ValueError(f"at most {MAX_CLASSES} foreground classes fit in 8-bit masks")
+        if len(set(self.foreground)) != len(self.foreground):
+            raise ValueError("class names must be unique")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes C (the classifier's outputs)."""
+        return len(self.foreground)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All C + 1 names, background first, indexed like mask values."""
+        return (BACKGROUND, *self.foreground)
+
+    def label_of(self, name: str) -> int | None:
+        """Mask value (1..C) of a foreground class name, or None when unknown."""
+        try:
+            return self.foreground.index(name) + 1
+        except ValueError:
+            return None
+
+
+VOC_CLASS_LIST = ClassList(VOC_CLASSES)
+
+
+def read_class_file(path: str | Path) -> ClassList:
+    """Read ``classes.txt``: one foreground class per line; a leading 'background' line is allowed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read class list ({exc.__class__.__name__}: {exc})") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if names and names[0].lower() in (BACKGROUND, "__background__"):
+        names = names[1:]
+    if not names:
+        raise DataError(path, "class list is empty")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(path, f"class {name!r} is listed twice")
+        if name.lower() == BACKGROUND:
+            raise DataError(path, "'background' may only be the first line (it is always index 0)")
+        seen.add(name)
+    if len(names) > MAX_CLASSES:
+        raise DataError(path, f"{len(names)} classes; at most {MAX_CLASSES} fit in 8-bit masks")
+    return ClassList(tuple(names))
+
+
+def load_class_list(root: str | Path) -> ClassList:
+    """``ROOT/classes.txt`` when present, else the 20 PASCAL VOC classes."""
+    path = Path(root) / "classes.txt"
+    return read_class_file(path) if path.exists() else VOC_CLASS_LIST
+
+
+def write_class_file(path: str | Path, classes: ClassList) -> None:
+    from wsseg.io import write_text_atomic
+
+    write_text_atomic(path, "".join(f"{name}\n" for name in classes.foreground))

@@ -1,0 +1,147 @@
+"""Reading images and label PNGs robustly: every failure becomes a DataError naming the file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from wsseg.data.classes import VOID
+from wsseg.errors import DataError
+from wsseg.io import atomic_write
+
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: ``n`` x 3 uint8 (index 255, void, is cream)."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (value & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+_VOC_PALETTE = voc_palette()
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, f"{what} file is missing")
+    if path.stat().st_size == 0:
+        raise DataError(path, f"{what} file is empty (0 bytes)")
+    try:
+        data = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except Image.DecompressionBombWarning as exc:
+        raise DataError(path, f"{what} is too large to decode safely ({exc})") from None
+    except _DECODE_ERRORS as exc:
+        raise DataError(path, f"cannot decode {what} ({exc.__class__.__name__}: {exc})") from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL image as an H x W x 3 uint8 RGB array (grey, alpha, CMYK, 16-bit, palette)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        grey = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB, converting any colour mode."""
+    path = Path(path)
+    image = _open(path, "image")
+    if image.width < 1 or image.height < 1:
+        raise DataError(path, "image has no pixels")
+    try:
+        return to_rgb(image)
+    except _DECODE_ERRORS as exc:
+        raise DataError(path, f"cannot convert image to RGB ({exc})") from None
+
+
+def read_label_png(path: str | Path, num_classes: int, what: str = "mask") -> np.ndarray:
+    """Read a label map (palette or 8-bit index PNG; RGB in VOC colours) as H x W uint8.
+
+    Values must be 0 (background), 1..num_classes, or 255 (void).
+    """
+    path = Path(path)
+    image = _open(path, what)
+    if image.mode in ("P", "L"):
+        labels = np.asarray(image, dtype=np.uint8)
+    elif image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        values = np.asarray(image)
+        if values.max(initial=0) > 255 or values.min(initial=0) < 0:
+            raise DataError(path, f"{what} values must fit in 0..255 (found {values.min()}..{values.max()})")
+        labels = values.astype(np.uint8)
+    elif image.mode in ("RGB", "RGBA"):
+        labels = _colours_to_labels(path, np.asarray(image.convert("RGB")), num_classes, what)
+    else:
+        raise DataError(path, f"{what} must be a palette or 8-bit index PNG, not mode {image.mode}")
+    bad = (labels > num_classes) & (labels != VOID)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(labels[bad]))[:5]
+        raise DataError(path, f"{what} has values {values} outside 0..{num_classes} and {VOID} (void)")
+    return np.ascontiguousarray(labels)
+
+
+def _colours_to_labels(path: Path, rgb: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+    """Map an RGB colour mask back to indices through the VOC palette."""
+    allowed = list(range(num_classes + 1)) + [VOID]
+    codes = {int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]): index for index, c in
+             ((i, _VOC_PALETTE[i]) for i in allowed)}
+    packed = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
+    uniques, inverse = np.unique(packed, return_inverse=True)
+    lookup = np.empty(len(uniques), dtype=np.uint8)
+    for position, code in enumerate(uniques):
+        if int(code) not in codes:
+            colour = ((code >> 16) & 255, (code >> 8) & 255, code & 255)
+            raise DataError(path, f"RGB {what} has colour {colour}, which is not a VOC palette class colour")
+        lookup[position] = codes[int(code)]
+    return lookup[inverse].reshape(packed.shape)
+
+
+def write_label_png(path: str | Path, labels: np.ndarray) -> None:
+    """Write a label map as a VOC palette PNG, atomically."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    image.putpalette(_VOC_PALETTE.tobytes())
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG", optimize=False)
+
+
+def write_image(path: str | Path, rgb: np.ndarray, quality: int = 90) -> None:
+    """Write an RGB array as JPEG or PNG (by suffix), atomically."""
+    path = Path(path)
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    if image.mode != "RGB":
+        raise ValueError(f"expected an H x W x 3 array, got shape {np.shape(rgb)}")
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    with atomic_write(path) as handle:
+        if fmt == "JPEG":
+            image.save(handle, format=fmt, quality=quality)
+        else:
+            image.save(handle, format=fmt)

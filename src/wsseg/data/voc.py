@@ -1,0 +1,193 @@
+"""PASCAL VOC-layout datasets, read lazily so that a 10,582-id split opens instantly.
+
+Layout (ROOT):
+    ImageSets/Segmentation/<split>.txt   one image id per line (ids are strings)
+    JPEGImages/<id>.jpg (or .png)
+    SegmentationClass/<id>.png           or another mask folder (``masks=``)
+    Annotations/<id>.xml                 <object><name> give the image-level labels
+    classes.txt                          optional; else the 20 VOC classes
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.data.classes import VOID, ClassList, load_class_list
+from wsseg.data.images import read_image, read_label_png
+from wsseg.errors import DataError, WssegError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with what is known about it."""
+
+    id: str
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    labels: tuple[int, ...]  # present foreground classes as mask values 1..C, sorted
+    mask: np.ndarray | None  # H x W uint8: 0 background, 1..C classes, 255 void; None if absent
+
+
+def check_id(image_id: str, where: str) -> str:
+    """Refuse ids that could escape the dataset root (separators, '..', absolute paths)."""
+    if not image_id or image_id in (".", "..") or ".." in image_id:
+        raise DataError(where, f"image id {image_id!r} is not allowed ('..' or empty)")
+    if "/" in image_id or "\\" in image_id or os.sep in image_id or "\x00" in image_id:
+        raise DataError(where, f"image id {image_id!r} contains a path separator")
+    return image_id
+
+
+def read_split_file(path: str | Path) -> list[str]:
+    """Ids listed in a split file, one per line (blank lines skipped), as strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise WssegError(f"{path}: split file is missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WssegError(f"{path}: cannot read split file ({exc})") from None
+    ids = []
+    for line in text.splitlines():
+        # VOC's ImageSets/Main files carry a second column (1/-1); the id is the first field.
+        fields = line.split()
+        if fields:
+            ids.append(check_id(fields[0], str(path)))
+    if len(set(ids)) != len(ids):
+        raise WssegError(f"{path}: split file lists some ids twice")
+    return ids
+
+
+class VOCDataset(Sequence[Sample]):
+    """A split of a VOC-layout dataset. Nothing is read until an item is asked for."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        masks: str | None = "SegmentationClass",
+        classes: ClassList | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise WssegError(f"{self.root}: dataset root is not a directory")
+        self._real_root = os.path.realpath(self.root)
+        self.split = split
+        self.mask_dir = masks
+        self.classes = classes if classes is not None else load_class_list(self.root)
+        if ids is None:
+            check_id(split, "--split")
+            ids = read_split_file(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
+        self.ids: list[str] = [check_id(i, "ids") for i in ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        return self.load(self.ids[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for image_id in self.ids:
+            yield self.load(image_id)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes
+
+    # -- paths -------------------------------------------------------------------------------
+    def _inside(self, path: Path) -> Path:
+        """Refuse files whose real location (after symlinks) is outside the dataset root."""
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:
+            raise DataError(path, "leads outside the dataset root (symlink?); refused")
+        return path
+
+    def image_path(self, image_id: str) -> Path:
+        folder = self.root / "JPEGImages"
+        for suffix in IMAGE_SUFFIXES:
+            candidate = folder / f"{image_id}{suffix}"
+            if candidate.exists():
+                return self._inside(candidate)
+        raise DataError(folder / f"{image_id}.jpg", "image file is missing (tried .jpg and .png)")
+
+    def mask_path(self, image_id: str) -> Path | None:
+        if self.mask_dir is None:
+            return None
+        path = self.root / self.mask_dir / f"{image_id}.png"
+        return self._inside(path) if path.exists() else None
+
+    def annotation_path(self, image_id: str) -> Path | None:
+        path = self.root / "Annotations" / f"{image_id}.xml"
+        return self._inside(path) if path.exists() else None
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_image(self, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(image_id))
+
+    def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
+        path = self.mask_path(image_id)
+        if path is None:
+            if required:
+                folder = self.root / (self.mask_dir or "SegmentationClass")
+                raise DataError(folder / f"{image_id}.png", "ground-truth mask is missing")
+            return None
+        return read_label_png(path, self.num_classes)
+
+    def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
+        """Image-level labels from the XML annotation, else from the classes in the mask."""
+        xml_path = self.annotation_path(image_id)
+        if xml_path is not None:
+            return read_annotation_labels(xml_path, self.classes)
+        if mask is None:
+            mask = self.load_mask(image_id, required=False)
+        if mask is None:
+            raise DataError(self.root / "Annotations" / f"{image_id}.xml",
+                            "no image-level labels: neither an annotation nor a mask exists")
+        return labels_from_mask(mask)
+
+    def load(self, image_id: str) -> Sample:
+        image = self.load_image(image_id)
+        mask = self.load_mask(image_id, required=False)
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DataError(self.mask_path(image_id), f"mask is {mask.shape[1]}x{mask.shape[0]} but the image "
+                            f"is {image.shape[1]}x{image.shape[0]}")
+        return Sample(image_id, image, self.load_labels(image_id, mask), mask)
+
+
+def labels_from_mask(mask: np.ndarray) -> tuple[int, ...]:
+    values = np.unique(mask)
+    return tuple(int(v) for v in values if v != 0 and v != VOID)
+
+
+def read_annotation_labels(path: str | Path, classes: ClassList) -> tuple[int, ...]:
+    """Mask values of the classes named by ``<object><name>`` in a VOC XML annotation."""
+    path = Path(path)
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(path, f"cannot parse annotation XML ({exc})") from None
+    labels = set()
+    for name_node in tree.getroot().iter("object"):
+        name = (name_node.findtext("name") or "").strip()
+        if not name:
+            raise DataError(path, "an <object> has no <name>")
+        label = classes.label_of(name)
+        if label is None:
+            raise DataError(path, f"unknown class {name!r} (not in the class list)")
+        labels.add(label)
+    return tuple(sorted(labels))
+
+
+def labels_to_vector(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """Multi-hot float32 vector over the C foreground classes (classifier output order)."""
+    vector = np.zeros(num_classes, dtype=np.float32)
+    for label in labels:
+        vector[label - 1] = 1.0
+    return vector

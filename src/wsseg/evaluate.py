@@ -1,0 +1,155 @@
+"""PASCAL VOC segmentation scoring: a streaming confusion matrix, per-class IoU and mIoU.
+
+Conventions (as psa/IRN and the VOC devkit): pixels whose ground truth is 255 (void) are
+ignored; IoU = diag / (row + col - diag); mIoU is the mean over background and every class,
+leaving out a class absent from both ground truth and prediction (its IoU is None).
+A predicted 255 counts as background (IRN's convention for 'uncertain' pseudo-label pixels).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.data.classes import VOID, ClassList
+from wsseg.data.images import read_label_png
+from wsseg.data.voc import VOCDataset
+from wsseg.errors import DataError, WssegError
+from wsseg.io import write_json_atomic
+
+
+class ConfusionMatrix:
+    """Accumulates a (C+1) x (C+1) matrix; rows are ground truth, columns predictions."""
+
+    def __init__(self, num_labels: int) -> None:
+        if num_labels < 2:
+            raise ValueError("need at least two labels (background and one class)")
+        self.num_labels = num_labels
+        self.matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+
+    def update(self, prediction: np.ndarray, truth: np.ndarray) -> None:
+        """Add one image (or any batch of pixels) to the matrix."""
+        prediction = np.asarray(prediction)
+        truth = np.asarray(truth)
+        if prediction.shape != truth.shape:
+            raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
+        valid = truth != VOID
+        gt = truth[valid].astype(np.int64)
+        pred = prediction[valid].astype(np.int64)
+        pred[pred == VOID] = 0
+        n = self.num_labels
+        if gt.size and (gt.max() >= n or gt.min() < 0):
+            raise ValueError(f"ground truth has labels outside 0..{n - 1} and {VOID}")
+        if pred.size and (pred.max() >= n or pred.min() < 0):
+            raise ValueError(f"prediction has labels outside 0..{n - 1} and {VOID}")
+        self.matrix += np.bincount(gt * n + pred, minlength=n * n).reshape(n, n)
+
+    def merge(self, other: ConfusionMatrix | np.ndarray) -> None:
+        """Add another matrix (e.g. from another process)."""
+        self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else np.asarray(other, np.int64)
+
+    def iou(self) -> list[float | None]:
+        diag = np.diag(self.matrix).astype(np.float64)
+        union = self.matrix.sum(0) + self.matrix.sum(1) - diag
+        return [None if u == 0 else float(d / u) for d, u in zip(diag, union)]
+
+    def miou(self) -> float | None:
+        present = [value for value in self.iou() if value is not None]
+        return float(np.mean(present)) if present else None
+
+    def pixel_accuracy(self) -> float | None:
+        total = self.matrix.sum()
+        return float(np.trace(self.matrix) / total) if total else None
+
+
+@dataclass
+class EvaluationResult:
+    class_names: tuple[str, ...]
+    confusion: ConfusionMatrix
+    n_images: int
+    n_skipped: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "miou": self.confusion.miou(),
+            "pixel_accuracy": self.confusion.pixel_accuracy(),
+            "iou": dict(zip(self.class_names, self.confusion.iou())),
+            "n_images": self.n_images,
+            "n_skipped": self.n_skipped,
+            "confusion": self.confusion.matrix.tolist(),
+        }
+
+    def table(self) -> str:
+        """A readable per-class table with the summary lines."""
+        width = max(12, *(len(name) for name in self.class_names))
+        lines = [f"{'class':<{width}}  {'IoU':>7}"]
+        for name, value in zip(self.class_names, self.confusion.iou()):
+            lines.append(f"{name:<{width}}  {'-' if value is None else f'{100 * value:6.2f}%':>7}")
+        miou, accuracy = self.confusion.miou(), self.confusion.pixel_accuracy()
+        lines.append("-" * (width + 9))
+        lines.append(f"{'mIoU':<{width}}  {'-' if miou is None else f'{100 * miou:6.2f}%':>7}")
+        lines.append(f"{'pixel acc.':<{width}}  {'-' if accuracy is None else f'{100 * accuracy:6.2f}%':>7}")
+        lines.append(f"{self.n_images} images scored" + (f", {self.n_skipped} skipped" if self.n_skipped else ""))
+        return "\n".join(lines)
+
+
+def evaluate_arrays(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                    classes: ClassList) -> EvaluationResult:
+    """Score in-memory label maps (values 0..C, 255 void) with the VOC protocol."""
+    confusion = ConfusionMatrix(classes.num_classes + 1)
+    count = 0
+    for prediction, truth in zip(predictions, truths, strict=True):
+        confusion.update(prediction, truth)
+        count += 1
+    return EvaluationResult(classes.names, confusion, count)
+
+
+def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool = False,
+                       progress: bool = True) -> EvaluationResult:
+    """Score ``pred_dir/<id>.png`` against the dataset's masks for every id of its split.
+
+    A missing or mis-sized prediction is an error naming the image; with ``skip_bad`` the
+    image is skipped and counted instead.
+    """
+    from tqdm import tqdm
+
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise WssegError(f"{pred_dir}: prediction directory does not exist")
+    confusion = ConfusionMatrix(dataset.num_classes + 1)
+    scored = skipped = 0
+    for image_id in tqdm(dataset.ids, desc="evaluate", unit="img", disable=not progress):
+        try:
+            truth = dataset.load_mask(image_id)
+            pred_path = pred_dir / f"{image_id}.png"
+            if not pred_path.exists():
+                raise DataError(pred_path, "prediction is missing")
+            prediction = read_label_png(pred_path, dataset.num_classes, what="prediction")
+            if prediction.shape != truth.shape:
+                raise DataError(pred_path, f"prediction is {prediction.shape[1]}x{prediction.shape[0]} but the "
+                                f"ground truth is {truth.shape[1]}x{truth.shape[0]}")
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
+            continue
+        confusion.update(prediction, truth)
+        scored += 1
+    if scored == 0:
+        raise WssegError(f"{pred_dir}: no image could be scored ({skipped} skipped)")
+    return EvaluationResult(dataset.classes.names, confusion, scored, skipped)
+
+
+def save_result(path: str | Path, result: EvaluationResult, extra: dict | None = None) -> None:
+    data = result.to_dict()
+    if extra:
+        data.update(extra)
+    write_json_atomic(path, data)
+
+
+def load_result(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
