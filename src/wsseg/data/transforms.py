@@ -1,0 +1,57 @@
+"""The few image transforms we need, written with numpy and Pillow (no torchvision).
+
+Images are H x W x 3 uint8 arrays; the model takes float tensors in [0, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+# ImageNet mean colour: padding with it becomes zero after normalisation.
+PAD_COLOUR = (124, 116, 104)
+
+
+def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize (Pillow, with antialiasing when shrinking)."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Scale the longer side to ``size`` and pad to a square; returns the image and its content size."""
+    height, width = rgb.shape[:2]
+    scale = size / max(height, width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = PAD_COLOUR
+    canvas[:new_h, :new_w] = resize(rgb, new_h, new_w)
+    return canvas, (new_h, new_w)
+
+
+def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
+                           scale_range: tuple[float, float] = (0.7, 1.3)) -> np.ndarray:
+    """Training augmentation: random rescale, random size x size crop (padding if needed), h-flip."""
+    height, width = rgb.shape[:2]
+    scale = size / max(height, width) * rng.uniform(*scale_range)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    scaled = resize(rgb, new_h, new_w)
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = PAD_COLOUR
+    # place a crop of the scaled image at a random spot of the canvas (covers both crop and pad)
+    crop_h, crop_w = min(size, new_h), min(size, new_w)
+    top = int(rng.integers(0, new_h - crop_h + 1))
+    left = int(rng.integers(0, new_w - crop_w + 1))
+    at_y = int(rng.integers(0, size - crop_h + 1))
+    at_x = int(rng.integers(0, size - crop_w + 1))
+    canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = scaled[top:top + crop_h, left:left + crop_w]
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1]
+    return np.ascontiguousarray(canvas)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)

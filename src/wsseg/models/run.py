@@ -1,0 +1,120 @@
+"""A training run folder: RUN/config.json (what the model is) and RUN/model.pt (its weights).
+
+Checkpoints hold only tensors and plain values, and are read with torch.load(weights_only=True):
+a checkpoint that carries code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsseg.data.classes import ClassList
+from wsseg.errors import WssegError
+from wsseg.io import atomic_write, write_json_atomic
+from wsseg.models.classifier import FCNClassifier, build_classifier
+
+CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild the classifier and to know what it was trained for."""
+
+    classes: list[str]
+    backbone: str = "efficientnet-lite0"
+    pooling: str = "gmp"
+    lse_r: float = 5.0
+    image_size: int = 224
+    output_stride: int = 16
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    split: str = "train"
+    val_split: str | None = "val"
+    data: str = ""
+    masks: str = "SegmentationClass"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_list(self) -> ClassList:
+        return ClassList(tuple(self.classes))
+
+    def save(self, run: str | Path) -> None:
+        write_json_atomic(Path(run) / "config.json", asdict(self))
+
+    @classmethod
+    def load(cls, run: str | Path) -> RunConfig:
+        path = Path(run) / "config.json"
+        if not path.is_file():
+            raise WssegError(f"{path}: run config is missing (is {run} a training run folder?)")
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
+            raise WssegError(f"{path}: unreadable run config ({exc})") from None
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, epoch: int,
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write weights (and optimiser state, for --resume) atomically."""
+    state: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "epoch": epoch,
+                             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise WssegError(f"{path}: checkpoint is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = (str(exc).strip().splitlines() or ["unsafe content"])[0]
+        raise WssegError(f"{path}: checkpoint carries code or non-tensor objects; refused "
+                         f"(weights_only load: {first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WssegError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
+        raise WssegError(f"{path}: not a wsseg checkpoint")
+    return state
+
+
+def build_from_config(config: RunConfig) -> FCNClassifier:
+    """The classifier architecture of a run, without loading any pretrained weights."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no 'randomly initialised' warning: weights come next
+        return build_classifier(len(config.classes), backbone=config.backbone, pooling=config.pooling,
+                                pretrained=False, output_stride=config.output_stride, lse_r=config.lse_r)
+
+
+def load_run(run: str | Path, map_location: str | torch.device = "cpu") -> tuple[FCNClassifier, RunConfig]:
+    """Rebuild a trained classifier from its run folder, in eval mode."""
+    config = RunConfig.load(run)
+    model = build_from_config(config)
+    state = read_checkpoint(Path(run) / "model.pt")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise WssegError(f"{Path(run) / 'model.pt'}: weights do not fit the {config.backbone} classifier with "
+                         f"{len(config.classes)} classes described in config.json ({str(exc).splitlines()[0]})") from None
+    return model.to(map_location).eval(), config
+
+
+def check_same_classes(config: RunConfig, classes: ClassList, run: str | Path, data: str | Path) -> None:
+    """Refuse to apply a model to a dataset with another class list (labels would be shuffled)."""
+    if tuple(config.classes) != classes.foreground:
+        raise WssegError(f"{run}: the model was trained for classes {config.classes[:4]}... but {data} has "
+                         f"{list(classes.foreground[:4])}...; class lists must match")
