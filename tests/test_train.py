@@ -39,14 +39,16 @@ def test_training_writes_a_loadable_run_and_is_deterministic(bench: Path, tmp_pa
     assert history == json.loads(json.dumps(first))
     model, config = load_run(tmp_path / "a")
     assert config.classes == ["circle", "square", "triangle", "star", "cross", "ring"]
-    assert config.image_size == 64 and config.pooling == "gmp" and config.output_stride == 16
+    assert config.image_size == 64 and config.pooling == "gap" and config.output_stride == 16
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).shape == (2, 6)
 
 
 def test_resume_reaches_the_same_checkpoint(bench: Path, tmp_path: Path) -> None:
     train(TrainOptions(data=str(bench), out=str(tmp_path / "straight"), epochs=2, val_split=None, **TINY))
-    train(TrainOptions(data=str(bench), out=str(tmp_path / "resumed"), epochs=1, val_split=None, **TINY))
+    train(TrainOptions(data=str(bench), out=str(tmp_path / "resumed"), epochs=2, stop_after=1, val_split=None,
+                       **TINY))
+    assert read_checkpoint(tmp_path / "resumed" / "model.pt")["epoch"] == 0
     history = train(TrainOptions(data=str(bench), out=str(tmp_path / "resumed"), epochs=2, val_split=None,
                                  resume=True, **TINY))
     assert [r["epoch"] for r in history] == [1, 2]
@@ -73,7 +75,8 @@ def test_metrics() -> None:
     scores = np.array([[0.9, 0.2], [0.8, 0.7], [0.1, 0.6]])
     targets = np.array([[1, 0], [1, 0], [0, 1]])
     metrics = classification_metrics(scores, targets)
-    assert metrics["map"] == pytest.approx((1.0 + 1.0) / 2)
+    # class 1 ranks a negative (0.7) above its positive (0.6): AP 1/2
+    assert metrics["map"] == pytest.approx((1.0 + 0.5) / 2)
     # class 0: tp 2, predicted 2, true 2 -> 1; class 1: tp 1, predicted 2, true 1 -> 2/3
     assert metrics["f1"] == pytest.approx((1 + 2 / 3) / 2)
 

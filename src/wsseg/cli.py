@@ -62,7 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         backbone=args.backbone, weights=args.weights, random_init=args.random_init, pooling=args.pooling,
         lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        workers=args.workers, resume=args.resume, skip_bad=args.skip_bad, device=args.device,
+        workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad, device=args.device,
         progress=not args.quiet)
     history = train(options)
     if history and "val_map" in history[-1]:
@@ -112,15 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
     train.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
     train.add_argument("--random-init", action="store_true", help="start from random weights (not advised)")
-    train.add_argument("--pooling", default="gmp", choices=["gmp", "gap", "lse"],
-                       help="global pooling of the class score maps (default gmp, the authors')")
+    train.add_argument("--pooling", default="gap", choices=["gmp", "gap", "lse"],
+                       help="global pooling of the class score maps: gap (default, trains fastest), gmp "
+                            "(global max, the authors'), lse")
     train.add_argument("--lse-r", type=float, default=5.0, help="sharpness r of lse pooling (default 5)")
     train.add_argument("--image-size", type=int, default=None,
                        help="training crop side, a multiple of 32 (default: the first image's longer side "
                             "rounded up to 32, at most 512)")
     train.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32],
                        help="class map stride: lower gives finer maps, costs time (default 16)")
-    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--epochs", type=int, default=10)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--lr", type=float, default=1e-3, help="backbone learning rate; the head gets 10x")
     train.add_argument("--weight-decay", type=float, default=1e-4)
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in-process)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    train.add_argument("--stop-after", type=int, metavar="EPOCH",
+                       help="stop after this epoch (for time-limited jobs; continue later with --resume)")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")

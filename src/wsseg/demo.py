@@ -1,11 +1,13 @@
 """``wsseg demo``: the whole chain on the synthetic benchmark, as far as it is built.
 
 Steps, each skipped when its output already exists so a rerun resumes:
-synthesise the benchmark -> write each method's val segmentations -> evaluate -> results table.
+synthesise the benchmark -> train the classifier -> segment val with each method -> evaluate
+-> results table.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,9 +17,11 @@ from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import evaluate_directory, save_result
+from wsseg.train import TrainOptions, train
 
 QUICK = SynthConfig(train=60, val=20, size=96)
 FULL = SynthConfig()
+QUICK_EPOCHS = 3
 
 
 def _background_baseline(dataset: VOCDataset, out: Path) -> float:
@@ -34,19 +38,27 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     config = QUICK if quick else FULL
     data_root = out / "data"
     if not (data_root / "synth.json").exists():
-        print(f"[demo] synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
+        print(f"[demo] 1/3 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
         write_synthetic_dataset(data_root, config, progress=progress)
+    run = out / "run"
+    options = TrainOptions(data=str(data_root), out=str(run), resume=True, progress=progress,
+                           **({"epochs": QUICK_EPOCHS} if quick else {}))
+    print(f"[demo] 2/3 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
+    history = train(options)
     val = VOCDataset(data_root, "val")
     results: dict[str, dict] = {}
     methods = {"background-only": _background_baseline}
     for name, method in methods.items():
         pred_dir = out / "predictions" / name
-        print(f"[demo] segmenting val with {name}")
+        print(f"[demo] 3/3 segmenting val with {name}")
         seconds = method(val, pred_dir)
         result = evaluate_directory(pred_dir, val, progress=progress)
         save_result(out / "scores" / f"{name}.json", result, {"seconds_per_image": seconds})
         results[name] = {"miou": result.confusion.miou(), "seconds_per_image": seconds}
+    last = history[-1] if history else json.loads((run / "history.json").read_text())[-1]
     print()
+    print(f"classifier: val mAP {last.get('val_map', float('nan')):.3f}, F1 {last.get('val_f1', float('nan')):.3f} "
+          f"after {last['epoch']} epochs ({last['elapsed']:.0f} s)")
     print(f"{'method':<20} {'val mIoU':>9} {'s/img':>8}")
     for name, row in results.items():
         print(f"{name:<20} {100 * row['miou']:8.2f}% {row['seconds_per_image']:8.4f}")

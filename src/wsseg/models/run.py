@@ -33,7 +33,7 @@ class RunConfig:
     lse_r: float = 5.0
     image_size: int = 224
     output_stride: int = 16
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
