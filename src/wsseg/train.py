@@ -179,6 +179,10 @@ def _check_options(options: TrainOptions) -> None:
         raise WssegError("--lr must be positive")
 
 
+_RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
+                      "batch_size", "lr", "weight_decay", "seed")
+
+
 def auto_image_size(dataset: VOCDataset, cap: int = 512) -> int:
     """The first image's longer side rounded up to a multiple of 32, at most ``cap``
     (128 for the synthetic benchmark, 512 for PASCAL VOC's ~500 px images, as IRN crops)."""
@@ -217,8 +221,10 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
     resume_state = None
     if options.resume and (out / "model.pt").exists():
         previous = RunConfig.load(out)
-        if previous.classes != config.classes or previous.backbone != config.backbone:
-            raise WssegError(f"{out}: cannot resume: the run was for another class list or backbone")
+        changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
+        if changed:
+            raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
+                             "differ); use another --out for a new run")
         resume_state = read_checkpoint(out / "model.pt")
         start_epoch = int(resume_state["epoch"]) + 1
         history_path = out / "history.json"

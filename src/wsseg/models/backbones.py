@@ -123,17 +123,19 @@ def _set_output_stride(backbone: EfficientNetLite0, output_stride: int) -> None:
     for block in backbone.blocks:
         conv = block._depthwise_conv
         step = conv.stride[0]
+        block_dilation = dilation
         if step > 1 and stride * step > output_stride:
+            # as torchvision's replace_stride_with_dilation: the block that loses its stride keeps
+            # the previous dilation, the blocks after it dilate (dilating it too causes gridding)
             dilation *= step
             step = 1
         else:
             stride *= step
-        if dilation > 1 or conv.stride[0] != step:
+        if block_dilation > 1 or conv.stride[0] != step:
             kernel = conv.kernel_size[0]
             conv.stride = (step, step)
-            conv.dilation = (dilation, dilation)
-            if step == 1:
-                conv.static_padding = nn.ZeroPad2d(dilation * (kernel - 1) // 2)
+            conv.dilation = (block_dilation, block_dilation)
+            conv.static_padding = nn.ZeroPad2d(block_dilation * (kernel - 1) // 2)
 
 
 class VGG16(nn.Module):

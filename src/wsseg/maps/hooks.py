@@ -1,0 +1,126 @@
+"""Hook machinery that always cleans up: eval mode, guided ReLUs, captured layer outputs.
+
+Each helper is a context manager; leaving it (normally or by an exception) removes every hook,
+restores every patched module and the model's train/eval mode and requires_grad flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from wsseg.errors import WssegError
+
+GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+class _GuidedClamp(torch.autograd.Function):
+    """clamp(x, 0, upper) whose backward is guided: grad * (x > 0) * (grad > 0)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp(min=0) if upper is None else x.clamp(0, upper)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * ((x > 0) & (grad > 0)).to(grad.dtype), None
+
+
+def guided_activation(x: torch.Tensor, upper: float | None = None) -> torch.Tensor:
+    return _GuidedClamp.apply(x, upper)
+
+
+@contextlib.contextmanager
+def inference_state(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients while maps are computed; both restored afterwards.
+
+    No parameter gradients means backward passes stop at the deepest layer asked for and
+    nothing is left in ``.grad``.
+    """
+    modes = {module: module.training for module in model.modules()}
+    flags = {param: param.requires_grad for param in model.parameters()}
+    try:
+        model.eval()
+        for param in flags:
+            param.requires_grad_(False)
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for param, flag in flags.items():
+            param.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def guided_relus(model: nn.Module) -> Iterator[int]:
+    """Make every nn.ReLU / nn.ReLU6 module back-propagate with the guided rule.
+
+    The module's forward is replaced per instance (not per call), so a module used several
+    times in one forward and in-place ReLUs are both handled: each call gets its own autograd
+    node, and nothing is computed in place. Yields how many modules were patched.
+    """
+    patched: list[nn.Module] = []
+    try:
+        for module in model.modules():
+            if isinstance(module, GUIDED_ACTIVATIONS):
+                upper = 6.0 if isinstance(module, nn.ReLU6) else None
+                module.forward = (lambda x, _upper=upper: guided_activation(x, _upper))  # type: ignore[method-assign]
+                patched.append(module)
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    missing = [name for name in names if name not in modules]
+    if missing:
+        sample = ", ".join(list(modules)[1:8])
+        raise WssegError(f"unknown layer(s) {missing} in {type(model).__name__} (layers look like: {sample}, ...)")
+    return {name: modules[name] for name in names}
+
+
+class CapturedOutputs:
+    """The output tensors of named modules during one forward pass."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.outputs[name]
+
+
+@contextlib.contextmanager
+def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[CapturedOutputs]:
+    """Record the outputs of the named modules (as graph tensors, for autograd.grad)."""
+    captured = CapturedOutputs()
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise WssegError(f"layer {name!r} does not output a single tensor")
+            captured.calls[name] = captured.calls.get(name, 0) + 1
+            if captured.calls[name] > 1:
+                raise WssegError(f"layer {name!r} runs more than once per forward; pick a layer that runs once")
+            # a clone, so that a later in-place operation cannot change what we differentiate against
+            output = output.clone()
+            captured.outputs[name] = output
+            return output
+
+        return hook
+
+    try:
+        for name, module in resolve_layers(model, names).items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
