@@ -70,6 +70,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive")
+    return scales
+
+
+def _cmd_maps(args: argparse.Namespace) -> int:
+    from wsseg.data.voc import VOCDataset
+    from wsseg.distributed import pick_device
+    from wsseg.maps.export import compute_split_maps
+    from wsseg.models.run import check_same_classes, load_run
+
+    model, config = load_run(args.run)
+    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    check_same_classes(config, dataset.classes, args.run, args.data)
+    counts = compute_split_maps(model, dataset, args.method, args.out, labels=args.labels, scales=args.scales,
+                                batch_size=args.batch_size, threshold=args.threshold, skip_bad=args.skip_bad,
+                                progress=not args.quiet, device=pick_device(args.device))
+    print(f"[maps] {counts['written']} written, {counts['already_done']} already done, "
+          f"{counts['skipped_bad']} bad images skipped -> {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsseg.demo import run_demo
 
@@ -132,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after", type=int, metavar="EPOCH",
                        help="stop after this epoch (for time-limited jobs; continue later with --resume)")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+
+    maps = command("maps", _cmd_maps, "write class maps (saliency, CAM, ...) for every image of a split")
+    maps.add_argument("--run", required=True, type=Path, help="training run folder")
+    _add_dataset_args(maps)
+    maps.add_argument("--method", default="dcsm", choices=["dcsm", "layers", "guided", "gradient", "cam", "gradcam"])
+    maps.add_argument("--out", required=True, type=Path, help="folder for <id>.npz and <id>.png")
+    maps.add_argument("--labels", default="gt", choices=["gt", "predicted"],
+                      help="classes to explain: the image-level labels (gt) or the classifier's (predicted)")
+    maps.add_argument("--scales", type=_parse_scales, default=None,
+                      help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
+    maps.add_argument("--threshold", type=float, default=0.5, help="score threshold for --labels predicted")
+    maps.add_argument("--batch-size", type=int, default=8)
+    maps.add_argument("--device", default="auto")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")

@@ -244,7 +244,8 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
         model.load_state_dict(resume_state["model"])
         if "optimizer" in resume_state:
             optimizer.load_state_dict(resume_state["optimizer"])
-    model.to(group.device)
+    # channels-last: CPU convolutions (depthwise ones above all) run markedly faster so
+    model.to(group.device, memory_format=torch.channels_last)
     net: torch.nn.Module = model
     if group.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -284,7 +285,7 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
                 _poly(optimizer, base_lrs, epoch * steps_per_epoch + step, total_steps)
                 if len(inputs) == 0:
                     continue
-                logits = net(inputs.to(group.device))
+                logits = net(inputs.to(group.device).contiguous(memory_format=torch.channels_last))
                 loss = F.binary_cross_entropy_with_logits(logits, targets.to(group.device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

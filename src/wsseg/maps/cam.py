@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsseg.maps.hooks import capture_outputs, inference_state
+from wsseg.maps.hooks import capture_outputs, inference_state, prepare_inputs
 from wsseg.maps.layers import require_fcn
 from wsseg.maps.targets import make_targets
 
@@ -31,8 +31,9 @@ def cam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[
     total = None
     with inference_state(model), torch.no_grad():
         for scale in scales:
-            inputs = images if scale == 1.0 else F.interpolate(
-                images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            inputs = prepare_inputs(images if scale == 1.0 else F.interpolate(
+                images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False),
+                requires_grad=False)
             views = [inputs, inputs.flip(-1)] if flip else [inputs]
             for view_index, view in enumerate(views):
                 cams = F.relu(F.conv2d(model.features(view), model.classifier.weight))
@@ -50,7 +51,7 @@ def gradcam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[Seque
         require_fcn(model, "gradcam")
         layer = "backbone"
     with inference_state(model):
-        inputs = images.detach().clone().requires_grad_(True)
+        inputs = prepare_inputs(images)
         with capture_outputs(model, [layer]) as captured:
             logits = model(inputs)
         activations = captured[layer]

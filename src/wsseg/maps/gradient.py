@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from wsseg.maps.hooks import guided_relus, inference_state
+from wsseg.maps.hooks import guided_relus, inference_state, prepare_inputs
 from wsseg.maps.targets import make_targets
 
 
@@ -19,7 +19,7 @@ def input_gradient_maps(model: nn.Module, images: torch.Tensor, classes: Sequenc
     Works for any model returning [N, C] logits.
     """
     with inference_state(model), (guided_relus(model) if guided else contextlib.nullcontext()):
-        inputs = images.detach().clone().requires_grad_(True)
+        inputs = prepare_inputs(images)
         logits = model(inputs)
         targets = make_targets(classes, inputs.shape[0], logits.shape[1])
         maps = torch.zeros(inputs.shape[0], targets.slots, *inputs.shape[2:], device=inputs.device)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsseg.errors import WssegError
-from wsseg.maps.hooks import capture_outputs, guided_relus, inference_state
+from wsseg.maps.hooks import capture_outputs, guided_relus, inference_state, prepare_inputs
 from wsseg.maps.targets import make_targets
 
 
@@ -48,7 +48,7 @@ def forward_pass(model: nn.Module, images: torch.Tensor, layer_names: Sequence[s
     if scale != 1.0:
         size = [max(1, round(side * scale)) for side in images.shape[2:]]
         inputs = F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
-    inputs = inputs.clone().requires_grad_(True)  # so a graph is built although parameters are frozen
+    inputs = prepare_inputs(inputs)  # a graph leaf, so a graph is built although parameters are frozen
     with capture_outputs(model, layer_names) as captured:
         score_maps = model.score_maps(inputs)
     return ForwardPass(inputs, score_maps, model.pool(score_maps), dict(captured.outputs))
