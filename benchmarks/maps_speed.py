@@ -3,7 +3,8 @@
 For K = 1, 3, 5 classes per image at 224 px on the default backbone (EfficientNet-Lite0, 20
 classes as in PASCAL VOC, batch of 8): each method runs in its own process so that its peak
 memory can be read. The floor is 1 forward + K backward passes of the same bare model
-(plain ``.backward()``), measured the same way. Usage:
+(plain ``.backward()``), measured the same way; "floor (channels-last)" is the same with the
+memory layout our methods use, to show what the layout alone buys. Usage:
     .venv/bin/python benchmarks/maps_speed.py [--size 224] [--batch 8] [--repeats 3]
 """
 
@@ -51,9 +52,11 @@ def _run(name: str, k: int, size: int, batch: int, repeats: int, queue) -> None:
 def _method(name: str, model, images, classes, k):
     from wsseg.maps import class_maps
 
-    if name == "floor":
+    if name.startswith("floor"):
+        layout = torch.channels_last if "channels-last" in name else torch.contiguous_format
+
         def floor():
-            x = images.clone()
+            x = images.clone().contiguous(memory_format=layout)
             out = model(x)
             for j in range(k):
                 model.zero_grad(set_to_none=True)
@@ -84,7 +87,7 @@ def _method(name: str, model, images, classes, k):
     return lambda: class_maps(model, images, classes, name)
 
 
-METHODS = ["floor", "dcsm (1 scale)", "dcsm (3 scales)", "layers", "guided", "gradient", "cam", "gradcam",
+METHODS = ["floor", "floor (channels-last)", "dcsm (1 scale)", "dcsm (3 scales)", "layers", "guided", "gradient", "cam", "gradcam",
            "captum GuidedBackprop x K", "torchcam GradCAM"]
 
 

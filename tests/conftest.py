@@ -47,3 +47,22 @@ def tiny_voc(tmp_path: Path) -> Path:
         "2007_000032": {"mask": a, "objects": ["cat"]},
         "000123": {"mask": b, "objects": None},
     })
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory) -> Path:
+    """A small synthetic benchmark: 8 train and 4 val images of 64 px."""
+    from wsseg.data import SynthConfig, write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("bench"), SynthConfig(train=8, val=4, size=64),
+                                   progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_bench: Path, tmp_path_factory) -> Path:
+    """A classifier trained for one epoch on the tiny benchmark."""
+    from wsseg.train import TrainOptions, train
+
+    run = tmp_path_factory.mktemp("run")
+    train(TrainOptions(data=str(tiny_bench), out=str(run), epochs=1, image_size=64, batch_size=4, progress=False))
+    return run

@@ -11,7 +11,7 @@ from torch import nn
 
 from wsseg.errors import WssegError
 from wsseg.maps import METHODS, class_maps, dcsm, normalize_maps
-from wsseg.maps.dcsm import distinct_sum_caffe, distinct_sum_matconvnet, finish_matconvnet
+from wsseg.maps.distinct import distinct_sum_caffe, distinct_sum_matconvnet, finish_matconvnet
 from wsseg.models import build_classifier
 
 TINY = 1e-20

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from wsseg.cli import main
-from wsseg.data import SynthConfig, write_synthetic_dataset
 from wsseg.models.run import load_run, read_checkpoint
 from wsseg.train import TrainOptions, classification_metrics, train
 
@@ -19,10 +18,9 @@ import numpy as np
 TINY = dict(image_size=64, batch_size=4, progress=False)
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("bench"), SynthConfig(train=8, val=4, size=64),
-                                   progress=False)
+@pytest.fixture
+def bench(tiny_bench: Path) -> Path:
+    return tiny_bench
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

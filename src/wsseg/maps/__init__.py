@@ -18,7 +18,7 @@ from torch import nn
 
 from wsseg.errors import WssegError
 from wsseg.maps.cam import cam_maps, gradcam_maps
-from wsseg.maps.dcsm import DCSMResult, dcsm, dcsm_maps
+from wsseg.maps.distinct import DCSMResult, dcsm, dcsm_maps
 from wsseg.maps.gradient import gradient_maps, guided_maps
 from wsseg.maps.hooks import capture_outputs, guided_relus, inference_state
 from wsseg.maps.layers import layer_maps

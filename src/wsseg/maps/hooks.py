@@ -18,17 +18,20 @@ GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 
 
 class _GuidedClamp(torch.autograd.Function):
-    """clamp(x, 0, upper) whose backward is guided: grad * (x > 0) * (grad > 0)."""
+    """clamp(x, 0, upper) whose backward is guided: grad * (x > 0) * (grad > 0).
+
+    The (x > 0) mask is made once in forward and reused by every backward pass (one per class).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
+        ctx.save_for_backward((x > 0).to(x.dtype))
         return x.clamp(min=0) if upper is None else x.clamp(0, upper)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0).masked_fill_(x <= 0, 0), None
+        (positive,) = ctx.saved_tensors
+        return grad.clamp(min=0).mul_(positive), None
 
 
 def prepare_inputs(images: torch.Tensor, requires_grad: bool = True) -> torch.Tensor:

@@ -55,10 +55,11 @@ def forward_pass(model: nn.Module, images: torch.Tensor, layer_names: Sequence[s
 
 
 def layer_saliency(pass_: ForwardPass, selector: torch.Tensor, layer_names: Sequence[str],
-                   size: Sequence[int], absolute: bool = True, target: str = "map") -> torch.Tensor:
+                   size: Sequence[int], absolute: bool = True, target: str = "map",
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-layer saliency maps [N, L, H, W] for the classes picked by ``selector`` [N, C].
 
-    One backward pass; it stops at the deepest of the named layers.
+    One backward pass; it stops at the deepest of the named layers. Written into ``out`` when given.
     """
     if target == "map":
         outputs, grad_outputs = pass_.score_maps, selector[:, :, None, None].expand_as(pass_.score_maps)
@@ -68,13 +69,15 @@ def layer_saliency(pass_: ForwardPass, selector: torch.Tensor, layer_names: Sequ
         raise WssegError(f"target must be 'map' or 'logit', not {target!r}")
     tensors = [pass_.layers[name] for name in layer_names]
     grads = torch.autograd.grad(outputs, tensors, grad_outputs.to(outputs), retain_graph=True, allow_unused=True)
-    maps = []
-    for grad, tensor in zip(grads, tensors):
+    if out is None:
+        out = torch.empty(selector.shape[0], len(tensors), *size, device=pass_.inputs.device)
+    for index, (grad, tensor) in enumerate(zip(grads, tensors)):
         if grad is None:
-            grad = torch.zeros_like(tensor)
+            out[:, index] = 0
+            continue
         reduced = grad.abs().amax(dim=1, keepdim=True) if absolute else grad.amax(dim=1, keepdim=True)
-        maps.append(F.interpolate(reduced, size=list(size), mode="bilinear", align_corners=False))
-    return torch.cat(maps, dim=1)
+        out[:, index] = F.interpolate(reduced, size=list(size), mode="bilinear", align_corners=False)[:, 0]
+    return out
 
 
 def layer_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],

@@ -67,15 +67,17 @@ def choose_candidates(targets: Targets, scores: torch.Tensor, minimum: int) -> t
 def distinct_sum_matconvnet(target: torch.Tensor, others: torch.Tensor, sharpness: float = 3.0) -> torch.Tensor:
     """Sum over other classes and layers of the authors' distinct difference maps.
 
-    target: [L, H, W] maps of class t; others: [J, L, H, W] maps of the other candidates.
+    target: [L, H, W] maps of class t; others: [J, L, H, W] maps of the other candidates (t itself
+    may be among them: its difference is zero, and zero-max differences are skipped).
     """
     diff = target.unsqueeze(0) - others  # [J, L, H, W]
     peak = diff.amax(dim=(-2, -1), keepdim=True)
     usable = peak != 0
-    diff = torch.tanh(sharpness * diff / torch.where(usable, peak, torch.ones_like(peak)))
+    diff.div_(torch.where(usable, peak, torch.ones_like(peak))).mul_(sharpness).tanh_()
     keep = (diff.amax(dim=(-2, -1), keepdim=True) > 0) & usable
-    diff = torch.where(diff <= 0, torch.full_like(diff, TINY), diff)
-    return (diff * keep).sum(dim=(0, 1))
+    # D[D <= 0] = 1e-20 (clamping also lifts values in (0, 1e-20), far below float32 resolution of the sums)
+    diff.clamp_(min=TINY).mul_(keep)
+    return diff.sum(dim=(0, 1))
 
 
 def _max_normalize(x: torch.Tensor, prior: float = 3.0) -> torch.Tensor:
@@ -132,19 +134,20 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
         use_scale = detected | ~anywhere  # [N, S, J]
         candidate_targets = Targets(candidates, candidate_valid)
         sums = torch.zeros(batch, targets.slots, *size, device=images.device)
+        combine = distinct_sum_caffe if caffe else distinct_sum_matconvnet
+        saliency = torch.empty(batch, candidates.shape[1], len(names), *size, device=images.device)
         for s, pass_ in enumerate(passes):
-            saliency = torch.stack([
-                layer_saliency(pass_, candidate_targets.one_hot(j, num_classes), names, size, absolute=not caffe)
-                for j in range(candidates.shape[1])], dim=1)  # [N, J, L, H, W]
+            for j in range(candidates.shape[1]):  # one backward pass per candidate
+                layer_saliency(pass_, candidate_targets.one_hot(j, num_classes), names, size,
+                               absolute=not caffe, out=saliency[:, j])
             for n in range(batch):
                 count = int(candidate_valid[n].sum())
                 for k in range(int(targets.valid[n].sum())):
-                    if not caffe and not bool(use_scale[n, s, k]):
-                        continue
-                    others = torch.cat([saliency[n, :k], saliency[n, k + 1:count]])
-                    combine = distinct_sum_caffe if caffe else distinct_sum_matconvnet
-                    sums[n, k] += combine(saliency[n, k], others) if len(others) else saliency[n, k].sum(0)
-            del pass_
+                    if count == 1:  # a one-class classifier: nothing to be distinct from
+                        sums[n, k] += saliency[n, k].sum(0)
+                    elif caffe or bool(use_scale[n, s, k]):
+                        # t against every candidate: t - t is 0 everywhere, which both rules skip
+                        sums[n, k] += combine(saliency[n, k], saliency[n, :count])
         passes.clear()
     if caffe:
         peak = sums.amax(dim=(-2, -1), keepdim=True)
