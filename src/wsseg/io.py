@@ -36,3 +36,27 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:
+    """torch.load with weights_only=True: a file that carries code is refused, never run.
+
+    Every failure becomes a WssegError naming the file.
+    """
+    import pickle
+
+    import torch
+
+    from wsseg.errors import WssegError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WssegError(f"{path}: {what} file is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = (str(exc).strip().splitlines() or ["unsafe content"])[0]
+        raise WssegError(f"{path}: {what} file carries code or objects other than tensors; refused "
+                         f"(weights_only load: {first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WssegError(f"{path}: cannot read {what} file ({exc.__class__.__name__}: {str(exc)[:160]})") from None

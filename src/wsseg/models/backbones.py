@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wsseg.errors import WssegError
+from wsseg.io import safe_torch_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,20 +23,8 @@ OUTPUT_STRIDES = (8, 16, 32)
 
 
 def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """torch.load with weights_only=True: a file that carries code is refused, not run."""
-    import pickle
-
-    path = Path(path)
-    if not path.is_file():
-        raise WssegError(f"{path}: {what} file is missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise WssegError(f"{path}: {what} file carries code or objects other than tensors; refused "
-                         f"(weights_only load: {first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WssegError(f"{path}: cannot read {what} file ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    """A state dict of tensors from a file (also inside a {'state_dict': ...} wrapper)."""
+    state = safe_torch_load(path, what)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

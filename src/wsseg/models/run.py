@@ -7,7 +7,6 @@ a checkpoint that carries code is refused, never executed.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import atomic_write, write_json_atomic
+from wsseg.io import atomic_write, safe_torch_load, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 
 CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
@@ -76,17 +75,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, epoch: int,
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise WssegError(f"{path}: checkpoint is missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or ["unsafe content"])[0]
-        raise WssegError(f"{path}: checkpoint carries code or non-tensor objects; refused "
-                         f"(weights_only load: {first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WssegError(f"{path}: cannot read checkpoint ({exc.__class__.__name__}: {str(exc)[:160]})") from None
+    state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
         raise WssegError(f"{path}: not a wsseg checkpoint")
     return state
