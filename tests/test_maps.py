@@ -165,3 +165,17 @@ def test_normalisation_is_separate() -> None:
     torch.testing.assert_close(normalize_maps(maps), torch.tensor([[[[0.0, 0.5], [0.0, 1.0]]]]))
     torch.testing.assert_close(normalize_maps(maps, "minmax"), torch.tensor([[[[0.2, 0.6], [0.0, 1.0]]]]))
     assert (normalize_maps(torch.zeros(1, 1, 2, 2)) == 0).all()
+
+
+def test_folding_batch_norms_changes_dcsm_only_by_rounding() -> None:
+    torch.manual_seed(3)
+    fcn = build_classifier(4, pretrained=False).eval()
+    for module in fcn.modules():  # non-trivial statistics, so that folding has something to fold
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    images = _images()
+    folded = dcsm(fcn, images, [[0, 1], [2]], scales=(1.0,))
+    exact = dcsm(fcn, images, [[0, 1], [2]], scales=(1.0,), fold_bn=False)
+    torch.testing.assert_close(folded.maps, exact.maps, atol=2e-3, rtol=0)
+    assert all("forward" not in m.__dict__ for m in fcn.modules())

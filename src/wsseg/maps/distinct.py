@@ -23,6 +23,7 @@ N(x) = 3 x / max(x) (0 when max(x) <= 0), summed over layers and scales, then di
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from wsseg.errors import WssegError
-from wsseg.maps.hooks import guided_relus, inference_state
+from wsseg.maps.hooks import folded_batchnorm, guided_relus, inference_state
 from wsseg.maps.layers import forward_pass, layer_saliency, require_fcn
 from wsseg.maps.targets import Targets, make_targets
 
@@ -111,8 +112,11 @@ def finish_matconvnet(sums: torch.Tensor, valid: torch.Tensor, sharpness: float 
 def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],
          scales: Sequence[float] | None = None, layers: Sequence[str] | None = None,
          variant: str = "matconvnet", threshold: float = 0.5, min_candidates: int | None = None,
-         sharpness: float = 3.0) -> DCSMResult:
-    """Distinct class-specific saliency maps of ``classes`` (0-based, per image) for ``images``."""
+         sharpness: float = 3.0, fold_bn: bool = True) -> DCSMResult:
+    """Distinct class-specific saliency maps of ``classes`` (0-based, per image) for ``images``.
+
+    ``fold_bn`` folds batch norms into convolutions while computing (faster; float rounding only).
+    """
     require_fcn(model, "dcsm")
     if variant not in VARIANTS:
         raise WssegError(f"unknown DCSM variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -123,7 +127,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
     minimum = min_candidates if min_candidates is not None else (3 if caffe else 4)
     names = list(layers or model.saliency_layers)
     batch, size = images.shape[0], images.shape[2:]
-    with inference_state(model), guided_relus(model):
+    with inference_state(model), guided_relus(model), \
+            (folded_batchnorm(model) if fold_bn else contextlib.nullcontext()):
         passes = [forward_pass(model, images, names, scale) for scale in scales]
         scores = torch.stack([torch.sigmoid(p.logits.detach()) for p in passes], dim=1)  # [N, S, C]
         num_classes = scores.shape[2]

@@ -81,6 +81,15 @@ class EfficientNetLite0(nn.Module):
         # Stage ends at strides 8, 16 and 32 (before any dilation): the analogue of VGG's conv3..conv5.
         self.saliency_layers = ["blocks.4", "blocks.7", "blocks.10", "blocks.14", "blocks.15"]
 
+    def conv_bn_pairs(self) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
+        """Each convolution with the batch norm that directly follows it (for folding)."""
+        pairs = [(self.stem[0], self.stem[1]), (self.head[0], self.head[1])]
+        for block in self.blocks:
+            if hasattr(block, "_expand_conv"):
+                pairs.append((block._expand_conv, block._bn0))
+            pairs += [(block._depthwise_conv, block._bn1), (block._project_conv, block._bn2)]
+        return pairs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for index, block in enumerate(self.blocks):

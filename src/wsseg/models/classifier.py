@@ -74,6 +74,10 @@ class FCNClassifier(nn.Module):
         """The module whose output is the class score maps."""
         return "classifier"
 
+    def conv_bn_pairs(self) -> list:
+        """(conv, batch norm) pairs of the backbone that may be folded for inference."""
+        return list(self.backbone.conv_bn_pairs()) if hasattr(self.backbone, "conv_bn_pairs") else []
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)
 
