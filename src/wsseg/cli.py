@@ -97,6 +97,53 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from wsseg.distributed import pick_device
+    from wsseg.models.run import check_same_classes, load_run
+
+    model, config = load_run(args.run, map_location=pick_device(args.device))
+    if args.image is not None:
+        return _segment_one_image(args, model, config)
+    if args.data is None:
+        raise WssegError("give --data ROOT (with --split) to segment a split, or --image FILE for one image")
+    from wsseg.data.voc import VOCDataset
+    from wsseg.pipelines import segment_split
+
+    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    check_same_classes(config, dataset.classes, args.run, args.data)
+    report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=args.threshold,
+                           scales=args.scales, batch_size=args.batch_size, label_threshold=args.label_threshold,
+                           skip_bad=args.skip_bad, progress=not args.quiet)
+    timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
+    print(f"[segment] {report['written']} written, {report['already_done']} already done, "
+          f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
+    return 0
+
+
+def _segment_one_image(args: argparse.Namespace, model, config) -> int:
+    import torch
+    from PIL import Image
+
+    from wsseg.data.images import read_image, write_label_png
+    from wsseg.data.transforms import to_tensor
+    from wsseg.io import atomic_write
+    from wsseg.maps.export import predict_labels
+    from wsseg.pipelines import label_overlay, segment_images
+
+    image = read_image(args.image)
+    device = next(model.parameters()).device
+    classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
+    (label_map,) = segment_images(model, [image], classes, args.method, args.threshold, args.scales)
+    out = args.out if args.out.suffix.lower() == ".png" else args.out.with_suffix(".png")
+    write_label_png(out, label_map)
+    overlay_path = out.with_name(out.stem + "_overlay.png")
+    with atomic_write(overlay_path) as handle:
+        Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
+    names = [config.classes[c] for c in classes[0]]
+    print(f"[segment] {args.image}: {', '.join(names)} -> {out} and {overlay_path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsseg.demo import run_demo
 
@@ -172,6 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--threshold", type=float, default=0.5, help="score threshold for --labels predicted")
     maps.add_argument("--batch-size", type=int, default=8)
     maps.add_argument("--device", default="auto")
+
+    segment = command("segment", _cmd_segment, "segment a split (VOC palette PNGs) or one image")
+    segment.add_argument("--run", required=True, type=Path, help="training run folder")
+    segment.add_argument("--data", type=Path, help="VOC-layout dataset root")
+    segment.add_argument("--split", default="val")
+    segment.add_argument("--masks", default="SegmentationClass")
+    segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
+    segment.add_argument("--method", default="dcsm-crf",
+                         choices=["cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf"])
+    segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
+    segment.add_argument("--labels", default="gt", choices=["gt", "predicted"],
+                         help="image-level labels to use for a split (default gt: pseudo-labels)")
+    segment.add_argument("--threshold", type=float, default=None,
+                         help="background threshold on maps normalised to max 1 (default: the method's)")
+    segment.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for predicted labels")
+    segment.add_argument("--scales", type=_parse_scales, default=None, help="input scales for dcsm and cam")
+    segment.add_argument("--batch-size", type=int, default=8)
+    segment.add_argument("--device", default="auto")
+    segment.add_argument("--skip-bad", action="store_true")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")

@@ -1,0 +1,50 @@
+"""Deciding background from class maps.
+
+Hard: a pixel is background where every class map is below ``threshold`` (IRN's rule: pad the
+maps with a constant background score and take the argmax). Soft, for a CRF: psa's background
+probability (1 - max_k map_k)^alpha, with alpha chosen so that background and a class tie
+exactly at the threshold: (1 - t)^alpha = t.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from wsseg.errors import WssegError
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 < threshold < 1.0:
+        raise WssegError(f"background threshold must be between 0 and 1, not {threshold}")
+    return float(threshold)
+
+
+def alpha_for_threshold(threshold: float) -> float:
+    """The psa exponent alpha for which (1 - t)^alpha = t."""
+    threshold = check_threshold(threshold)
+    return math.log(threshold) / math.log(1.0 - threshold)
+
+
+def labels_from_maps(maps: np.ndarray, labels: Sequence[int], threshold: float) -> np.ndarray:
+    """[K, H, W] maps in [0, 1] of the classes ``labels`` (mask values) -> H x W label map."""
+    check_threshold(threshold)
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[0] != len(labels):
+        raise ValueError(f"{maps.shape[0]} maps for {len(labels)} labels")
+    if not len(labels):
+        return np.zeros(maps.shape[1:], np.uint8)
+    padded = np.concatenate([np.full((1, *maps.shape[1:]), threshold, np.float32), maps])
+    lookup = np.array([0, *labels], dtype=np.uint8)
+    return lookup[np.argmax(padded, axis=0)]
+
+
+def soft_probabilities(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """[K, H, W] maps in [0, 1] -> [K + 1, H, W] probabilities (background first), summing to 1."""
+    maps = np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)
+    peak = maps.max(axis=0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
+    background = np.power(1.0 - peak, alpha_for_threshold(threshold))[None]
+    stacked = np.concatenate([background, maps]) + 1e-5
+    return (stacked / stacked.sum(axis=0, keepdims=True)).astype(np.float32)

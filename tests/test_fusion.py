@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from wsseg.cli import main
+from wsseg.errors import WssegError
+from wsseg.fusion import alpha_for_threshold, dense_crf, labels_from_maps, soft_probabilities
+
+
+def test_threshold_background_by_hand() -> None:
+    maps = np.array([[[0.9, 0.1, 0.3]], [[0.2, 0.05, 0.6]]], np.float32)  # classes 3 and 7
+    np.testing.assert_array_equal(labels_from_maps(maps, [3, 7], 0.25), [[3, 0, 7]])
+    np.testing.assert_array_equal(labels_from_maps(np.zeros((0, 1, 2)), [], 0.25), [[0, 0]])
+    with pytest.raises(WssegError):
+        labels_from_maps(maps, [3, 7], 1.5)
+
+
+def test_soft_background_ties_with_a_class_at_the_threshold() -> None:
+    threshold = 0.125
+    assert (1 - threshold) ** alpha_for_threshold(threshold) == pytest.approx(threshold)
+    probabilities = soft_probabilities(np.array([[[threshold, 0.9, 0.0]]]), threshold)
+    assert probabilities.shape == (2, 1, 3)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, rtol=1e-5)
+    assert probabilities[0, 0, 0] == pytest.approx(probabilities[1, 0, 0], rel=1e-3)
+    assert probabilities[1, 0, 1] > 0.9 and probabilities[0, 0, 2] > 0.99
+
+
+def test_dense_crf_cleans_a_noisy_unary() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.zeros((48, 64), np.int64)
+    truth[:, 32:] = 1
+    truth[10:30, 5:20] = 2
+    colours = np.array([[200, 40, 40], [40, 40, 200], [40, 200, 40]], np.float32)
+    image = np.clip(colours[truth] + rng.normal(0, 10, (48, 64, 3)), 0, 255).astype(np.uint8)
+    clean = np.eye(3, dtype=np.float32)[truth].transpose(2, 0, 1)
+    noisy = 0.45 * clean + rng.uniform(0, 1, clean.shape).astype(np.float32)
+    noisy /= noisy.sum(0, keepdims=True)
+    before = (noisy.argmax(0) == truth).mean()
+    after = (dense_crf(image, noisy).argmax(0) == truth).mean()
+    assert before < 0.85 and after > 0.98
+
+
+def test_segment_split_scores_and_single_image(tiny_run: Path, tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seg"
+    for method in ("cam", "dcsm-crf"):
+        assert main(["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val",
+                     "--method", method, "--out", str(out / method), "--scales", "1", "--quiet"]) == 0
+        assert main(["evaluate", "--pred", str(out / method), "--data", str(tiny_bench), "--split", "val",
+                     "--quiet"]) == 0
+    assert "4 images scored" in capsys.readouterr().out
+    image = next((tiny_bench / "JPEGImages").glob("val_*.jpg"))
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--method", "cam",
+                 "--out", str(tmp_path / "one.png")]) == 0
+    assert Image.open(tmp_path / "one.png").size == (64, 64)
+    assert Image.open(tmp_path / "one_overlay.png").size == (64, 64)
