@@ -57,3 +57,27 @@ def test_segment_split_scores_and_single_image(tiny_run: Path, tiny_bench: Path,
                  "--out", str(tmp_path / "one.png")]) == 0
     assert Image.open(tmp_path / "one.png").size == (64, 64)
     assert Image.open(tmp_path / "one_overlay.png").size == (64, 64)
+
+
+def test_tune_background_stores_an_oracle_choice_that_segment_uses(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["tune-background", "--run", str(run), "--data", str(tiny_bench), "--split", "val",
+                 "--method", "cam", "--thresholds", "0.1,0.3,0.6", "--quiet"]) == 0
+    stored = json.loads((run / "background.json").read_text())["cam"]
+    assert stored["tuned_on_ground_truth"] and stored["threshold"] in (0.1, 0.3, 0.6)
+    assert stored["miou"] == max(row["miou"] for row in stored["curve"])
+    out = tmp_path / "seg"
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+                 "--out", str(out), "--quiet"]) == 0
+    assert "oracle" in capsys.readouterr().err
+    meta = json.loads((out / "segment.json").read_text())
+    assert meta["tuned_on_ground_truth"] and meta["threshold"] == stored["threshold"]
+    assert main(["evaluate", "--pred", str(out), "--data", str(tiny_bench), "--split", "val", "--quiet",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert "oracle" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text())["tuned_on_ground_truth"] is True

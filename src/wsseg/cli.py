@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
+from wsseg.io import write_json_atomic
 
 EXIT_USAGE = 2
 
@@ -47,10 +48,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = VOCDataset(args.data, args.split, masks=args.masks)
     result = evaluate_directory(args.pred, dataset, skip_bad=args.skip_bad, progress=not args.quiet)
     print(result.table())
+    extra = {"pred": str(args.pred), "split": args.split, "tuned_on_ground_truth": _oracle(args.pred)}
+    if extra["tuned_on_ground_truth"]:
+        print("note: these segmentations used a background threshold tuned on ground truth (oracle)")
     if args.json:
-        save_result(args.json, result, {"pred": str(args.pred), "split": args.split})
+        save_result(args.json, result, extra)
         print(f"wrote {args.json}")
     return 0
+
+
+def _oracle(pred_dir: Path) -> bool:
+    """Whether ``wsseg segment`` recorded an oracle (ground-truth tuned) threshold for these PNGs."""
+    import json
+
+    meta = pred_dir / "segment.json"
+    try:
+        return bool(json.loads(meta.read_text()).get("tuned_on_ground_truth")) if meta.exists() else False
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -111,12 +126,50 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     dataset = VOCDataset(args.data, args.split, masks=args.masks)
     check_same_classes(config, dataset.classes, args.run, args.data)
-    report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=args.threshold,
+    threshold, tuned = _background_threshold(args)
+    write_json_atomic(args.out / "segment.json", {"method": args.method, "labels": args.labels,
+                                                  "threshold": threshold, "tuned_on_ground_truth": tuned})
+    report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=threshold,
                            scales=args.scales, batch_size=args.batch_size, label_threshold=args.label_threshold,
                            skip_bad=args.skip_bad, progress=not args.quiet)
     timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
     print(f"[segment] {report['written']} written, {report['already_done']} already done, "
           f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
+    return 0
+
+
+def _background_threshold(args: argparse.Namespace) -> tuple[float | None, bool]:
+    """--threshold, else the one `wsseg tune-background` stored in the run (an oracle choice)."""
+    from wsseg.tune import load_choices
+
+    if args.threshold is not None:
+        return args.threshold, False
+    stored = load_choices(args.run).get(args.method)
+    if stored:
+        print(f"[segment] background threshold {stored['threshold']} tuned on the ground truth of split "
+              f"{stored['split']!r}: scores made with it are oracle numbers", file=sys.stderr)
+        return float(stored["threshold"]), True
+    return None, False
+
+
+def _cmd_tune_background(args: argparse.Namespace) -> int:
+    from wsseg.data.voc import VOCDataset
+    from wsseg.distributed import pick_device
+    from wsseg.models.run import check_same_classes, load_run
+    from wsseg.tune import store_choice, tune_background
+
+    model, config = load_run(args.run, map_location=pick_device(args.device))
+    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    check_same_classes(config, dataset.classes, args.run, args.data)
+    curve = tune_background(model, dataset, args.method, args.thresholds, args.scales, args.batch_size,
+                            args.skip_bad, progress=not args.quiet)
+    print(f"{'threshold':>9}  {'mIoU':>7}")
+    for row in curve:
+        score = "-" if row["miou"] is None else f"{100 * row['miou']:6.2f}%"
+        print(f"{row['threshold']:9.3f}  {score:>7}")
+    best = store_choice(args.run, args.method, curve, args.split)
+    print(f"[tune-background] {args.method}: threshold {best['threshold']} (mIoU {100 * best['miou']:.2f}% on "
+          f"{args.split}, tuned on ground truth) stored in {args.run}/background.json")
     return 0
 
 
@@ -133,7 +186,8 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     image = read_image(args.image)
     device = next(model.parameters()).device
     classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
-    (label_map,) = segment_images(model, [image], classes, args.method, args.threshold, args.scales)
+    threshold, _tuned = _background_threshold(args)
+    (label_map,) = segment_images(model, [image], classes, args.method, threshold, args.scales)
     out = args.out if args.out.suffix.lower() == ".png" else args.out.with_suffix(".png")
     write_label_png(out, label_map)
     overlay_path = out.with_name(out.stem + "_overlay.png")
@@ -238,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=8)
     segment.add_argument("--device", default="auto")
     segment.add_argument("--skip-bad", action="store_true")
+
+    tune = command("tune-background", _cmd_tune_background,
+                   "choose a method's background threshold on a labelled split (an oracle choice)")
+    tune.add_argument("--run", required=True, type=Path)
+    _add_dataset_args(tune, split_default="train")
+    tune.add_argument("--method", default="dcsm-crf",
+                      choices=["cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf"])
+    tune.add_argument("--thresholds", type=_parse_scales, default=None,
+                      help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
+    tune.add_argument("--scales", type=_parse_scales, default=None)
+    tune.add_argument("--batch-size", type=int, default=8)
+    tune.add_argument("--device", default="auto")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")

@@ -1,0 +1,84 @@
+"""``wsseg tune-background``: choose a method's background threshold on a labelled split.
+
+This looks at ground truth, so results made with the chosen threshold are "oracle" numbers:
+the choice is stored in RUN/background.json with ``tuned_on_ground_truth: true``, and
+``wsseg segment`` records that flag beside the segmentations it makes with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsseg.data.transforms import to_tensor
+from wsseg.data.voc import VOCDataset
+from wsseg.errors import WssegError
+from wsseg.evaluate import ConfusionMatrix
+from wsseg.fusion.background import labels_from_maps, soft_probabilities
+from wsseg.fusion.crf import dense_crf
+from wsseg.io import write_json_atomic
+from wsseg.maps import class_maps, normalize_maps
+from wsseg.maps.export import iter_batches
+from wsseg.models.classifier import FCNClassifier
+from wsseg.pipelines import get_method
+
+BACKGROUND_FILE = "background.json"
+# saturating maps (DCSM ends in tanh(3x)) need thresholds close to 1
+DEFAULT_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.95, 19)) + (0.97, 0.98, 0.99, 0.995)
+CRF_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.85, 9))
+
+
+def tune_background(model: FCNClassifier, dataset: VOCDataset, method: str,
+                    thresholds: Sequence[float] | None = None, scales: Sequence[float] | None = None,
+                    batch_size: int = 8, skip_bad: bool = False, progress: bool = True) -> list[dict]:
+    """mIoU of ``method`` on the split (ground-truth image labels) for each threshold."""
+    from tqdm import tqdm
+
+    spec = get_method(method)
+    grid = tuple(thresholds or (CRF_GRID if spec.crf else DEFAULT_GRID))
+    matrices = [ConfusionMatrix(dataset.num_classes + 1) for _ in grid]
+    options = {"scales": tuple(scales)} if scales is not None and spec.maps in ("dcsm", "cam") else {}
+    bar = tqdm(total=len(dataset), desc=f"tune ({method})", unit="img", disable=not progress)
+    device = next(model.parameters()).device
+    for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, lambda _i: bar.update(1)):
+        images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
+        classes = [[label - 1 for label in item.labels] for item in batch]
+        maps = normalize_maps(class_maps(model, images, classes, spec.maps, **options)).cpu().numpy()
+        for item, image_maps in zip(batch, maps):
+            truth = dataset.load_mask(item.id)
+            labels = list(item.labels)
+            image_maps = image_maps[: len(labels)]
+            for matrix, threshold in zip(matrices, grid):
+                if spec.crf and labels:
+                    refined = dense_crf(item.image, soft_probabilities(image_maps, threshold))
+                    prediction = np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+                else:
+                    prediction = labels_from_maps(image_maps, labels, threshold)
+                matrix.update(prediction, truth)
+            bar.update(1)
+    bar.close()
+    return [{"threshold": t, "miou": m.miou()} for t, m in zip(grid, matrices)]
+
+
+def store_choice(run: str | Path, method: str, curve: list[dict], split: str) -> dict:
+    best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
+    path = Path(run) / BACKGROUND_FILE
+    stored = load_choices(run)
+    stored[method] = {"threshold": best["threshold"], "miou": best["miou"], "split": split,
+                      "tuned_on_ground_truth": True, "curve": curve}
+    write_json_atomic(path, stored)
+    return stored[method]
+
+
+def load_choices(run: str | Path) -> dict:
+    path = Path(run) / BACKGROUND_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WssegError(f"{path}: unreadable ({exc})") from None
