@@ -39,6 +39,7 @@ def test_dense_crf_cleans_a_noisy_unary() -> None:
     clean = np.eye(3, dtype=np.float32)[truth].transpose(2, 0, 1)
     noisy = 0.45 * clean + rng.uniform(0, 1, clean.shape).astype(np.float32)
     noisy /= noisy.sum(0, keepdims=True)
+    image.flags.writeable = False  # e.g. np.asarray of a PIL image: pydensecrf needs a writable buffer
     before = (noisy.argmax(0) == truth).mean()
     after = (dense_crf(image, noisy).argmax(0) == truth).mean()
     assert before < 0.85 and after > 0.98

@@ -47,7 +47,7 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CRFParams = 
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bilateral_compat)
+                             rgbim=np.require(image, np.uint8, ["C", "W"]), compat=params.bilateral_compat)
     refined = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return refined.reshape(labels, height, width)
 
@@ -63,6 +63,6 @@ def crf_from_labels(image: np.ndarray, label_map: np.ndarray, num_labels: int, g
     crf.setUnaryEnergy(unary_from_labels(label_map.astype(np.int32), num_labels, gt_prob=gt_prob, zero_unsure=False))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=params.bilateral_compat)
+                             rgbim=np.require(image, np.uint8, ["C", "W"]), compat=params.bilateral_compat)
     refined = np.asarray(crf.inference(params.iterations)).reshape(num_labels, height, width)
     return np.argmax(refined, axis=0)

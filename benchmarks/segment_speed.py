@@ -1,0 +1,58 @@
+"""Seconds per image of every segmentation method at 224 px on this machine, split by stage.
+
+Uses the default backbone with 20 classes (as PASCAL VOC), 2 classes per image, batches of 8
+natural-looking images (crops of the bundled photographs). Usage:
+    .venv/bin/python benchmarks/segment_speed.py [--size 224] [--images 16] [--scales 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from wsseg.data.synth import load_backgrounds
+from wsseg.data.transforms import resize
+from wsseg.models import build_classifier
+from wsseg.pipelines import SEGMENT_METHODS, segment_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--scales", default="1", help="DCSM/CAM scales, comma-separated (default 1: one scale)")
+    args = parser.parse_args()
+    scales = tuple(float(s) for s in args.scales.split(","))
+    torch.manual_seed(0)
+    model = build_classifier(20).eval()
+    photos = load_backgrounds()
+    images = [resize(photos[i % len(photos)], args.size, args.size) for i in range(args.images)]
+    classes = [[i % 20, (i + 7) % 20] for i in range(args.images)]
+    segment_images(model, images[:2], classes[:2], "dcsm-crf", scales=scales)  # warm-up
+    rows = []
+    for name in SEGMENT_METHODS:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        for first in range(0, args.images, args.batch):
+            segment_images(model, images[first:first + args.batch], classes[first:first + args.batch], name,
+                           scales=scales, timings=timings)
+        total = (time.perf_counter() - started) / args.images
+        rows.append((name, total, {k: v / args.images for k, v in timings.items()}))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.size} px, "
+          f"{args.images} images in batches of {args.batch}, 2 classes each, scales {scales}")
+    print("| method | s/img | maps (forward/backward) | CRF | threshold |")
+    print("|---|---:|---:|---:|---:|")
+    for name, total, stages in rows:
+        cells = [f"{stages.get(k, 0.0):.4f}" for k in ("maps", "crf", "threshold")]
+        print(f"| {name} | {total:.4f} | " + " | ".join(cells) + " |")
+    print("\nPipelines A (superpixels, zoom-out, mi-SVM, superpixel CRF) and B (objectness, ILP) are not built yet.")
+
+
+if __name__ == "__main__":
+    main()
