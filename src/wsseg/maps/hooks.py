@@ -25,7 +25,8 @@ class _GuidedClamp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, upper: float | None) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward((x > 0).to(x.dtype))
+        if ctx.needs_input_grad[0]:  # no mask where no gradient will flow (below the saliency layers)
+            ctx.save_for_backward((x > 0).to(x.dtype))
         return x.clamp(min=0) if upper is None else x.clamp(0, upper)
 
     @staticmethod
@@ -159,8 +160,10 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Captured
             captured.calls[name] = captured.calls.get(name, 0) + 1
             if captured.calls[name] > 1:
                 raise WssegError(f"layer {name!r} runs more than once per forward; pick a layer that runs once")
-            # a clone, so that a later in-place operation cannot change what we differentiate against
-            output = output.clone()
+            # a clone, so that a later in-place operation cannot change what we differentiate against;
+            # without a graph so far (frozen parameters, input not requiring grad) it becomes the leaf
+            # the graph starts from, so nothing below the first captured layer is recorded
+            output = output.clone() if output.requires_grad else output.detach().clone().requires_grad_(True)
             captured.outputs[name] = output
             return output
 

@@ -48,7 +48,8 @@ def forward_pass(model: nn.Module, images: torch.Tensor, layer_names: Sequence[s
     if scale != 1.0:
         size = [max(1, round(side * scale)) for side in images.shape[2:]]
         inputs = F.interpolate(inputs, size=size, mode="bilinear", align_corners=False)
-    inputs = prepare_inputs(inputs)  # a graph leaf, so a graph is built although parameters are frozen
+    # no gradient at the input: the graph starts at the first captured layer (see capture_outputs)
+    inputs = prepare_inputs(inputs, requires_grad=False)
     with capture_outputs(model, layer_names) as captured:
         score_maps = model.score_maps(inputs)
     return ForwardPass(inputs, score_maps, model.pool(score_maps), dict(captured.outputs))
