@@ -47,7 +47,7 @@ def test_dense_crf_cleans_a_noisy_unary() -> None:
 
 def test_segment_split_scores_and_single_image(tiny_run: Path, tiny_bench: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "seg"
-    for method in ("cam", "dcsm-crf"):
+    for method in ("cam", "dcsm-crf", "pipeline-b"):
         assert main(["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val",
                      "--method", method, "--out", str(out / method), "--scales", "1", "--quiet"]) == 0
         assert main(["evaluate", "--pred", str(out / method), "--data", str(tiny_bench), "--split", "val",
@@ -82,3 +82,43 @@ def test_tune_background_stores_an_oracle_choice_that_segment_uses(tiny_run: Pat
                  "--json", str(tmp_path / "s.json")]) == 0
     assert "oracle" in capsys.readouterr().out
     assert json.loads((tmp_path / "s.json").read_text())["tuned_on_ground_truth"] is True
+
+
+def test_cli_lists_every_segmentation_method() -> None:
+    from wsseg.cli import SEGMENT_METHOD_NAMES
+    from wsseg.pipelines import SEGMENT_METHODS
+
+    assert SEGMENT_METHOD_NAMES == tuple(SEGMENT_METHODS)
+
+
+def test_ilp_keeps_its_constraints() -> None:
+    from wsseg.fusion.ilp import solve_labels
+
+    scores = np.array([[0.9, 0.0], [0.8, 0.1], [0.1, 0.2], [0.0, 0.05]])
+    areas = np.array([10.0, 10.0, 10.0, 70.0])
+    # plain thresholding at 0.5 would give class 2 nothing; the area constraint keeps it present
+    labels = solve_labels(scores, areas, threshold=0.5, min_area=0.05)
+    assert labels[0] == 1 and labels[1] == 1 and (labels == 2).any()
+    covered = [areas[labels == c].sum() for c in (1, 2)]
+    assert min(covered) >= 0.05 * areas.sum()
+    assert labels[3] == 0  # the big low-scoring superpixel stays background
+    # with min_area 0 it is thresholding per superpixel
+    np.testing.assert_array_equal(solve_labels(scores, areas, 0.5, min_area=0.0), [1, 1, 0, 0])
+    # impossible constraints (3 classes x 40% of the image) are dropped, not crashed on
+    assert solve_labels(np.zeros((2, 3)), np.ones(2), 0.5, min_area=0.4).shape == (2,)
+
+
+def test_objectness_and_superpixels() -> None:
+    from wsseg.fusion.objectness import border_contrast
+    from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
+
+    image = np.clip(np.random.default_rng(0).normal(120, 6, (64, 64, 3)), 0, 255).astype(np.uint8)
+    image[24:40, 24:40] = (250, 30, 30)
+    superpixels = slic_superpixels(image, pixels_per_superpixel=64)
+    assert superpixels.shape == (64, 64) and superpixels.min() == 0
+    objectness = border_contrast(image, superpixels)
+    inside = np.zeros((64, 64), bool)
+    inside[26:38, 26:38] = True
+    assert objectness[inside].mean() > 0.8 and objectness[~inside].mean() < 0.3
+    means = superpixel_means(np.stack([np.ones((64, 64)), np.zeros((64, 64))]), superpixels)
+    np.testing.assert_allclose(means, np.tile([1.0, 0.0], (superpixels.max() + 1, 1)))

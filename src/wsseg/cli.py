@@ -14,6 +14,8 @@ from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic
 
 EXIT_USAGE = 2
+# kept here so that `wsseg --help` need not import torch; a test checks it against wsseg.pipelines
+SEGMENT_METHOD_NAMES = ("cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf", "pipeline-b")
 
 
 def _positive_int(text: str) -> int:
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--masks", default="SegmentationClass")
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
     segment.add_argument("--method", default="dcsm-crf",
-                         choices=["cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf"])
+                         choices=list(SEGMENT_METHOD_NAMES))
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
     segment.add_argument("--labels", default="gt", choices=["gt", "predicted"],
                          help="image-level labels to use for a split (default gt: pseudo-labels)")
@@ -298,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--run", required=True, type=Path)
     _add_dataset_args(tune, split_default="train")
     tune.add_argument("--method", default="dcsm-crf",
-                      choices=["cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf"])
+                      choices=list(SEGMENT_METHOD_NAMES))
     tune.add_argument("--thresholds", type=_parse_scales, default=None,
                       help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
     tune.add_argument("--scales", type=_parse_scales, default=None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,24 +26,76 @@ from wsseg.maps.export import iter_batches, predict_labels
 from wsseg.models.classifier import FCNClassifier
 
 
+def unsaturate_dcsm(maps: torch.Tensor) -> torch.Tensor:
+    """Undo DCSM's final tanh(3x) and stretch each map to [0, 1].
+
+    The authors' final maps saturate (tanh(3x) > 0.76 wherever x > 1/4 of the maximum), and their
+    sums carry a pedestal over the whole image, so thresholds on them must sit close to 1. In the
+    linear, min-max stretched domain a threshold means a fraction of the map's range.
+    """
+    linear = torch.atanh(maps.clamp(0.0, 1.0 - 1e-6)) / 3.0
+    return normalize_maps(linear, "minmax")
+
+
+def threshold_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
+                     timings: dict[str, float]) -> np.ndarray:
+    started = time.perf_counter()
+    result = labels_from_maps(next(iter(maps.values())), labels, threshold)
+    timings["threshold"] = timings.get("threshold", 0.0) + time.perf_counter() - started
+    return result
+
+
+def crf_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
+               timings: dict[str, float]) -> np.ndarray:
+    started = time.perf_counter()
+    refined = dense_crf(image, soft_probabilities(next(iter(maps.values())), threshold))
+    timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - started
+    return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+
+
+def pipeline_b_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
+                      timings: dict[str, float]) -> np.ndarray:
+    """CAM enhanced by objectness, averaged with the DCSM saliency, decided per superpixel by an ILP."""
+    from wsseg.fusion.ilp import solve_labels
+    from wsseg.fusion.objectness import border_contrast
+    from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
+
+    started = time.perf_counter()
+    superpixels = slic_superpixels(image)
+    objectness = border_contrast(image, superpixels)
+    timings["superpixels"] = timings.get("superpixels", 0.0) + time.perf_counter() - started
+    started = time.perf_counter()
+    enhanced = maps["cam"] * (0.5 + 0.5 * objectness)[None]
+    enhanced = enhanced / np.maximum(enhanced.reshape(len(labels), -1).max(axis=1), 1e-12)[:, None, None]
+    combined = 0.5 * enhanced + 0.5 * maps["dcsm"]
+    choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels), threshold)
+    timings["ilp"] = timings.get("ilp", 0.0) + time.perf_counter() - started
+    return np.array([0, *labels], np.uint8)[choice][superpixels]
+
+
 @dataclass(frozen=True)
 class SegmentMethod:
     name: str
-    maps: str  # the wsseg.maps method
-    crf: bool
-    threshold: float  # default background threshold on maps normalised to max 1
+    maps: tuple[str, ...]  # the wsseg.maps methods it needs
+    fusion: Callable[..., np.ndarray]
+    threshold: float  # default background threshold on the prepared maps (in [0, 1])
     description: str
-    map_options: dict = field(default_factory=dict)
 
 
 SEGMENT_METHODS: dict[str, SegmentMethod] = {m.name: m for m in (
-    SegmentMethod("cam", "cam", False, 0.15, "class activation maps, background below 0.15 (IRN's threshold)"),
-    SegmentMethod("cam-crf", "cam", True, 0.15, "CAM as soft unaries of the dense CRF"),
-    SegmentMethod("gradcam", "gradcam", False, 0.15, "Grad-CAM baseline"),
-    SegmentMethod("gradient", "gradient", False, 0.15, "input-gradient saliency baseline (Simonyan et al.)"),
-    SegmentMethod("guided", "guided", False, 0.15, "guided back-propagation saliency baseline"),
-    SegmentMethod("dcsm", "dcsm", False, 0.125, "distinct class-specific saliency maps, thresholded at 0.125"),
-    SegmentMethod("dcsm-crf", "dcsm", True, 0.125, "DCSM as unary potentials of the dense CRF (the ECCV paper)"),
+    SegmentMethod("cam", ("cam",), threshold_fusion, 0.15,
+                  "class activation maps, background below 0.15 (IRN's threshold)"),
+    SegmentMethod("cam-crf", ("cam",), crf_fusion, 0.15, "CAM as soft unaries of the dense CRF"),
+    SegmentMethod("gradcam", ("gradcam",), threshold_fusion, 0.15, "Grad-CAM baseline"),
+    SegmentMethod("gradient", ("gradient",), threshold_fusion, 0.15,
+                  "input-gradient saliency baseline (Simonyan et al.)"),
+    SegmentMethod("guided", ("guided",), threshold_fusion, 0.15, "guided back-propagation saliency baseline"),
+    SegmentMethod("dcsm", ("dcsm",), threshold_fusion, 0.5,
+                  "distinct class-specific saliency maps, background below half their range"),
+    SegmentMethod("dcsm-crf", ("dcsm",), crf_fusion, 0.5,
+                  "DCSM as unary potentials of the dense CRF (the ECCV paper)"),
+    SegmentMethod("pipeline-b", ("cam", "dcsm"), pipeline_b_fusion, 0.5,
+                  "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)"),
 )}
 
 
@@ -53,6 +105,14 @@ def get_method(name: str) -> SegmentMethod:
     return SEGMENT_METHODS[name]
 
 
+def prepared_maps(model: FCNClassifier, batch: torch.Tensor, classes: Sequence[Sequence[int]], method: str,
+                  scales: Sequence[float] | None = None) -> np.ndarray:
+    """Class maps of one wsseg.maps method, brought to [0, 1] as the fusion steps expect them."""
+    options = {"scales": tuple(scales)} if scales is not None and method in ("dcsm", "cam") else {}
+    raw = class_maps(model, batch, classes, method, **options)
+    return (unsaturate_dcsm(raw) if method == "dcsm" else normalize_maps(raw)).cpu().numpy()
+
+
 def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
                    method: str, threshold: float | None = None, scales: Sequence[float] | None = None,
                    timings: dict[str, float] | None = None) -> list[np.ndarray]:
@@ -60,26 +120,21 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     spec = get_method(method)
     threshold = check_threshold(spec.threshold if threshold is None else threshold)
     timings = timings if timings is not None else defaultdict(float)
-    options = dict(spec.map_options)
-    if scales is not None and spec.maps in ("dcsm", "cam"):
-        options["scales"] = tuple(scales)
     device = next(model.parameters()).device
-    started = time.perf_counter()
     batch = torch.stack([to_tensor(image) for image in images]).to(device)
-    maps = normalize_maps(class_maps(model, batch, classes, spec.maps, **options)).cpu().numpy()
-    timings["maps"] = timings.get("maps", 0.0) + time.perf_counter() - started
-    results = []
-    for image, per_image, image_maps in zip(images, classes, maps):
-        labels = [c + 1 for c in per_image]
-        image_maps = image_maps[: len(labels)]
+    all_maps = {}
+    for map_method in spec.maps:
         started = time.perf_counter()
-        if spec.crf and labels:
-            refined = dense_crf(image, soft_probabilities(image_maps, threshold))
-            results.append(np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)])
-            timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - started
-        else:
-            results.append(labels_from_maps(image_maps, labels, threshold))
-            timings["threshold"] = timings.get("threshold", 0.0) + time.perf_counter() - started
+        all_maps[map_method] = prepared_maps(model, batch, classes, map_method, scales)
+        timings[f"maps ({map_method})"] = timings.get(f"maps ({map_method})", 0.0) + time.perf_counter() - started
+    results = []
+    for n, (image, per_image) in enumerate(zip(images, classes)):
+        labels = [c + 1 for c in per_image]
+        if not labels:
+            results.append(np.zeros(image.shape[:2], np.uint8))
+            continue
+        maps = {name: values[n, : len(labels)] for name, values in all_maps.items()}
+        results.append(spec.fusion(image, maps, labels, threshold, timings))
     return results
 
 

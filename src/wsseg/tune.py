@@ -18,13 +18,10 @@ from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
-from wsseg.fusion.background import labels_from_maps, soft_probabilities
-from wsseg.fusion.crf import dense_crf
 from wsseg.io import write_json_atomic
-from wsseg.maps import class_maps, normalize_maps
 from wsseg.maps.export import iter_batches
 from wsseg.models.classifier import FCNClassifier
-from wsseg.pipelines import get_method
+from wsseg.pipelines import get_method, prepared_maps, threshold_fusion
 
 BACKGROUND_FILE = "background.json"
 # saturating maps (DCSM ends in tanh(3x)) need thresholds close to 1
@@ -39,25 +36,24 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: str,
     from tqdm import tqdm
 
     spec = get_method(method)
-    grid = tuple(thresholds or (CRF_GRID if spec.crf else DEFAULT_GRID))
+    grid = tuple(thresholds or (CRF_GRID if spec.fusion is not threshold_fusion else DEFAULT_GRID))
     matrices = [ConfusionMatrix(dataset.num_classes + 1) for _ in grid]
-    options = {"scales": tuple(scales)} if scales is not None and spec.maps in ("dcsm", "cam") else {}
     bar = tqdm(total=len(dataset), desc=f"tune ({method})", unit="img", disable=not progress)
     device = next(model.parameters()).device
+    timings: dict[str, float] = {}
     for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, lambda _i: bar.update(1)):
         images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
         classes = [[label - 1 for label in item.labels] for item in batch]
-        maps = normalize_maps(class_maps(model, images, classes, spec.maps, **options)).cpu().numpy()
-        for item, image_maps in zip(batch, maps):
+        all_maps = {name: prepared_maps(model, images, classes, name, scales) for name in spec.maps}
+        for n, item in enumerate(batch):
             truth = dataset.load_mask(item.id)
             labels = list(item.labels)
-            image_maps = image_maps[: len(labels)]
+            maps = {name: values[n, : len(labels)] for name, values in all_maps.items()}
             for matrix, threshold in zip(matrices, grid):
-                if spec.crf and labels:
-                    refined = dense_crf(item.image, soft_probabilities(image_maps, threshold))
-                    prediction = np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+                if labels:
+                    prediction = spec.fusion(item.image, maps, labels, threshold, timings)
                 else:
-                    prediction = labels_from_maps(image_maps, labels, threshold)
+                    prediction = np.zeros(truth.shape, np.uint8)
                 matrix.update(prediction, truth)
             bar.update(1)
     bar.close()
