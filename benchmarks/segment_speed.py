@@ -46,12 +46,13 @@ def main() -> None:
         rows.append((name, total, {k: v / args.images for k, v in timings.items()}))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.size} px, "
           f"{args.images} images in batches of {args.batch}, 2 classes each, scales {scales}")
-    print("| method | s/img | maps (forward/backward) | CRF | threshold |")
-    print("|---|---:|---:|---:|---:|")
+    stage_names = sorted({stage for _, _, stages in rows for stage in stages})
+    print("| method | s/img | " + " | ".join(stage_names) + " |")
+    print("|---|---:|" + "---:|" * len(stage_names))
     for name, total, stages in rows:
-        cells = [f"{stages.get(k, 0.0):.4f}" for k in ("maps", "crf", "threshold")]
+        cells = [f"{stages[k]:.4f}" if k in stages else "" for k in stage_names]
         print(f"| {name} | {total:.4f} | " + " | ".join(cells) + " |")
-    print("\nPipelines A (superpixels, zoom-out, mi-SVM, superpixel CRF) and B (objectness, ILP) are not built yet.")
+    print("\nPipeline A (zoom-out features, mi-SVM, superpixel CRF) is not built yet.")
 
 
 if __name__ == "__main__":
