@@ -122,3 +122,44 @@ def test_objectness_and_superpixels() -> None:
     assert objectness[inside].mean() > 0.8 and objectness[~inside].mean() < 0.3
     means = superpixel_means(np.stack([np.ones((64, 64)), np.zeros((64, 64))]), superpixels)
     np.testing.assert_allclose(means, np.tile([1.0, 0.0], (superpixels.max() + 1, 1)))
+
+
+def test_misvm_finds_the_planted_positive_instance() -> None:
+    from wsseg.fusion.misvm import train_misvm
+
+    rng = np.random.default_rng(0)
+    features, bags, bag_labels, planted = [], [], [], []
+    for bag in range(60):
+        instances = rng.normal(0, 1, (12, 5))
+        positive = bag % 2 == 0
+        if positive:
+            spot = int(rng.integers(12))
+            instances[spot, 0] += 6.0  # the one instance that makes the bag positive
+            planted.append(bag * 12 + spot)
+        features.append(instances)
+        bags.append(np.full(12, bag))
+        bag_labels.append([0] if positive else [])
+    features, bags = np.concatenate(features), np.concatenate(bags)
+    svm = train_misvm(features, bags, bag_labels, num_classes=1)
+    probability = svm.probabilities(features)[:, 0]
+    for index in planted:  # in every positive bag the planted instance scores highest
+        members = np.nonzero(bags == bags[index])[0]
+        assert members[np.argmax(probability[members])] == index
+    others = np.setdiff1d(np.arange(len(features)), planted)
+    assert probability[planted].min() > 0.5 > np.median(probability[others])
+
+
+def test_pipeline_a_needs_and_uses_a_trained_misvm(tiny_run: Path, tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = ["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "pipeline-a",
+            "--scales", "1", "--out", str(tmp_path / "a"), "--quiet"]
+    assert main(args) == 2
+    assert "train-misvm" in capsys.readouterr().err
+    assert main(["train-misvm", "--run", str(run), "--data", str(tiny_bench), "--quiet"]) == 0
+    assert (run / "misvm.npz").exists()
+    assert main(args) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "a"), "--data", str(tiny_bench), "--split", "val",
+                 "--quiet"]) == 0

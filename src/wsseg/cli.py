@@ -15,7 +15,8 @@ from wsseg.io import write_json_atomic
 
 EXIT_USAGE = 2
 # kept here so that `wsseg --help` need not import torch; a test checks it against wsseg.pipelines
-SEGMENT_METHOD_NAMES = ("cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf", "pipeline-b")
+SEGMENT_METHOD_NAMES = ("cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf", "pipeline-a",
+                        "pipeline-b")
 
 
 def _positive_int(text: str) -> int:
@@ -133,10 +134,34 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                                                   "threshold": threshold, "tuned_on_ground_truth": tuned})
     report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=threshold,
                            scales=args.scales, batch_size=args.batch_size, label_threshold=args.label_threshold,
-                           skip_bad=args.skip_bad, progress=not args.quiet)
+                           skip_bad=args.skip_bad, progress=not args.quiet, misvm=_misvm_for(args))
     timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
     print(f"[segment] {report['written']} written, {report['already_done']} already done, "
           f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
+    return 0
+
+
+def _misvm_for(args: argparse.Namespace):
+    """The run's mi-SVM when the method is pipeline A (which cannot work without one)."""
+    if args.method != "pipeline-a":
+        return None
+    from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+
+    return MiSVM.load(args.run / MISVM_FILE)
+
+
+def _cmd_train_misvm(args: argparse.Namespace) -> int:
+    from wsseg.data.voc import VOCDataset
+    from wsseg.distributed import pick_device
+    from wsseg.fusion.misvm import MISVM_FILE, train_misvm_on_split
+    from wsseg.models.run import check_same_classes, load_run
+
+    model, config = load_run(args.run, map_location=pick_device(args.device))
+    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    check_same_classes(config, dataset.classes, args.run, args.data)
+    report = train_misvm_on_split(model, dataset, args.run, args.batch_size, args.skip_bad, not args.quiet, args.seed)
+    print(f"[train-misvm] {report['images']} images, {report['instances']} superpixels, {report['skipped']} skipped "
+          f"-> {args.run / MISVM_FILE}")
     return 0
 
 
@@ -164,7 +189,7 @@ def _cmd_tune_background(args: argparse.Namespace) -> int:
     dataset = VOCDataset(args.data, args.split, masks=args.masks)
     check_same_classes(config, dataset.classes, args.run, args.data)
     curve = tune_background(model, dataset, args.method, args.thresholds, args.scales, args.batch_size,
-                            args.skip_bad, progress=not args.quiet)
+                            args.skip_bad, progress=not args.quiet, misvm=_misvm_for(args))
     print(f"{'threshold':>9}  {'mIoU':>7}")
     for row in curve:
         score = "-" if row["miou"] is None else f"{100 * row['miou']:6.2f}%"
@@ -189,7 +214,8 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     device = next(model.parameters()).device
     classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
     threshold, _tuned = _background_threshold(args)
-    (label_map,) = segment_images(model, [image], classes, args.method, threshold, args.scales)
+    (label_map,) = segment_images(model, [image], classes, args.method, threshold, args.scales,
+                                  misvm=_misvm_for(args))
     out = args.out if args.out.suffix.lower() == ".png" else args.out.with_suffix(".png")
     write_label_png(out, label_map)
     overlay_path = out.with_name(out.stem + "_overlay.png")
@@ -294,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--batch-size", type=int, default=8)
     segment.add_argument("--device", default="auto")
     segment.add_argument("--skip-bad", action="store_true")
+
+    misvm = command("train-misvm", _cmd_train_misvm,
+                    "train pipeline A's mi-SVM on zoom-out superpixel features (image labels only)")
+    misvm.add_argument("--run", required=True, type=Path)
+    _add_dataset_args(misvm, split_default="train")
+    misvm.add_argument("--batch-size", type=int, default=8)
+    misvm.add_argument("--seed", type=int, default=0)
+    misvm.add_argument("--device", default="auto")
 
     tune = command("tune-background", _cmd_tune_background,
                    "choose a method's background threshold on a labelled split (an oracle choice)")

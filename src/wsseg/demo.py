@@ -1,8 +1,8 @@
 """``wsseg demo``: the whole chain on the synthetic benchmark, as far as it is built.
 
 Steps, each skipped when its output already exists so a rerun resumes:
-synthesise the benchmark -> train the classifier -> segment val with each method -> evaluate
--> results table.
+synthesise the benchmark -> train the classifier -> train pipeline A's mi-SVM -> segment val
+with each method -> evaluate -> results table.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import evaluate_directory, save_result
+from wsseg.fusion.misvm import MISVM_FILE, MiSVM, train_misvm_on_split
 from wsseg.models.run import load_run
 from wsseg.pipelines import SEGMENT_METHODS, segment_split
 from wsseg.train import TrainOptions, train
@@ -38,26 +39,30 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     config = QUICK if quick else FULL
     data_root = out / "data"
     if not (data_root / "synth.json").exists():
-        print(f"[demo] 1/3 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
+        print(f"[demo] 1/4 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
         write_synthetic_dataset(data_root, config, progress=progress)
     run = out / "run"
     options = TrainOptions(data=str(data_root), out=str(run), resume=True, progress=progress,
                            **({"epochs": QUICK_EPOCHS} if quick else {}))
-    print(f"[demo] 2/3 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
+    print(f"[demo] 2/4 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
     history = train(options)
     val = VOCDataset(data_root, "val")
     model, _ = load_run(run)
+    if not (run / MISVM_FILE).exists():
+        print("[demo] 3/4 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
+        train_misvm_on_split(model, VOCDataset(data_root, "train"), run, progress=progress)
+    misvm = MiSVM.load(run / MISVM_FILE)
     results: dict[str, dict] = {}
     methods = ["background-only", *SEGMENT_METHODS]
     for step, name in enumerate(methods, start=1):
         pred_dir = out / "predictions" / name
-        print(f"[demo] 3/3 segmenting val with {name} ({step}/{len(methods)}, predicted labels)")
+        print(f"[demo] 4/4 segmenting val with {name} ({step}/{len(methods)}, predicted labels)")
         started = time.perf_counter()
         if name == "background-only":
             _background_baseline(val, pred_dir)
         else:
             segment_split(model, val, name, pred_dir, labels="predicted", progress=progress,
-                          scales=(1.0,) if quick else None)
+                          scales=(1.0,) if quick else None, misvm=misvm)
         seconds = (time.perf_counter() - started) / max(len(val), 1)
         result = evaluate_directory(pred_dir, val, progress=False)
         save_result(out / "scores" / f"{name}.json", result, {"seconds_per_image": seconds})

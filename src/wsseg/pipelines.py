@@ -38,7 +38,7 @@ def unsaturate_dcsm(maps: torch.Tensor) -> torch.Tensor:
 
 
 def threshold_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-                     timings: dict[str, float]) -> np.ndarray:
+                     timings: dict[str, float], **extras) -> np.ndarray:
     started = time.perf_counter()
     result = labels_from_maps(next(iter(maps.values())), labels, threshold)
     timings["threshold"] = timings.get("threshold", 0.0) + time.perf_counter() - started
@@ -46,7 +46,7 @@ def threshold_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: lis
 
 
 def crf_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-               timings: dict[str, float]) -> np.ndarray:
+               timings: dict[str, float], **extras) -> np.ndarray:
     started = time.perf_counter()
     refined = dense_crf(image, soft_probabilities(next(iter(maps.values())), threshold))
     timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - started
@@ -54,7 +54,7 @@ def crf_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int]
 
 
 def pipeline_b_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-                      timings: dict[str, float]) -> np.ndarray:
+                      timings: dict[str, float], **extras) -> np.ndarray:
     """CAM enhanced by objectness, averaged with the DCSM saliency, decided per superpixel by an ILP."""
     from wsseg.fusion.ilp import solve_labels
     from wsseg.fusion.objectness import border_contrast
@@ -73,6 +73,33 @@ def pipeline_b_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: li
     return np.array([0, *labels], np.uint8)[choice][superpixels]
 
 
+PIPELINE_A_PIXELS_PER_SUPERPIXEL = 200
+
+
+def pipeline_a_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
+                      timings: dict[str, float], **extras) -> np.ndarray:
+    """mi-SVM class probabilities on zoom-out features and DCSM, unified by a superpixel CRF."""
+    from wsseg.fusion.spcrf import contrast_weights, mean_field
+    from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
+    from wsseg.fusion.zoomout import zoomout
+
+    if extras.get("misvm") is None:
+        raise WssegError("pipeline-a needs a trained mi-SVM: run `wsseg train-misvm --run RUN --data ROOT` first")
+    started = time.perf_counter()
+    superpixels = slic_superpixels(image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
+    descriptors = zoomout(extras["features"], superpixels)
+    timings["superpixels"] = timings.get("superpixels", 0.0) + time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities = extras["misvm"].probabilities(descriptors)[:, [label - 1 for label in labels]]  # [P, K]
+    timings["svm"] = timings.get("svm", 0.0) + time.perf_counter() - started
+    started = time.perf_counter()
+    unified = 0.5 * probabilities + 0.5 * superpixel_means(maps["dcsm"], superpixels)
+    unary = soft_probabilities(unified.T[:, :, None], threshold)[:, :, 0].T  # [P, K + 1]
+    refined = mean_field(unary, contrast_weights(image, superpixels))
+    timings["superpixel crf"] = timings.get("superpixel crf", 0.0) + time.perf_counter() - started
+    return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=1)][superpixels]
+
+
 @dataclass(frozen=True)
 class SegmentMethod:
     name: str
@@ -80,6 +107,7 @@ class SegmentMethod:
     fusion: Callable[..., np.ndarray]
     threshold: float  # default background threshold on the prepared maps (in [0, 1])
     description: str
+    needs_features: bool = False  # zoom-out features from the classifier's layers (pipeline A)
 
 
 SEGMENT_METHODS: dict[str, SegmentMethod] = {m.name: m for m in (
@@ -94,6 +122,9 @@ SEGMENT_METHODS: dict[str, SegmentMethod] = {m.name: m for m in (
                   "distinct class-specific saliency maps, background below half their range"),
     SegmentMethod("dcsm-crf", ("dcsm",), crf_fusion, 0.5,
                   "DCSM as unary potentials of the dense CRF (the ECCV paper)"),
+    SegmentMethod("pipeline-a", ("dcsm",), pipeline_a_fusion, 0.5,
+                  "mi-SVM on zoom-out superpixel features with DCSM, unified by a superpixel CRF (the poster's A)",
+                  needs_features=True),
     SegmentMethod("pipeline-b", ("cam", "dcsm"), pipeline_b_fusion, 0.5,
                   "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)"),
 )}
@@ -115,8 +146,11 @@ def prepared_maps(model: FCNClassifier, batch: torch.Tensor, classes: Sequence[S
 
 def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
                    method: str, threshold: float | None = None, scales: Sequence[float] | None = None,
-                   timings: dict[str, float] | None = None) -> list[np.ndarray]:
-    """Label maps for equally sized RGB images; ``classes`` are 0-based classifier outputs per image."""
+                   timings: dict[str, float] | None = None, misvm=None) -> list[np.ndarray]:
+    """Label maps for equally sized RGB images; ``classes`` are 0-based classifier outputs per image.
+
+    ``misvm`` (a :class:`wsseg.fusion.misvm.MiSVM`) is needed by pipeline A only.
+    """
     spec = get_method(method)
     threshold = check_threshold(spec.threshold if threshold is None else threshold)
     timings = timings if timings is not None else defaultdict(float)
@@ -127,6 +161,13 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
         started = time.perf_counter()
         all_maps[map_method] = prepared_maps(model, batch, classes, map_method, scales)
         timings[f"maps ({map_method})"] = timings.get(f"maps ({map_method})", 0.0) + time.perf_counter() - started
+    features: list[np.ndarray | None] = [None] * len(images)
+    if spec.needs_features:
+        from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features
+
+        started = time.perf_counter()
+        features = layer_features(model, batch, DEFAULT_LAYERS)
+        timings["features"] = timings.get("features", 0.0) + time.perf_counter() - started
     results = []
     for n, (image, per_image) in enumerate(zip(images, classes)):
         labels = [c + 1 for c in per_image]
@@ -134,14 +175,14 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
             results.append(np.zeros(image.shape[:2], np.uint8))
             continue
         maps = {name: values[n, : len(labels)] for name, values in all_maps.items()}
-        results.append(spec.fusion(image, maps, labels, threshold, timings))
+        results.append(spec.fusion(image, maps, labels, threshold, timings, features=features[n], misvm=misvm))
     return results
 
 
 def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: str | Path, labels: str = "gt",
                   threshold: float | None = None, scales: Sequence[float] | None = None, batch_size: int = 8,
                   label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
-                  ids: Sequence[str] | None = None) -> dict:
+                  ids: Sequence[str] | None = None, misvm=None) -> dict:
     """Write ``out/<id>.png`` (VOC palette) for every image not done yet; returns counts and timings."""
     from tqdm import tqdm
 
@@ -168,7 +209,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
             tensor = torch.stack([to_tensor(image) for image in images]).to(device)
             classes = predict_labels(model, tensor, label_threshold)
         for item, label_map in zip(batch, segment_images(model, images, classes, method, threshold, scales,
-                                                         report["timings"])):
+                                                         report["timings"], misvm=misvm)):
             write_label_png(out / f"{item.id}.png", label_map)
             report["written"] += 1
             bar.update(1)

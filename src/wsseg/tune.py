@@ -18,6 +18,7 @@ from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
+from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features
 from wsseg.io import write_json_atomic
 from wsseg.maps.export import iter_batches
 from wsseg.models.classifier import FCNClassifier
@@ -31,7 +32,7 @@ CRF_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.85, 9))
 
 def tune_background(model: FCNClassifier, dataset: VOCDataset, method: str,
                     thresholds: Sequence[float] | None = None, scales: Sequence[float] | None = None,
-                    batch_size: int = 8, skip_bad: bool = False, progress: bool = True) -> list[dict]:
+                    batch_size: int = 8, skip_bad: bool = False, progress: bool = True, misvm=None) -> list[dict]:
     """mIoU of ``method`` on the split (ground-truth image labels) for each threshold."""
     from tqdm import tqdm
 
@@ -45,13 +46,15 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: str,
         images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
         classes = [[label - 1 for label in item.labels] for item in batch]
         all_maps = {name: prepared_maps(model, images, classes, name, scales) for name in spec.maps}
+        features = layer_features(model, images, DEFAULT_LAYERS) if spec.needs_features else [None] * len(batch)
         for n, item in enumerate(batch):
             truth = dataset.load_mask(item.id)
             labels = list(item.labels)
             maps = {name: values[n, : len(labels)] for name, values in all_maps.items()}
             for matrix, threshold in zip(matrices, grid):
                 if labels:
-                    prediction = spec.fusion(item.image, maps, labels, threshold, timings)
+                    prediction = spec.fusion(item.image, maps, labels, threshold, timings, features=features[n],
+                                             misvm=misvm)
                 else:
                     prediction = np.zeros(truth.shape, np.uint8)
                 matrix.update(prediction, truth)

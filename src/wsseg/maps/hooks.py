@@ -163,7 +163,10 @@ def capture_outputs(model: nn.Module, names: Sequence[str]) -> Iterator[Captured
             # a clone, so that a later in-place operation cannot change what we differentiate against;
             # without a graph so far (frozen parameters, input not requiring grad) it becomes the leaf
             # the graph starts from, so nothing below the first captured layer is recorded
-            output = output.clone() if output.requires_grad else output.detach().clone().requires_grad_(True)
+            if output.requires_grad or not torch.is_grad_enabled():
+                output = output.clone()
+            else:
+                output = output.detach().clone().requires_grad_(True)
             captured.outputs[name] = output
             return output
 

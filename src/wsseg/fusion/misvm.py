@@ -1,0 +1,178 @@
+"""mi-SVM (Andrews, Tsochantaridis & Hofmann, NIPS 2002) with scikit-learn linear SVMs.
+
+Bags are images, instances their superpixels. For class c, instances of images without c are
+negative; those of images with c start positive, and each round relabels them by the SVM's
+sign while keeping at least one positive (the highest-scoring) in every positive bag, until
+the labels stop changing. Scores become probabilities by Platt scaling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.errors import WssegError
+
+
+@dataclass
+class MiSVM:
+    """Linear scorers for C classes on standardised zoom-out features, with Platt scaling."""
+
+    mean: np.ndarray  # [D]
+    scale: np.ndarray  # [D]
+    weights: np.ndarray  # [C, D]
+    bias: np.ndarray  # [C]
+    platt: np.ndarray  # [C, 2]: probability = sigmoid(a * score + b)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.scale) @ self.weights.T + self.bias
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """[P, D] -> [P, C] calibrated class probabilities."""
+        z = self.scores(features) * self.platt[:, 0] + self.platt[:, 1]
+        from scipy.special import expit
+
+        return expit(z)
+
+    def save(self, path: str | Path) -> None:
+        from wsseg.io import atomic_write
+
+        with atomic_write(path) as handle:
+            np.savez(handle, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias, platt=self.platt)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MiSVM:
+        path = Path(path)
+        if not path.is_file():
+            raise WssegError(f"{path}: no mi-SVM here; train one with `wsseg train-misvm --run RUN --data ROOT`")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(*(data[key] for key in ("mean", "scale", "weights", "bias", "platt")))
+        except (OSError, KeyError, ValueError) as exc:
+            raise WssegError(f"{path}: unreadable mi-SVM ({exc})") from None
+
+
+def _linear_svm(features: np.ndarray, labels: np.ndarray, seed: int):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
+
+    # hinge loss = a linear SVM; SGD keeps tens of thousands of instances x thousands of features fast.
+    # The epoch cap is deliberate (the mi-SVM loop refits anyway), so its warning is noise.
+    svm = SGDClassifier(loss="hinge", alpha=1e-2, max_iter=30, tol=1e-3, class_weight="balanced",
+                        random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return svm.fit(features, labels)
+
+
+def train_class(features: np.ndarray, bags: np.ndarray, positive_bags: np.ndarray, max_rounds: int = 8,
+                seed: int = 0, seeds: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+    """mi-SVM for one class: returns (weights, bias, final instance labels).
+
+    ``seeds`` [I] in [0, 1] (e.g. the class's CAM on each superpixel) start the positive bags'
+    labels: instances at >= 0.5 positive (and each bag's best), instead of every instance.
+    """
+    in_positive = np.isin(bags, positive_bags)
+    labels = np.where(in_positive, 1, -1)
+    if seeds is not None:
+        labels = np.where(in_positive & (seeds >= 0.5), 1, -1)
+        for bag in positive_bags:
+            members = np.nonzero(bags == bag)[0]
+            if members.size:
+                labels[members[np.argmax(seeds[members])]] = 1
+    svm = None
+    for _ in range(max_rounds):
+        svm = _linear_svm(features, labels, seed)
+        scores = svm.decision_function(features)
+        new = np.where(in_positive, np.where(scores > 0, 1, -1), -1)
+        for bag in positive_bags:  # every positive bag keeps its best instance positive
+            members = np.nonzero(bags == bag)[0]
+            if members.size and not (new[members] > 0).any():
+                new[members[np.argmax(scores[members])]] = 1
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    assert svm is not None
+    return svm.coef_.ravel().astype(np.float32), float(svm.intercept_[0]), labels
+
+
+def train_misvm(features: np.ndarray, bags: np.ndarray, bag_labels: Sequence[Sequence[int]], num_classes: int,
+                seed: int = 0, progress: bool = False, seeds: np.ndarray | None = None) -> MiSVM:
+    """features [I, D] of all instances, bags [I] bag index per instance, bag_labels: 0-based classes per bag;
+    ``seeds`` [I, C] optional initial instance scores in [0, 1] per class."""
+    from sklearn.linear_model import LogisticRegression
+    from tqdm import tqdm
+
+    mean = features.mean(0)
+    scale = features.std(0) + 1e-6
+    standard = (features - mean) / scale
+    weights = np.zeros((num_classes, features.shape[1]), np.float32)
+    bias = np.zeros(num_classes, np.float32)
+    platt = np.tile(np.array([1.0, 0.0], np.float32), (num_classes, 1))
+    for c in tqdm(range(num_classes), desc="mi-SVM", unit="class", disable=not progress):
+        positive = np.array([b for b, labels in enumerate(bag_labels) if c in labels])
+        if positive.size == 0 or positive.size == len(bag_labels):
+            continue  # nothing to tell apart; the class keeps a zero scorer
+        w, b, labels = train_class(standard, bags, positive, seed=seed,
+                                   seeds=None if seeds is None else seeds[:, c])
+        # scale the scorer to unit spread first: hinge-loss SGD leaves margins in the hundreds, and
+        # Platt scaling on such scores saturates every probability at 0 or 1
+        spread = float(np.std(standard @ w + b)) or 1.0
+        w, b = w / spread, b / spread
+        weights[c], bias[c] = w, b
+        scores = (standard @ w + b).reshape(-1, 1)
+        calibration = LogisticRegression().fit(scores, labels > 0)
+        platt[c] = (calibration.coef_[0, 0], calibration.intercept_[0])
+    return MiSVM(mean.astype(np.float32), scale.astype(np.float32), weights, bias, platt)
+
+
+MISVM_FILE = "misvm.npz"
+
+
+def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, skip_bad: bool = False,
+                         progress: bool = True, seed: int = 0) -> dict:
+    """Zoom-out features of every superpixel of the split, one mi-SVM per class, saved in RUN."""
+    import torch
+    from tqdm import tqdm
+
+    from wsseg.data.transforms import to_tensor
+    from wsseg.fusion.superpixels import slic_superpixels
+    from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features, zoomout
+    from wsseg.maps.export import iter_batches
+    from wsseg.pipelines import PIPELINE_A_PIXELS_PER_SUPERPIXEL
+
+    from wsseg.fusion.superpixels import superpixel_means
+    from wsseg.maps import cam_maps, normalize_maps
+
+    descriptors, bags, bag_labels, seeds, skipped = [], [], [], [], [0]
+    bar = tqdm(total=len(dataset), desc="zoom-out features", unit="img", disable=not progress)
+    device = next(model.parameters()).device
+
+    def count_skip(_image_id: str) -> None:
+        skipped[0] += 1
+        bar.update(1)
+
+    for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, count_skip):
+        images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
+        every_class = [list(range(dataset.num_classes))] * len(batch)
+        cams = normalize_maps(cam_maps(model, images, every_class)).cpu().numpy()
+        for item, features, cam in zip(batch, layer_features(model, images, DEFAULT_LAYERS), cams):
+            superpixels = slic_superpixels(item.image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
+            instance = zoomout(features, superpixels)
+            descriptors.append(instance)
+            seeds.append(superpixel_means(cam, superpixels))
+            bags.append(np.full(len(instance), len(bag_labels)))
+            bag_labels.append([label - 1 for label in item.labels])
+            bar.update(1)
+    bar.close()
+    if not descriptors:
+        raise WssegError(f"{dataset.root}: no usable image in split {dataset.split!r}")
+    svm = train_misvm(np.concatenate(descriptors), np.concatenate(bags), bag_labels, dataset.num_classes,
+                      seed=seed, progress=progress, seeds=np.concatenate(seeds))
+    svm.save(Path(run) / MISVM_FILE)
+    return {"images": len(bag_labels), "instances": int(sum(len(d) for d in descriptors)), "skipped": skipped[0]}
