@@ -35,6 +35,12 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
                         help="skip unreadable or inconsistent images and count them, instead of stopping")
 
 
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, help="training run folder")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 
@@ -88,14 +94,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_scales(text: str) -> tuple[float, ...]:
+def _parse_numbers(text: str) -> tuple[float, ...]:
+    """A comma-separated list of positive numbers (scales, thresholds)."""
     try:
-        scales = tuple(float(part) for part in text.split(",") if part.strip())
+        numbers = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"{text!r}: scales must be positive")
-    return scales
+    if not numbers or any(n <= 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: the numbers must be positive")
+    return numbers
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
@@ -108,7 +115,7 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     dataset = VOCDataset(args.data, args.split, masks=args.masks)
     check_same_classes(config, dataset.classes, args.run, args.data)
     counts = compute_split_maps(model, dataset, args.method, args.out, labels=args.labels, scales=args.scales,
-                                batch_size=args.batch_size, threshold=args.threshold, skip_bad=args.skip_bad,
+                                batch_size=args.batch_size, threshold=args.label_threshold, skip_bad=args.skip_bad,
                                 progress=not args.quiet, device=pick_device(args.device))
     print(f"[maps] {counts['written']} written, {counts['already_done']} already done, "
           f"{counts['skipped_bad']} bad images skipped -> {args.out}")
@@ -290,20 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
 
     maps = command("maps", _cmd_maps, "write class maps (saliency, CAM, ...) for every image of a split")
-    maps.add_argument("--run", required=True, type=Path, help="training run folder")
+    _add_model_args(maps)
     _add_dataset_args(maps)
     maps.add_argument("--method", default="dcsm", choices=["dcsm", "layers", "guided", "gradient", "cam", "gradcam"])
     maps.add_argument("--out", required=True, type=Path, help="folder for <id>.npz and <id>.png")
     maps.add_argument("--labels", default="gt", choices=["gt", "predicted"],
                       help="classes to explain: the image-level labels (gt) or the classifier's (predicted)")
-    maps.add_argument("--scales", type=_parse_scales, default=None,
+    maps.add_argument("--scales", type=_parse_numbers, default=None,
                       help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
-    maps.add_argument("--threshold", type=float, default=0.5, help="score threshold for --labels predicted")
-    maps.add_argument("--batch-size", type=int, default=8)
-    maps.add_argument("--device", default="auto")
+    maps.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for --labels predicted")
 
     segment = command("segment", _cmd_segment, "segment a split (VOC palette PNGs) or one image")
-    segment.add_argument("--run", required=True, type=Path, help="training run folder")
+    _add_model_args(segment)
     segment.add_argument("--data", type=Path, help="VOC-layout dataset root")
     segment.add_argument("--split", default="val")
     segment.add_argument("--masks", default="SegmentationClass")
@@ -316,30 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold", type=float, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
     segment.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for predicted labels")
-    segment.add_argument("--scales", type=_parse_scales, default=None, help="input scales for dcsm and cam")
-    segment.add_argument("--batch-size", type=int, default=8)
-    segment.add_argument("--device", default="auto")
-    segment.add_argument("--skip-bad", action="store_true")
+    segment.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")
+    segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
 
     misvm = command("train-misvm", _cmd_train_misvm,
                     "train pipeline A's mi-SVM on zoom-out superpixel features (image labels only)")
-    misvm.add_argument("--run", required=True, type=Path)
+    _add_model_args(misvm)
     _add_dataset_args(misvm, split_default="train")
-    misvm.add_argument("--batch-size", type=int, default=8)
     misvm.add_argument("--seed", type=int, default=0)
-    misvm.add_argument("--device", default="auto")
 
     tune = command("tune-background", _cmd_tune_background,
                    "choose a method's background threshold on a labelled split (an oracle choice)")
-    tune.add_argument("--run", required=True, type=Path)
+    _add_model_args(tune)
     _add_dataset_args(tune, split_default="train")
     tune.add_argument("--method", default="dcsm-crf",
                       choices=list(SEGMENT_METHOD_NAMES))
-    tune.add_argument("--thresholds", type=_parse_scales, default=None,
+    tune.add_argument("--thresholds", type=_parse_numbers, default=None,
                       help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
-    tune.add_argument("--scales", type=_parse_scales, default=None)
-    tune.add_argument("--batch-size", type=int, default=8)
-    tune.add_argument("--device", default="auto")
+    tune.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
