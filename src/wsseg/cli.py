@@ -208,7 +208,6 @@ def _cmd_tune_background(args: argparse.Namespace) -> int:
 
 
 def _segment_one_image(args: argparse.Namespace, model, config) -> int:
-    import torch
     from PIL import Image
 
     from wsseg.data.images import read_image, write_label_png

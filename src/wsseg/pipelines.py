@@ -6,10 +6,11 @@ classifier's predictions) and returns a label map (0 background, 1..C classes).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +38,26 @@ def unsaturate_dcsm(maps: torch.Tensor) -> torch.Tensor:
     return normalize_maps(linear, "minmax")
 
 
+@contextlib.contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to ``timings[stage]`` (the per-stage split of the benchmarks)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+
+
 def threshold_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
                      timings: dict[str, float], **extras) -> np.ndarray:
-    started = time.perf_counter()
-    result = labels_from_maps(next(iter(maps.values())), labels, threshold)
-    timings["threshold"] = timings.get("threshold", 0.0) + time.perf_counter() - started
-    return result
+    with timed(timings, "threshold"):
+        return labels_from_maps(next(iter(maps.values())), labels, threshold)
 
 
 def crf_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
                timings: dict[str, float], **extras) -> np.ndarray:
-    started = time.perf_counter()
-    refined = dense_crf(image, soft_probabilities(next(iter(maps.values())), threshold))
-    timings["crf"] = timings.get("crf", 0.0) + time.perf_counter() - started
+    with timed(timings, "crf"):
+        refined = dense_crf(image, soft_probabilities(next(iter(maps.values())), threshold))
     return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
 
 
@@ -60,16 +68,14 @@ def pipeline_b_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: li
     from wsseg.fusion.objectness import border_contrast
     from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 
-    started = time.perf_counter()
-    superpixels = slic_superpixels(image)
-    objectness = border_contrast(image, superpixels)
-    timings["superpixels"] = timings.get("superpixels", 0.0) + time.perf_counter() - started
-    started = time.perf_counter()
-    enhanced = maps["cam"] * (0.5 + 0.5 * objectness)[None]
-    enhanced = enhanced / np.maximum(enhanced.reshape(len(labels), -1).max(axis=1), 1e-12)[:, None, None]
-    combined = 0.5 * enhanced + 0.5 * maps["dcsm"]
-    choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels), threshold)
-    timings["ilp"] = timings.get("ilp", 0.0) + time.perf_counter() - started
+    with timed(timings, "superpixels"):
+        superpixels = slic_superpixels(image)
+        objectness = border_contrast(image, superpixels)
+    with timed(timings, "ilp"):
+        enhanced = maps["cam"] * (0.5 + 0.5 * objectness)[None]
+        enhanced = enhanced / np.maximum(enhanced.reshape(len(labels), -1).max(axis=1), 1e-12)[:, None, None]
+        combined = 0.5 * enhanced + 0.5 * maps["dcsm"]
+        choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels), threshold)
     return np.array([0, *labels], np.uint8)[choice][superpixels]
 
 
@@ -85,18 +91,15 @@ def pipeline_a_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: li
 
     if extras.get("misvm") is None:
         raise WssegError("pipeline-a needs a trained mi-SVM: run `wsseg train-misvm --run RUN --data ROOT` first")
-    started = time.perf_counter()
-    superpixels = slic_superpixels(image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
-    descriptors = zoomout(extras["features"], superpixels)
-    timings["superpixels"] = timings.get("superpixels", 0.0) + time.perf_counter() - started
-    started = time.perf_counter()
-    probabilities = extras["misvm"].probabilities(descriptors)[:, [label - 1 for label in labels]]  # [P, K]
-    timings["svm"] = timings.get("svm", 0.0) + time.perf_counter() - started
-    started = time.perf_counter()
-    unified = 0.5 * probabilities + 0.5 * superpixel_means(maps["dcsm"], superpixels)
-    unary = soft_probabilities(unified.T[:, :, None], threshold)[:, :, 0].T  # [P, K + 1]
-    refined = mean_field(unary, contrast_weights(image, superpixels))
-    timings["superpixel crf"] = timings.get("superpixel crf", 0.0) + time.perf_counter() - started
+    with timed(timings, "superpixels"):
+        superpixels = slic_superpixels(image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
+        descriptors = zoomout(extras["features"], superpixels)
+    with timed(timings, "svm"):
+        probabilities = extras["misvm"].probabilities(descriptors)[:, [label - 1 for label in labels]]  # [P, K]
+    with timed(timings, "superpixel crf"):
+        unified = 0.5 * probabilities + 0.5 * superpixel_means(maps["dcsm"], superpixels)
+        unary = soft_probabilities(unified.T[:, :, None], threshold)[:, :, 0].T  # [P, K + 1]
+        refined = mean_field(unary, contrast_weights(image, superpixels))
     return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=1)][superpixels]
 
 
@@ -158,16 +161,14 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     batch = torch.stack([to_tensor(image) for image in images]).to(device)
     all_maps = {}
     for map_method in spec.maps:
-        started = time.perf_counter()
-        all_maps[map_method] = prepared_maps(model, batch, classes, map_method, scales)
-        timings[f"maps ({map_method})"] = timings.get(f"maps ({map_method})", 0.0) + time.perf_counter() - started
+        with timed(timings, f"maps ({map_method})"):
+            all_maps[map_method] = prepared_maps(model, batch, classes, map_method, scales)
     features: list[np.ndarray | None] = [None] * len(images)
     if spec.needs_features:
         from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features
 
-        started = time.perf_counter()
-        features = layer_features(model, batch, DEFAULT_LAYERS)
-        timings["features"] = timings.get("features", 0.0) + time.perf_counter() - started
+        with timed(timings, "features"):
+            features = layer_features(model, batch, DEFAULT_LAYERS)
     results = []
     for n, (image, per_image) in enumerate(zip(images, classes)):
         labels = [c + 1 for c in per_image]

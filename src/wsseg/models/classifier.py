@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wsseg.errors import WssegError
