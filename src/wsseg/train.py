@@ -231,8 +231,8 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
         history = json.loads(history_path.read_text())[:start_epoch] if history_path.exists() else []
         if group.is_main:
             print(f"[train] resuming {out} after epoch {start_epoch}")
-    elif options.resume and group.is_main:
-        print(f"[train] nothing to resume in {out}; starting fresh")
+    elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
+        print(f"[train] no checkpoint to resume in {out}; starting fresh")
 
     torch.manual_seed(options.seed)
     model = build_classifier(train_set.num_classes, backbone=options.backbone, pooling=options.pooling,
