@@ -41,6 +41,15 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
+def _add_label_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", default="gt", choices=["gt", "predicted"],
+                        help="classes per image: the image-level labels (gt, default: pseudo-labels) or the "
+                             "classifier's (predicted)")
+    parser.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for --labels predicted")
+    parser.add_argument("--scales", type=_parse_numbers, default=None,
+                        help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 
@@ -300,11 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(maps)
     maps.add_argument("--method", default="dcsm", choices=["dcsm", "layers", "guided", "gradient", "cam", "gradcam"])
     maps.add_argument("--out", required=True, type=Path, help="folder for <id>.npz and <id>.png")
-    maps.add_argument("--labels", default="gt", choices=["gt", "predicted"],
-                      help="classes to explain: the image-level labels (gt) or the classifier's (predicted)")
-    maps.add_argument("--scales", type=_parse_numbers, default=None,
-                      help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
-    maps.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for --labels predicted")
+    _add_label_args(maps)
 
     segment = command("segment", _cmd_segment, "segment a split (VOC palette PNGs) or one image")
     _add_model_args(segment)
@@ -315,12 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--method", default="dcsm-crf",
                          choices=list(SEGMENT_METHOD_NAMES))
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
-    segment.add_argument("--labels", default="gt", choices=["gt", "predicted"],
-                         help="image-level labels to use for a split (default gt: pseudo-labels)")
+    _add_label_args(segment)
     segment.add_argument("--threshold", type=float, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
-    segment.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for predicted labels")
-    segment.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")
     segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
 
     misvm = command("train-misvm", _cmd_train_misvm,

@@ -38,7 +38,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def safe_torch_load(path: str | os.PathLike[str], what: str) -> Any:
+def load_weights_only(path: str | os.PathLike[str], what: str) -> Any:
     """torch.load with weights_only=True: a file that carries code is refused, never run.
 
     Every failure becomes a WssegError naming the file.

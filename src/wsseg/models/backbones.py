@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from wsseg.errors import WssegError
-from wsseg.io import safe_torch_load
+from wsseg.io import load_weights_only
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +24,7 @@ OUTPUT_STRIDES = (8, 16, 32)
 
 def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict of tensors from a file (also inside a {'state_dict': ...} wrapper)."""
-    state = safe_torch_load(path, what)
+    state = load_weights_only(path, what)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -16,7 +16,7 @@ import torch
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import atomic_write, safe_torch_load, write_json_atomic
+from wsseg.io import atomic_write, load_weights_only, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 
 CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
@@ -75,7 +75,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, epoch: int,
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    state = safe_torch_load(path, "checkpoint")
+    state = load_weights_only(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
         raise WssegError(f"{path}: not a wsseg checkpoint")
     return state
