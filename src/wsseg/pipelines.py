@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from wsseg.data.images import voc_palette, write_label_png
-from wsseg.data.transforms import to_tensor
+from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
 from wsseg.fusion.crf import dense_crf
 from wsseg.maps import class_maps, normalize_maps
-from wsseg.maps.export import iter_batches, predict_labels
+from wsseg.maps.export import batch_classes, iter_batches
 from wsseg.models.classifier import FCNClassifier
 
 
@@ -157,8 +157,7 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     spec = get_method(method)
     threshold = check_threshold(spec.threshold if threshold is None else threshold)
     timings = timings if timings is not None else defaultdict(float)
-    device = next(model.parameters()).device
-    batch = torch.stack([to_tensor(image) for image in images]).to(device)
+    batch = batch_tensor(images, next(model.parameters()).device)
     all_maps = {}
     for map_method in spec.maps:
         with timed(timings, f"maps ({map_method})"):
@@ -201,14 +200,9 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
         report["skipped_bad"] += 1
         bar.update(1)
 
-    device = next(model.parameters()).device
     for batch in iter_batches(dataset, todo, batch_size, skip_bad, labels == "gt", skipped):
         images = [item.image for item in batch]
-        if labels == "gt":
-            classes = [[label - 1 for label in item.labels] for item in batch]
-        else:
-            tensor = torch.stack([to_tensor(image) for image in images]).to(device)
-            classes = predict_labels(model, tensor, label_threshold)
+        classes = batch_classes(model, batch, labels, label_threshold)
         for item, label_map in zip(batch, segment_images(model, images, classes, method, threshold, scales,
                                                          report["timings"], misvm=misvm)):
             write_label_png(out / f"{item.id}.png", label_map)

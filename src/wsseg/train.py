@@ -211,11 +211,11 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
         if options.val_split else None
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
-    config = RunConfig(classes=list(train_set.classes.foreground), backbone=options.backbone,
-                       pooling=options.pooling, lse_r=options.lse_r, image_size=options.image_size,
-                       output_stride=options.output_stride, epochs=options.epochs, batch_size=options.batch_size,
-                       lr=options.lr, weight_decay=options.weight_decay, seed=options.seed, split=options.split,
-                       val_split=options.val_split, data=str(options.data), masks=options.masks)
+    # the run records every option it shares a name with (backbone, pooling, image size, ...)
+    recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
+                if f.name not in ("classes", "extra")}
+    recorded["data"] = str(options.data)  # JSON-safe when a Path was passed
+    config = RunConfig(classes=list(train_set.classes.foreground), **recorded)
     history: list[dict] = []
     start_epoch = 0
     resume_state = None

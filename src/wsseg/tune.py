@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from wsseg.data.transforms import to_tensor
+from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
@@ -43,7 +42,7 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: str,
     device = next(model.parameters()).device
     timings: dict[str, float] = {}
     for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, lambda _i: bar.update(1)):
-        images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
+        images = batch_tensor([item.image for item in batch], device)
         classes = [[label - 1 for label in item.labels] for item in batch]
         all_maps = {name: prepared_maps(model, images, classes, name, scales) for name in spec.maps}
         features = layer_features(model, images, DEFAULT_LAYERS) if spec.needs_features else [None] * len(batch)

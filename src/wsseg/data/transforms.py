@@ -55,3 +55,8 @@ def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def batch_tensor(images, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Equally sized H x W x 3 uint8 images -> an N x 3 x H x W float batch on ``device``."""
+    return torch.stack([to_tensor(image) for image in images]).to(device)

@@ -137,10 +137,9 @@ MISVM_FILE = "misvm.npz"
 def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, skip_bad: bool = False,
                          progress: bool = True, seed: int = 0) -> dict:
     """Zoom-out features of every superpixel of the split, one mi-SVM per class, saved in RUN."""
-    import torch
     from tqdm import tqdm
 
-    from wsseg.data.transforms import to_tensor
+    from wsseg.data.transforms import batch_tensor
     from wsseg.fusion.superpixels import slic_superpixels
     from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features, zoomout
     from wsseg.maps.export import iter_batches
@@ -158,7 +157,7 @@ def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, s
         bar.update(1)
 
     for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, count_skip):
-        images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
+        images = batch_tensor([item.image for item in batch], device)
         every_class = [list(range(dataset.num_classes))] * len(batch)
         cams = normalize_maps(cam_maps(model, images, every_class)).cpu().numpy()
         for item, features, cam in zip(batch, layer_features(model, images, DEFAULT_LAYERS), cams):

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsseg.data.transforms import to_tensor
+from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import atomic_write
 from wsseg.maps import class_maps, dcsm, normalize_maps
+from wsseg.maps.hooks import inference_state
 from wsseg.models.classifier import FCNClassifier
 
 LABEL_SOURCES = ("gt", "predicted")
@@ -31,18 +32,23 @@ class ImageItem:
 def predict_labels(model: FCNClassifier, images: torch.Tensor, threshold: float = 0.5) -> list[list[int]]:
     """Classes (0-based) whose sigmoid score passes ``threshold``; the top class when none does
     (every image is assumed to show at least one object, as in PASCAL VOC)."""
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        try:
-            scores = torch.sigmoid(model(images))
-        finally:
-            model.train(was_training)
+    with inference_state(model), torch.no_grad():
+        scores = torch.sigmoid(model(images))
     result = []
     for row in scores:
         chosen = torch.nonzero(row > threshold).flatten().tolist()
         result.append(chosen or [int(row.argmax())])
     return result
+
+
+def batch_classes(model: FCNClassifier, batch: Sequence[ImageItem], labels: str, threshold: float = 0.5,
+                  images: torch.Tensor | None = None) -> list[list[int]]:
+    """The classes (0-based) to explain per image: its ground-truth labels, or the classifier's."""
+    if labels == "gt":
+        return [[label - 1 for label in item.labels] for item in batch]
+    if images is None:
+        images = batch_tensor([item.image for item in batch], next(model.parameters()).device)
+    return predict_labels(model, images, threshold)
 
 
 def iter_batches(dataset: VOCDataset, ids: Sequence[str], batch_size: int, skip_bad: bool,
@@ -105,11 +111,8 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: str, o
 
     options = {} if scales is None or method not in ("dcsm", "cam") else {"scales": tuple(scales)}
     for batch in iter_batches(dataset, todo, batch_size, skip_bad, labels == "gt", skipped):
-        images = torch.stack([to_tensor(item.image) for item in batch]).to(device)
-        if labels == "gt":
-            classes = [[label - 1 for label in item.labels] for item in batch]
-        else:
-            classes = predict_labels(model, images, threshold)
+        images = batch_tensor([item.image for item in batch], device)
+        classes = batch_classes(model, batch, labels, threshold, images)
         agnostic = None
         if method == "dcsm":
             result = dcsm(model, images, classes, **options)
