@@ -1,18 +1,101 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
+import pytest
+
 from wsseg.cli import main
+from wsseg.pipelines import SEGMENT_METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
-def test_quick_demo_runs_end_to_end_and_resumes(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert "background-only" in printed and "val mAP" in printed
+    return out
+
+
+def test_quick_demo_runs_end_to_end_and_resumes(quick_demo, capsys) -> None:
+    out = quick_demo
     scores = json.loads((out / "scores" / "background-only.json").read_text())
     assert 0 < scores["miou"] < 0.5 and scores["n_images"] == 20
+    assert {p.stem for p in (out / "scores").glob("*.json")} == {"background-only", *SEGMENT_METHODS}
     model_bytes = (out / "run" / "model.pt").read_bytes()
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0  # rerun: nothing retrained
+    printed = capsys.readouterr().out
+    assert "background-only" in printed and "val mAP" in printed
+    assert f"report: {(out / 'report' / 'index.html').resolve()}" in printed
     assert (out / "run" / "model.pt").read_bytes() == model_bytes
+    # the rerun keeps the first run's timings instead of timing skipped work as ~0 s per image
+    assert json.loads((out / "scores" / "dcsm.json").read_text())["seconds_per_image"] > 0.001
+
+
+def test_report_is_self_contained(quick_demo) -> None:
+    out = quick_demo
+    report = out / "report"
+    page = (report / "index.html").read_text()
+    assert "http://" not in page and "https://" not in page  # works offline: nothing fetched
+    moved = out.parent / "moved-report"
+    shutil.copytree(report, moved)  # the folder alone is the report: every picture travels with it
+    sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
+    assert sources and all((moved / source).is_file() for source in sources)
+    assert "training_curve.png" in sources
+    assert sum("_dcsm_" in source for source in sources) >= 4  # at least one DCSM map per example
+
+
+def test_report_command_rebuilds_and_names_missing_scores(quick_demo, tmp_path: Path, capsys) -> None:
+    out = quick_demo
+    assert main(["report", str(out), "--examples", "2", "--quiet"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("wsseg report: error:") and "scores" in error and len(error.splitlines()) == 1
+
+
+def _chromium_driver():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide Debian's chromium and chromium-driver (.ci/run installs them)")
+        pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--no-first-run",
+                 "--window-size=1600,2200"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+def test_report_renders_in_headless_chromium(quick_demo) -> None:
+    out = quick_demo
+    driver = _chromium_driver()
+    try:
+        driver.get((out / "report" / "index.html").resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+        rows = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#results tbody tr')).map(r => r.dataset.method);")
+        legend = driver.find_element("id", "legend").text
+        screenshot = REPO / "build" / "report-screenshot.png"
+        screenshot.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+        print(f"report screenshot: {screenshot}")
+    finally:
+        driver.quit()
+    assert len(images) > 10
+    broken = [src for src, complete, width in images if not complete or width == 0]
+    assert not broken, f"images that did not load: {broken}"
+    assert rows == ["background-only", *SEGMENT_METHODS]  # one row per method, in order
+    for name in ("background", "circle", "square", "triangle", "star", "cross", "ring", "void"):
+        assert name in legend
+    assert screenshot.stat().st_size > 10_000

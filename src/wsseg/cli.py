@@ -241,6 +241,14 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from wsseg.report import build_report
+
+    index = build_report(args.folder, data=args.data, run=args.run, split=args.split, examples=args.examples)
+    print(f"[report] wrote {index}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsseg.demo import run_demo
 
@@ -340,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--thresholds", type=_parse_numbers, default=None,
                       help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
     tune.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")
+
+    report = command("report", _cmd_report, "write FOLDER/report/index.html from FOLDER's scores and predictions")
+    report.add_argument("folder", type=Path, help="results folder: scores/<method>.json, predictions/<method>/ "
+                        "(the layout `wsseg demo` writes)")
+    report.add_argument("--data", type=Path, help="dataset root (default FOLDER/data)")
+    report.add_argument("--run", type=Path, help="classifier run folder, for the curve and DCSM maps "
+                        "(default FOLDER/run)")
+    report.add_argument("--split", default="val", help="split the predictions belong to (default val)")
+    report.add_argument("--examples", type=_positive_int, default=8, help="images in the example grid (default 8)")
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")

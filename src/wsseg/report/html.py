@@ -1,0 +1,211 @@
+"""The HTML report of a results folder: one self-contained directory that opens offline.
+
+Layout read from ``DIR`` (what ``wsseg demo`` writes, and what ``wsseg segment``/``evaluate``
+write when pointed there)::
+
+    DIR/scores/<method>.json        wsseg evaluate output (+ seconds_per_image)
+    DIR/predictions/<method>/<id>.png
+    DIR/run/history.json, model.pt  the classifier (training curve, DCSM maps)
+    DIR/data                        the dataset (images, ground truth)
+
+Written: ``DIR/report/index.html`` with ``training_curve.png`` and ``images/*.png`` beside it,
+every file atomically, the page last, so a crash never leaves a page pointing at missing files.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wsseg.data.images import read_label_png, voc_palette, write_image
+from wsseg.data.voc import VOCDataset
+from wsseg.errors import DataError, WssegError
+from wsseg.io import write_text_atomic
+from wsseg.maps.export import heat_overlay
+from wsseg.report.plots import colour_labels, plot_training_curve
+
+REPORT_DIR = "report"
+BASELINE = "background-only"
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+.scroll { overflow-x: auto; }
+h1 { margin-bottom: 0.2em; } .muted { color: #666; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+th { background: #f2f2f2; } td.name, th.name { text-align: left; }
+tr.best td { background: #e8f5e9; font-weight: bold; }
+.legend span { display: inline-block; margin: 0 1em 0.4em 0; }
+.swatch { display: inline-block; width: 1em; height: 1em; vertical-align: middle; border: 1px solid #888;
+          margin-right: 0.3em; }
+table.grid td { text-align: center; vertical-align: top; padding: 2px; }
+table.grid img { width: 128px; height: 128px; image-rendering: pixelated; display: block; }
+table.grid .caption { font-size: 0.75em; color: #555; }
+"""
+
+
+def method_order(names: Sequence[str]) -> list[str]:
+    """The baseline first, then the registry's order, then anything else alphabetically."""
+    from wsseg.pipelines import SEGMENT_METHODS
+
+    known = [BASELINE, *SEGMENT_METHODS]
+    return [n for n in known if n in names] + sorted(n for n in names if n not in known)
+
+
+def load_scores(scores_dir: Path) -> dict[str, dict]:
+    """Every ``<method>.json`` written by ``wsseg evaluate``/the demo, in method order."""
+    found: dict[str, dict] = {}
+    for path in sorted(scores_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(path, f"cannot read scores ({exc})") from None
+        if not isinstance(data, dict) or "iou" not in data or "miou" not in data:
+            raise DataError(path, "not a wsseg evaluate result (no 'miou'/'iou')")
+        found[path.stem] = data
+    if not found:
+        raise WssegError(f"{scores_dir}: no scores (*.json) to report; write them with `wsseg evaluate --json DIR/scores/METHOD.json`")
+    return {name: found[name] for name in method_order(list(found))}
+
+
+def _percent(value: float | None) -> str:
+    return "&ndash;" if value is None else f"{100 * value:.1f}"
+
+
+def results_table(scores: dict[str, dict], class_names: Sequence[str]) -> str:
+    from wsseg.pipelines import SEGMENT_METHODS
+
+    best = max((s["miou"] for s in scores.values() if s["miou"] is not None), default=None)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in class_names)
+    rows = []
+    for method, score in scores.items():
+        spec = SEGMENT_METHODS.get(method)
+        description = spec.description if spec else ("every pixel background: the floor" if method == BASELINE
+                                                       else "")
+        seconds = score.get("seconds_per_image")
+        flags = " (threshold tuned on ground truth)" if score.get("tuned_on_ground_truth") else ""
+        cells = "".join(f"<td>{_percent(score['iou'].get(name))}</td>" for name in class_names)
+        css = ' class="best"' if score["miou"] is not None and score["miou"] == best else ""
+        rows.append(f'<tr{css} data-method="{html.escape(method)}"><td class="name" title="{html.escape(description)}">'
+                    f"{html.escape(method)}{html.escape(flags)}</td><td>{_percent(score['miou'])}</td>"
+                    f"<td>{'&ndash;' if seconds is None else f'{seconds:.3g}'}</td>{cells}</tr>")
+    return (f'<table id="results"><thead><tr><th class="name">method</th><th>mIoU %</th><th>s / image</th>'
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def legend(class_names: Sequence[str]) -> str:
+    palette = voc_palette()
+    items = [(name, palette[index]) for index, name in enumerate(class_names)] + [("void (not scored)", palette[255])]
+    spans = "".join(f'<span><i class="swatch" style="background: rgb({r},{g},{b})"></i>{html.escape(name)}</span>'
+                    for name, (r, g, b) in items)
+    return f'<div class="legend" id="legend">{spans}</div>'
+
+
+def example_ids(ids: Sequence[str], count: int) -> list[str]:
+    """``count`` ids spread evenly over the split (the same ones on every rerun)."""
+    if count <= 0 or not ids:
+        return []
+    positions = np.linspace(0, len(ids) - 1, num=min(count, len(ids))).round().astype(int)
+    return [ids[p] for p in dict.fromkeys(positions.tolist())]
+
+
+def dcsm_heat_maps(run: Path, dataset: VOCDataset, ids: Sequence[str]) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Per example: (label, heat overlay) of the DCSM map of each ground-truth class present."""
+    from wsseg.data.transforms import batch_tensor
+    from wsseg.models.run import load_run
+    from wsseg.pipelines import prepared_maps
+
+    model, _ = load_run(run)
+    result = {}
+    for image_id in ids:
+        image = dataset.load_image(image_id)
+        labels = sorted(dataset.load_labels(image_id))
+        if not labels:
+            result[image_id] = []
+            continue
+        maps = prepared_maps(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]], "dcsm")[0]
+        result[image_id] = [(label, heat_overlay(image, maps[k])) for k, label in enumerate(labels)]
+    return result
+
+
+def _figure(src: str, caption: str) -> str:
+    return (f'<td><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
+            f'<div class="caption">{html.escape(caption)}</div></td>')
+
+
+def example_grid(out: Path, dataset: VOCDataset, predictions_dir: Path, methods: Sequence[str],
+                 ids: Sequence[str], heat: dict[str, list[tuple[int, np.ndarray]]]) -> str:
+    """Write the grid's pictures under ``out/images`` and return its HTML table."""
+    names = dataset.classes.names
+    most_classes = max((len(v) for v in heat.values()), default=0)
+    head = ("<th>image</th><th>ground truth</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+            + "".join(f"<th>DCSM {k + 1}</th>" for k in range(most_classes)))
+    rows = []
+    for image_id in ids:
+        stem = image_id.replace("/", "_")
+        image = dataset.load_image(image_id)
+        write_image(out / "images" / f"{stem}.png", image)
+        write_image(out / "images" / f"{stem}_gt.png", colour_labels(dataset.load_mask(image_id)))
+        present = ", ".join(names[label] for label in sorted(dataset.load_labels(image_id)))
+        cells = [_figure(f"images/{stem}.png", image_id), _figure(f"images/{stem}_gt.png", present or "no class")]
+        for method in methods:
+            path = predictions_dir / method / f"{image_id}.png"
+            try:
+                prediction = read_label_png(path, dataset.num_classes, what="prediction")
+            except DataError:
+                cells.append('<td class="caption">no prediction</td>')
+                continue
+            write_image(out / "images" / f"{stem}_{method}.png", colour_labels(prediction))
+            cells.append(_figure(f"images/{stem}_{method}.png", method))
+        maps = heat.get(image_id, [])
+        for label, overlay in maps:
+            write_image(out / "images" / f"{stem}_dcsm_{label}.png", overlay)
+            cells.append(_figure(f"images/{stem}_dcsm_{label}.png", f"DCSM: {names[label]}"))
+        cells.extend("<td></td>" for _ in range(most_classes - len(maps)))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<div class="scroll"><table class="grid" id="examples"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def build_report(folder: str | Path, data: str | Path | None = None, run: str | Path | None = None,
+                 split: str = "val", examples: int = 8, title: str = "wsseg results") -> Path:
+    """Write ``folder/report/index.html`` from the folder's scores, predictions and run; returns its path."""
+    folder = Path(folder)
+    data = Path(data) if data is not None else folder / "data"
+    run = Path(run) if run is not None else folder / "run"
+    scores = load_scores(folder / "scores")
+    dataset = VOCDataset(data, split)
+    out = folder / REPORT_DIR
+    class_names = dataset.classes.names
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<p class="muted">{len(dataset)} {html.escape(split)} images of {html.escape(str(data))}; '
+             "segmentations made with the labels the classifier predicts unless a row says otherwise.</p>",
+             "<h2>Results</h2>", results_table(scores, class_names),
+             '<p class="muted">mIoU and per-class IoU in % (PASCAL VOC protocol, void pixels ignored); '
+             "seconds per image on the machine that ran it. Hover a method for what it does.</p>"]
+    history_path = run / "history.json"
+    if history_path.is_file():
+        history = json.loads(history_path.read_text())
+        if history:
+            plot_training_curve(history, out / "training_curve.png")
+            last = history[-1]
+            parts += ["<h2>Classifier training</h2>",
+                      '<img id="training-curve" src="training_curve.png" alt="training loss and validation mAP">',
+                      f'<p class="muted">{last["epoch"]} epochs, {last.get("elapsed", 0):.0f} s; final val mAP '
+                      f'{last.get("val_map") or float("nan"):.3f}.</p>']
+    chosen = example_ids(dataset.ids, examples)
+    heat = dcsm_heat_maps(run, dataset, chosen) if (run / "model.pt").is_file() else {}
+    methods = [m for m in scores if m != BASELINE and (folder / "predictions" / m).is_dir()]
+    parts += ["<h2>Examples</h2>", "<h3>Colours</h3>", legend(class_names),
+              example_grid(out, dataset, folder / "predictions", methods, chosen, heat),
+              '<p class="muted">DCSM columns: the distinct class-specific saliency map of each class present in '
+              "the image (ground-truth labels), un-saturated and drawn in jet colours over the image.</p>"]
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    index = out / "index.html"
+    write_text_atomic(index, page)
+    return index
