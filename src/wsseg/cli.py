@@ -33,11 +33,29 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
                         help="mask folder under the root (e.g. SegmentationClassAug)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable or inconsistent images and count them, instead of stopping")
+    _add_max_side(parser)
+
+
+def _add_max_side(parser: argparse.ArgumentParser) -> None:
+    from wsseg.data.images import DEFAULT_MAX_SIDE
+
+    parser.add_argument("--max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
+                        help=f"refuse images whose longer side exceeds this, before decoding them "
+                             f"(default {DEFAULT_MAX_SIDE})")
+
+
+def _dataset(args: argparse.Namespace):
+    from wsseg.data.voc import VOCDataset
+
+    return VOCDataset(args.data, args.split, masks=args.masks, max_side=args.max_side)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="training run folder")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
+    # --run-dir: the spelling to use under torchrun, whose own parser reads `--run` as an ambiguous
+    # abbreviation of its --run-path and stops.
+    parser.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
+                        help="training run folder (spell it --run-dir under torchrun)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per batch (default 8)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
@@ -60,11 +78,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from wsseg.data.voc import VOCDataset
-    from wsseg.evaluate import evaluate_directory, save_result
+    from wsseg.distributed import process_group
+    from wsseg.evaluate import check_scored, save_result, score_predictions, sum_over_ranks
 
-    dataset = VOCDataset(args.data, args.split, masks=args.masks)
-    result = evaluate_directory(args.pred, dataset, skip_bad=args.skip_bad, progress=not args.quiet)
+    dataset = _dataset(args)
+    with process_group("cpu") as group:
+        with group.together():
+            result = score_predictions(args.pred, dataset, group.shard(dataset.ids), skip_bad=args.skip_bad,
+                                       progress=not args.quiet and group.is_main)
+        result = sum_over_ranks(result, group)  # every rank scored its share: add them up
+    check_scored(result, args.pred)
+    if not group.is_main:
+        return 0
     print(result.table())
     extra = {"pred": str(args.pred), "split": args.split, "tuned_on_ground_truth": _oracle(args.pred)}
     if extra["tuned_on_ground_truth"]:
@@ -95,7 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         backbone=args.backbone, weights=args.weights, random_init=args.random_init, pooling=args.pooling,
         lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad, device=args.device,
+        workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
+        max_side=args.max_side, device=args.device,
         progress=not args.quiet)
     history = train(options)
     if history and "val_map" in history[-1]:
@@ -115,44 +141,70 @@ def _parse_numbers(text: str) -> tuple[float, ...]:
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
-    from wsseg.data.voc import VOCDataset
-    from wsseg.distributed import pick_device
+    from wsseg.distributed import process_group
     from wsseg.maps.export import compute_split_maps
     from wsseg.models.run import check_same_classes, load_run
 
-    model, config = load_run(args.run)
-    dataset = VOCDataset(args.data, args.split, masks=args.masks)
-    check_same_classes(config, dataset.classes, args.run, args.data)
-    counts = compute_split_maps(model, dataset, args.method, args.out, labels=args.labels, scales=args.scales,
-                                batch_size=args.batch_size, threshold=args.label_threshold, skip_bad=args.skip_bad,
-                                progress=not args.quiet, device=pick_device(args.device))
-    print(f"[maps] {counts['written']} written, {counts['already_done']} already done, "
+    with process_group(args.device) as group:
+        model, config = load_run(args.run, map_location=group.device)
+        dataset = _dataset(args)
+        check_same_classes(config, dataset.classes, args.run, args.data)
+        _clear_interrupted_writes(args.out, group)
+        with group.together():
+            counts = compute_split_maps(model, dataset, args.method, args.out, labels=args.labels,
+                                        scales=args.scales, batch_size=args.batch_size,
+                                        threshold=args.label_threshold, skip_bad=args.skip_bad,
+                                        progress=not args.quiet and group.is_main, device=group.device,
+                                        ids=group.shard_blocks(dataset.ids, args.batch_size))
+    print(f"[maps]{_rank_tag(group)} {counts['written']} written, {counts['already_done']} already done, "
           f"{counts['skipped_bad']} bad images skipped -> {args.out}")
     return 0
 
 
+def _rank_tag(group) -> str:
+    return f" rank {group.rank}/{group.world_size}:" if group.distributed else ""
+
+
+def _clear_interrupted_writes(out: Path, group) -> None:
+    """Remove temporary files a killed run left in ``out`` (rank 0, before any rank writes)."""
+    from wsseg.io import remove_stale_temporaries
+
+    if group.is_main:
+        removed = remove_stale_temporaries(out)
+        if removed:
+            print(f"removed {removed} unfinished temporary file(s) left by an interrupted run in {out}",
+                  file=sys.stderr)
+    group.barrier()
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from wsseg.distributed import pick_device
+    from wsseg.distributed import pick_device, process_group
     from wsseg.models.run import check_same_classes, load_run
 
-    model, config = load_run(args.run, map_location=pick_device(args.device))
     if args.image is not None:
+        model, config = load_run(args.run, map_location=pick_device(args.device))
         return _segment_one_image(args, model, config)
     if args.data is None:
         raise WssegError("give --data ROOT (with --split) to segment a split, or --image FILE for one image")
-    from wsseg.data.voc import VOCDataset
     from wsseg.pipelines import segment_split
 
-    dataset = VOCDataset(args.data, args.split, masks=args.masks)
-    check_same_classes(config, dataset.classes, args.run, args.data)
-    threshold, tuned = _background_threshold(args)
-    write_json_atomic(args.out / "segment.json", {"method": args.method, "labels": args.labels,
-                                                  "threshold": threshold, "tuned_on_ground_truth": tuned})
-    report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=threshold,
-                           scales=args.scales, batch_size=args.batch_size, label_threshold=args.label_threshold,
-                           skip_bad=args.skip_bad, progress=not args.quiet, misvm=_misvm_for(args))
+    with process_group(args.device) as group:
+        model, config = load_run(args.run, map_location=group.device)
+        dataset = _dataset(args)
+        check_same_classes(config, dataset.classes, args.run, args.data)
+        threshold, tuned = _background_threshold(args, quiet=not group.is_main)
+        if group.is_main:
+            write_json_atomic(args.out / "segment.json", {"method": args.method, "labels": args.labels,
+                                                          "threshold": threshold, "tuned_on_ground_truth": tuned})
+        _clear_interrupted_writes(args.out, group)
+        with group.together():
+            report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=threshold,
+                                   scales=args.scales, batch_size=args.batch_size,
+                                   label_threshold=args.label_threshold, skip_bad=args.skip_bad,
+                                   progress=not args.quiet and group.is_main, misvm=_misvm_for(args),
+                                   ids=group.shard_blocks(dataset.ids, args.batch_size))
     timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
-    print(f"[segment] {report['written']} written, {report['already_done']} already done, "
+    print(f"[segment]{_rank_tag(group)} {report['written']} written, {report['already_done']} already done, "
           f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
     return 0
 
@@ -167,13 +219,12 @@ def _misvm_for(args: argparse.Namespace):
 
 
 def _cmd_train_misvm(args: argparse.Namespace) -> int:
-    from wsseg.data.voc import VOCDataset
     from wsseg.distributed import pick_device
     from wsseg.fusion.misvm import MISVM_FILE, train_misvm_on_split
     from wsseg.models.run import check_same_classes, load_run
 
     model, config = load_run(args.run, map_location=pick_device(args.device))
-    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    dataset = _dataset(args)
     check_same_classes(config, dataset.classes, args.run, args.data)
     report = train_misvm_on_split(model, dataset, args.run, args.batch_size, args.skip_bad, not args.quiet, args.seed)
     print(f"[train-misvm] {report['images']} images, {report['instances']} superpixels, {report['skipped']} skipped "
@@ -181,7 +232,7 @@ def _cmd_train_misvm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _background_threshold(args: argparse.Namespace) -> tuple[float | None, bool]:
+def _background_threshold(args: argparse.Namespace, quiet: bool = False) -> tuple[float | None, bool]:
     """--threshold, else the one `wsseg tune-background` stored in the run (an oracle choice)."""
     from wsseg.tune import load_choices
 
@@ -189,20 +240,20 @@ def _background_threshold(args: argparse.Namespace) -> tuple[float | None, bool]
         return args.threshold, False
     stored = load_choices(args.run).get(args.method)
     if stored:
-        print(f"[segment] background threshold {stored['threshold']} tuned on the ground truth of split "
-              f"{stored['split']!r}: scores made with it are oracle numbers", file=sys.stderr)
+        if not quiet:
+            print(f"[segment] background threshold {stored['threshold']} tuned on the ground truth of split "
+                  f"{stored['split']!r}: scores made with it are oracle numbers", file=sys.stderr)
         return float(stored["threshold"]), True
     return None, False
 
 
 def _cmd_tune_background(args: argparse.Namespace) -> int:
-    from wsseg.data.voc import VOCDataset
     from wsseg.distributed import pick_device
     from wsseg.models.run import check_same_classes, load_run
     from wsseg.tune import store_choice, tune_background
 
     model, config = load_run(args.run, map_location=pick_device(args.device))
-    dataset = VOCDataset(args.data, args.split, masks=args.masks)
+    dataset = _dataset(args)
     check_same_classes(config, dataset.classes, args.run, args.data)
     curve = tune_background(model, dataset, args.method, args.thresholds, args.scales, args.batch_size,
                             args.skip_bad, progress=not args.quiet, misvm=_misvm_for(args))
@@ -225,7 +276,7 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     from wsseg.maps.export import predict_labels
     from wsseg.pipelines import label_overlay, segment_images
 
-    image = read_image(args.image)
+    image = read_image(args.image, args.max_side)
     device = next(model.parameters()).device
     classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
     threshold, _tuned = _background_threshold(args)
@@ -288,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--split", default="train", help="training split (default train)")
     train.add_argument("--val-split", default="val", help="split for per-epoch mAP/F1, or 'none' (default val)")
     train.add_argument("--masks", default="SegmentationClass", help="mask folder (labels fall back to masks)")
+    _add_max_side(train)
     train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
     train.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
     train.add_argument("--random-init", action="store_true", help="start from random weights (not advised)")
@@ -332,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--threshold", type=float, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
     segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    _add_max_side(segment)
 
     misvm = command("train-misvm", _cmd_train_misvm,
                     "train pipeline A's mi-SVM on zoom-out superpixel features (image labels only)")

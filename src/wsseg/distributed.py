@@ -12,8 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from wsseg.errors import WssegError
 
 T = TypeVar("T")
 
@@ -37,9 +40,47 @@ class ProcessGroup:
         """This rank's items: every world_size-th one, starting at its rank."""
         return list(items[self.rank::self.world_size])
 
+    def shard_blocks(self, items: Sequence[T], block: int) -> list[T]:
+        """This rank's items in whole blocks of ``block`` consecutive ones, dealt round-robin.
+
+        Batched inference cuts its batches from such blocks, so each rank computes every image with
+        the same batch neighbours as a single process does, and writes the same bytes.
+        """
+        if block < 1:
+            raise ValueError("block size must be at least 1")
+        starts = range(self.rank * block, len(items), self.world_size * block)
+        return [item for start in starts for item in items[start:start + block]]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def all_sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an integer array over all ranks (every rank gets the total)."""
+        if not self.distributed:
+            return values
+        tensor = torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64)).to(self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu().numpy()
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Run this rank's share; on leaving, wait for every rank, and fail on all if any failed.
+
+        Used instead of a bare barrier so a rank stopped by a bad file makes the others stop with a
+        clear message rather than wait at the barrier until the collective timeout.
+        """
+        failure: WssegError | OSError | None = None
+        try:
+            yield
+        except (WssegError, OSError) as exc:
+            failure = exc
+        failed_ranks = int(self.all_sum(np.array([failure is not None]))[0]) if self.distributed else 0
+        if failure is not None:
+            raise failure
+        if failed_ranks:
+            raise WssegError(f"rank {self.rank}: {failed_ranks} other rank(s) failed (their messages say why); "
+                             "this rank's finished outputs are complete and a rerun resumes")
 
 
 def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:

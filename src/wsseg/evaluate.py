@@ -18,6 +18,7 @@ import numpy as np
 from wsseg.data.classes import VOID, ClassList
 from wsseg.data.images import read_label_png
 from wsseg.data.voc import VOCDataset
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_json_atomic
 
@@ -109,12 +110,20 @@ def evaluate_arrays(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarr
 
 
 def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool = False,
-                       progress: bool = True) -> EvaluationResult:
+                       progress: bool = True, ids: Sequence[str] | None = None) -> EvaluationResult:
     """Score ``pred_dir/<id>.png`` against the dataset's masks for every id of its split.
 
     A missing or mis-sized prediction is an error naming the image; with ``skip_bad`` the
     image is skipped and counted instead.
     """
+    result = score_predictions(pred_dir, dataset, dataset.ids if ids is None else ids, skip_bad, progress)
+    check_scored(result, pred_dir)
+    return result
+
+
+def score_predictions(pred_dir: str | Path, dataset: VOCDataset, ids: Sequence[str], skip_bad: bool = False,
+                      progress: bool = True) -> EvaluationResult:
+    """The confusion matrix of some images (one rank's share); zero images is not an error here."""
     from tqdm import tqdm
 
     pred_dir = Path(pred_dir)
@@ -122,7 +131,7 @@ def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool
         raise WssegError(f"{pred_dir}: prediction directory does not exist")
     confusion = ConfusionMatrix(dataset.num_classes + 1)
     scored = skipped = 0
-    for image_id in tqdm(dataset.ids, desc="evaluate", unit="img", disable=not progress):
+    for image_id in tqdm(ids, desc="evaluate", unit="img", disable=not progress):
         try:
             truth = dataset.load_mask(image_id)
             pred_path = pred_dir / f"{image_id}.png"
@@ -139,9 +148,20 @@ def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool
             continue
         confusion.update(prediction, truth)
         scored += 1
-    if scored == 0:
-        raise WssegError(f"{pred_dir}: no image could be scored ({skipped} skipped)")
     return EvaluationResult(dataset.classes.names, confusion, scored, skipped)
+
+
+def sum_over_ranks(result: EvaluationResult, group: ProcessGroup) -> EvaluationResult:
+    """The result of all ranks' shares together (confusion matrices and counts added)."""
+    confusion = ConfusionMatrix(result.confusion.matrix.shape[0])
+    confusion.merge(group.all_sum(result.confusion.matrix))
+    scored, skipped = (int(n) for n in group.all_sum(np.array([result.n_images, result.n_skipped])))
+    return EvaluationResult(result.class_names, confusion, scored, skipped)
+
+
+def check_scored(result: EvaluationResult, pred_dir: str | Path) -> None:
+    if result.n_images == 0:
+        raise WssegError(f"{pred_dir}: no image could be scored ({result.n_skipped} skipped)")
 
 
 def save_result(path: str | Path, result: EvaluationResult, extra: dict | None = None) -> None:

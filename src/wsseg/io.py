@@ -29,6 +29,22 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete the temporary files of :func:`atomic_write` that a killed process left in ``folder``.
+
+    Only safe while nothing is writing there (a run calls it before it starts its own writes).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w") as handle:
         handle.write(text)

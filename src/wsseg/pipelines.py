@@ -183,7 +183,11 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
                   threshold: float | None = None, scales: Sequence[float] | None = None, batch_size: int = 8,
                   label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
                   ids: Sequence[str] | None = None, misvm=None) -> dict:
-    """Write ``out/<id>.png`` (VOC palette) for every image not done yet; returns counts and timings."""
+    """Write ``out/<id>.png`` (VOC palette) for every image not done yet; returns counts and timings.
+
+    ``ids`` (default: the split) are cut into fixed blocks of ``batch_size`` (see ``iter_batches``):
+    give a rank whole blocks and its outputs are the bytes a single process would write.
+    """
     from tqdm import tqdm
 
     get_method(method)
@@ -191,20 +195,25 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
         raise WssegError(f"--labels must be gt or predicted, not {labels!r}")
     out = Path(out)
     wanted = list(ids if ids is not None else dataset.ids)
-    todo = [i for i in wanted if not (out / f"{i}.png").exists()]
-    report: dict = {"written": 0, "skipped_bad": 0, "already_done": len(wanted) - len(todo),
-                    "timings": defaultdict(float)}
-    bar = tqdm(total=len(todo), desc=f"segment ({method})", unit="img", disable=not progress)
+
+    def is_done(image_id: str) -> bool:
+        return (out / f"{image_id}.png").exists()
+
+    done_before = sum(map(is_done, wanted))
+    report: dict = {"written": 0, "skipped_bad": 0, "already_done": done_before, "timings": defaultdict(float)}
+    bar = tqdm(total=len(wanted) - done_before, desc=f"segment ({method})", unit="img", disable=not progress)
 
     def skipped(_image_id: str) -> None:
         report["skipped_bad"] += 1
         bar.update(1)
 
-    for batch in iter_batches(dataset, todo, batch_size, skip_bad, labels == "gt", skipped):
+    for batch in iter_batches(dataset, wanted, batch_size, skip_bad, labels == "gt", skipped, is_done):
         images = [item.image for item in batch]
         classes = batch_classes(model, batch, labels, label_threshold)
         for item, label_map in zip(batch, segment_images(model, images, classes, method, threshold, scales,
                                                          report["timings"], misvm=misvm)):
+            if item.done:
+                continue
             write_label_png(out / f"{item.id}.png", label_map)
             report["written"] += 1
             bar.update(1)

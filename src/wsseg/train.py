@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from wsseg.data.images import DEFAULT_MAX_SIDE
 from wsseg.data.transforms import letterbox, random_scale_crop_flip, to_tensor
 from wsseg.data.voc import VOCDataset, labels_to_vector
 from wsseg.distributed import ProcessGroup, process_group
@@ -54,6 +55,7 @@ class TrainOptions:
     resume: bool = False
     stop_after: int | None = None  # finish this run after that epoch; the schedule still spans `epochs`
     skip_bad: bool = False
+    max_side: int | None = DEFAULT_MAX_SIDE  # longer image sides beyond this are refused unread
     device: str | None = None
     progress: bool = True
 
@@ -206,9 +208,11 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
     from tqdm import tqdm
 
     out = Path(options.out)
-    train_set = VOCDataset(options.data, options.split, masks=options.masks)
-    val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes) \
-        if options.val_split else None
+    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side)
+    val_set = None
+    if options.val_split:
+        val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
+                             max_side=options.max_side)
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     # the run records every option it shares a name with (backbone, pooling, image size, ...)

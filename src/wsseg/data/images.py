@@ -33,7 +33,12 @@ def voc_palette(n: int = 256) -> np.ndarray:
 _VOC_PALETTE = voc_palette()
 
 
-def _open(path: Path, what: str) -> Image.Image:
+# Longest image side accepted by default (``--max-side``): larger than any camera frame in VOC or
+# COCO, small enough that decoding one image cannot exhaust memory.
+DEFAULT_MAX_SIDE = 8192
+
+
+def _open(path: Path, what: str, max_side: int | None = None) -> Image.Image:
     if not path.is_file():
         raise DataError(path, f"{what} file is missing")
     if path.stat().st_size == 0:
@@ -42,9 +47,12 @@ def _open(path: Path, what: str) -> Image.Image:
         data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+            if max_side is not None and max(image.size) > max_side:
+                raise DataError(path, f"{what} is {image.width}x{image.height}, larger than --max-side {max_side} "
+                                "(refused before decoding; raise --max-side to accept it)")
             image.load()
-    except Image.DecompressionBombWarning as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise DataError(path, f"{what} is too large to decode safely ({exc})") from None
     except _DECODE_ERRORS as exc:
         raise DataError(path, f"cannot decode {what} ({exc.__class__.__name__}: {exc})") from None
@@ -68,10 +76,13 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB, converting any colour mode."""
+def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
+    """Read an image file as H x W x 3 uint8 RGB, converting any colour mode.
+
+    Images whose longer side exceeds ``max_side`` are refused from their header, before decoding.
+    """
     path = Path(path)
-    image = _open(path, "image")
+    image = _open(path, "image", max_side)
     if image.width < 1 or image.height < 1:
         raise DataError(path, "image has no pixels")
     try:

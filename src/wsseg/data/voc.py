@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.data.classes import VOID, ClassList, load_class_list
-from wsseg.data.images import read_image, read_label_png
+from wsseg.data.images import DEFAULT_MAX_SIDE, read_image, read_label_png
 from wsseg.errors import DataError, WssegError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -74,8 +74,10 @@ class VOCDataset(Sequence[Sample]):
         masks: str | None = "SegmentationClass",
         classes: ClassList | None = None,
         ids: Sequence[str] | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
     ) -> None:
         self.root = Path(root)
+        self.max_side = max_side
         if not self.root.is_dir():
             raise WssegError(f"{self.root}: dataset root is not a directory")
         self._real_root = os.path.realpath(self.root)
@@ -129,7 +131,7 @@ class VOCDataset(Sequence[Sample]):
 
     # -- loading -----------------------------------------------------------------------------
     def load_image(self, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(image_id))
+        return read_image(self.image_path(image_id), self.max_side)
 
     def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
         path = self.mask_path(image_id)

@@ -27,6 +27,7 @@ class ImageItem:
     id: str
     image: np.ndarray
     labels: tuple[int, ...]  # ground-truth mask values 1..C (empty when unknown)
+    done: bool = False  # its output exists already (computed again only as a batch neighbour)
 
 
 def predict_labels(model: FCNClassifier, images: torch.Tensor, threshold: float = 0.5) -> list[list[int]]:
@@ -52,25 +53,39 @@ def batch_classes(model: FCNClassifier, batch: Sequence[ImageItem], labels: str,
 
 
 def iter_batches(dataset: VOCDataset, ids: Sequence[str], batch_size: int, skip_bad: bool,
-                 need_labels: bool, on_skip=None) -> Iterator[list[ImageItem]]:
-    """Consecutive images of equal size, up to ``batch_size`` per batch; bad files raise or are skipped."""
-    batch: list[ImageItem] = []
-    for image_id in ids:
-        try:
-            image = dataset.load_image(image_id)
-            labels = dataset.load_labels(image_id) if need_labels else ()
-        except DataError:
-            if not skip_bad:
-                raise
-            if on_skip:
-                on_skip(image_id)
+                 need_labels: bool, on_skip=None, is_done=None) -> Iterator[list[ImageItem]]:
+    """Batches of equal-size images, cut from fixed blocks of ``batch_size`` consecutive ids.
+
+    The blocks depend on the position in ``ids`` only, never on what is left to do: an image is
+    always computed with the same batch neighbours, so a resumed run, or a rank of a sharded one
+    (given whole blocks, see ``ProcessGroup.shard_blocks``), gets the same floats as one
+    uninterrupted process (batched kernels round differently for another batch). With
+    ``is_done``, a batch whose outputs all exist is not yielded (a whole block not even read);
+    items mark ``done`` the images computed only as neighbours. Bad files raise or are skipped.
+    """
+    for start in range(0, len(ids), batch_size):
+        block = ids[start:start + batch_size]
+        done = [bool(is_done and is_done(image_id)) for image_id in block]
+        if all(done):
             continue
-        if batch and (len(batch) == batch_size or batch[0].image.shape != image.shape):
+        batch: list[ImageItem] = []
+        for image_id, image_done in zip(block, done):
+            try:
+                image = dataset.load_image(image_id)
+                labels = dataset.load_labels(image_id) if need_labels else ()
+            except DataError:
+                if not skip_bad:
+                    raise
+                if on_skip:
+                    on_skip(image_id)
+                continue
+            if batch and batch[0].image.shape != image.shape:
+                if not all(item.done for item in batch):
+                    yield batch
+                batch = []
+            batch.append(ImageItem(image_id, image, labels, image_done))
+        if batch and not all(item.done for item in batch):
             yield batch
-            batch = []
-        batch.append(ImageItem(image_id, image, labels))
-    if batch:
-        yield batch
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -82,8 +97,17 @@ def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed``'s format, but byte-reproducible: numpy stamps each member with the
+    current time, so two runs (or two ranks) would differ in bytes; here the stamp is fixed."""
+    import zipfile
+
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(member, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
     with atomic_write(path) as handle:
         handle.write(buffer.getvalue())
 
@@ -99,18 +123,22 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: str, o
     if labels not in LABEL_SOURCES:
         raise WssegError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
     out = Path(out)
-    todo = [i for i in (ids if ids is not None else dataset.ids)
-            if not ((out / f"{i}.npz").exists() and (out / f"{i}.png").exists())]
-    counts = {"written": 0, "skipped_bad": 0, "already_done": len(dataset.ids if ids is None else ids) - len(todo)}
+    wanted = list(ids if ids is not None else dataset.ids)
+
+    def is_done(image_id: str) -> bool:
+        return (out / f"{image_id}.npz").exists() and (out / f"{image_id}.png").exists()
+
+    done_before = sum(map(is_done, wanted))
+    counts = {"written": 0, "skipped_bad": 0, "already_done": done_before}
     model = model.to(device)
-    bar = tqdm(total=len(todo), desc=f"maps ({method})", unit="img", disable=not progress)
+    bar = tqdm(total=len(wanted) - done_before, desc=f"maps ({method})", unit="img", disable=not progress)
 
     def skipped(_image_id: str) -> None:
         counts["skipped_bad"] += 1
         bar.update(1)
 
     options = {} if scales is None or method not in ("dcsm", "cam") else {"scales": tuple(scales)}
-    for batch in iter_batches(dataset, todo, batch_size, skip_bad, labels == "gt", skipped):
+    for batch in iter_batches(dataset, wanted, batch_size, skip_bad, labels == "gt", skipped, is_done):
         images = batch_tensor([item.image for item in batch], device)
         classes = batch_classes(model, batch, labels, threshold, images)
         agnostic = None
@@ -121,6 +149,8 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: str, o
             maps = class_maps(model, images, classes, method, **options)
         shown = normalize_maps(maps).cpu().numpy()
         for n, item in enumerate(batch):
+            if item.done:
+                continue
             count = len(classes[n])
             arrays = {"maps": maps[n, :count].detach().cpu().numpy().astype(np.float16),
                       "labels": np.array([c + 1 for c in classes[n]], dtype=np.int16)}
