@@ -25,7 +25,7 @@ from wsseg.data.transforms import letterbox, random_scale_crop_flip, to_tensor
 from wsseg.data.voc import VOCDataset, labels_to_vector
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
-from wsseg.io import write_json_atomic
+from wsseg.io import remove_stale_temporaries, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_checkpoint, save_checkpoint
 
@@ -235,6 +235,7 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
         history = json.loads(history_path.read_text())[:start_epoch] if history_path.exists() else []
         if group.is_main:
             print(f"[train] resuming {out} after epoch {start_epoch}")
+            remove_stale_temporaries(out)  # a checkpoint write cut short by the kill
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train] no checkpoint to resume in {out}; starting fresh")
 

@@ -53,7 +53,8 @@ def _open(path: Path, what: str, max_side: int | None = None) -> Image.Image:
                                 "(refused before decoding; raise --max-side to accept it)")
             image.load()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise DataError(path, f"{what} is too large to decode safely ({exc})") from None
+        # Pillow's own pixel-count guard fires while reading the header, before --max-side is looked at
+        raise DataError(path, f"{what} is too large to decode safely, refused before decoding ({exc})") from None
     except _DECODE_ERRORS as exc:
         raise DataError(path, f"cannot decode {what} ({exc.__class__.__name__}: {exc})") from None
     return image

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from wsseg.errors import WssegError
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 
 POOLINGS = ("gmp", "gap", "lse")
+# Smallest input side the backbones take (smaller images are stretched up to it).
+MIN_INPUT_SIDE = 32
 
 
 def global_pool(score_maps: torch.Tensor, pooling: str, lse_r: float = 5.0) -> torch.Tensor:
@@ -78,6 +81,12 @@ class FCNClassifier(nn.Module):
         return list(self.backbone.conv_bn_pairs()) if hasattr(self.backbone, "conv_bn_pairs") else []
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        if min(height, width) < MIN_INPUT_SIDE:
+            # Too small for the strided convolutions (a 1x1 image would crash them): stretch each short
+            # side to the minimum. Every map is resized back to the image's own size afterwards.
+            size = (max(height, MIN_INPUT_SIDE), max(width, MIN_INPUT_SIDE))
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         return self.backbone((images - self.mean) / self.std)
 
     def score_maps(self, images: torch.Tensor) -> torch.Tensor:

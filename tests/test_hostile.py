@@ -1,0 +1,262 @@
+"""A corpus of hostile inputs, fed to every command that reads them.
+
+Each case ends in one of two ways: a one-line error naming the file with exit code 2 (or, with
+--skip-bad, a counted skip and the other images done), or a correct result. Never a traceback
+(``main`` would raise), never a partial or temporary file left in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsseg.cli import main
+from wsseg.data.images import read_label_png, write_label_png
+from wsseg.models.run import CHECKPOINT_FORMAT
+
+SPLIT = "val"  # 4 images of 64 px; the second one is made hostile
+
+
+def huge_png(path: Path, side: int = 20_000) -> None:
+    """A valid side x side 1-bit PNG (400 megapixels) written in a few MB of memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + b"\xff" * ((side + 7) // 8)  # filter byte + one row of white pixels
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def _image_of(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _replace_image(root: Path, victim: str, writer: Callable[[Path, np.ndarray], None]) -> Path:
+    path = root / "JPEGImages" / f"{victim}.jpg"
+    original = _image_of(path)
+    writer(path, original)
+    return path
+
+
+def _truncated(path: Path, rgb: np.ndarray) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _tiny(path: Path, rgb: np.ndarray) -> None:
+    Image.fromarray(rgb[:1, :1]).save(path, format="JPEG")
+    write_label_png(path.parents[1] / "SegmentationClass" / f"{path.stem}.png", np.zeros((1, 1), np.uint8))
+
+
+def _sixteen_bit(path: Path, rgb: np.ndarray) -> None:
+    grey = (rgb.mean(axis=2) * 257).astype(np.uint16)
+    Image.fromarray(grey).save(path, format="PNG")  # a PNG under a .jpg name: content decides
+
+
+BAD_IMAGES: dict[str, tuple[Callable[[Path, np.ndarray], None], str]] = {
+    "corrupt": (lambda p, rgb: p.write_bytes(b"GIF89a\x00garbage" * 20), "cannot decode image"),
+    "truncated": (_truncated, "cannot decode image"),
+    "zero-byte": (lambda p, rgb: p.write_bytes(b""), "empty (0 bytes)"),
+    "20000x20000": (lambda p, rgb: huge_png(p), "refused before decoding"),
+    "missing": (lambda p, rgb: p.unlink(), "missing"),
+}
+ODD_IMAGES: dict[str, Callable[[Path, np.ndarray], None]] = {
+    "1x1": _tiny,
+    "cmyk": lambda p, rgb: Image.fromarray(rgb).convert("CMYK").save(p, format="JPEG"),
+    "16-bit": _sixteen_bit,
+    "grayscale": lambda p, rgb: Image.fromarray(rgb).convert("L").save(p, format="JPEG"),
+    "alpha": lambda p, rgb: Image.fromarray(rgb).convert("RGBA").save(p, format="PNG"),
+}
+
+
+@pytest.fixture
+def data(tiny_bench: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_bench, root)
+    return root
+
+
+def _victim(root: Path) -> str:
+    return (root / "ImageSets" / "Segmentation" / f"{SPLIT}.txt").read_text().split()[1]
+
+
+def _commands(root: Path, run: Path, out: Path) -> dict[str, list[str]]:
+    common = ["--data", str(root), "--split", SPLIT, "--quiet"]
+    return {
+        "segment": ["segment", "--run", str(run), *common, "--method", "dcsm-crf", "--out", str(out / "segment")],
+        "maps": ["maps", "--run", str(run), *common, "--method", "dcsm", "--scales", "1", "--out", str(out / "maps")],
+        "train": ["train", "--data", str(root), "--split", SPLIT, "--val-split", "none", "--epochs", "1",
+                  "--image-size", "64", "--batch-size", "2", "--out", str(out / "train"), "--quiet"],
+    }
+
+
+def _assert_one_line_error(capsys, command: str, *fragments: str) -> None:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"wsseg {command}: error: ") and "Traceback" not in captured.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _assert_nothing_partial(folder: Path) -> None:
+    assert not [p for p in folder.rglob(".*.tmp")], "temporary files left behind"
+    for png in folder.rglob("*.png"):
+        Image.open(png).load()  # every output that exists is whole
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_is_one_line_error_or_counted_skip(case: str, data: Path, tiny_run: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    writer, problem = BAD_IMAGES[case]
+    victim = _victim(data)
+    path = _replace_image(data, victim, writer)
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for name, args in commands.items():
+        assert main(args) == 2, name
+        _assert_one_line_error(capsys, name, str(path), problem)
+    _assert_nothing_partial(tmp_path / "out")
+    for name, args in commands.items():
+        assert main([*args, "--skip-bad"]) == 0, name
+        printed = capsys.readouterr().out
+        if name == "train":
+            assert json.loads((tmp_path / "out" / "train" / "history.json").read_text())[0]["skipped"] == 1
+        else:
+            assert "3 written" in printed and "1 bad images skipped" in printed
+            assert not (tmp_path / "out" / name / f"{victim}.png").exists()
+    _assert_nothing_partial(tmp_path / "out")
+
+
+@pytest.mark.parametrize("case", list(ODD_IMAGES))
+def test_odd_but_valid_images_are_processed(case: str, data: Path, tiny_run: Path, tmp_path: Path) -> None:
+    victim = _victim(data)
+    path = _replace_image(data, victim, ODD_IMAGES[case])
+    height, width = _image_of(path).shape[:2]
+    for name, args in _commands(data, tiny_run, tmp_path / "out").items():
+        assert main(args) == 0, name
+    assert read_label_png(tmp_path / "out" / "segment" / f"{victim}.png", 6).shape == (height, width)
+    assert (tmp_path / "out" / "maps" / f"{victim}.npz").exists()
+    _assert_nothing_partial(tmp_path / "out")
+
+
+def test_max_side_guard_can_be_raised_or_lowered(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    victim = _victim(data)
+    args = _commands(data, tiny_run, tmp_path / "out")["segment"]
+    assert main([*args, "--max-side", "48"]) == 2  # every image is 64 px: the first one is refused
+    _assert_one_line_error(capsys, "segment", "is 64x64, larger than --max-side 48")
+    assert main([*args, "--max-side", "64"]) == 0
+    assert (tmp_path / "out" / "segment" / f"{victim}.png").exists()
+
+
+def _split_with(root: Path, bad_id: str) -> None:
+    (root / "ImageSets" / "Segmentation" / f"{SPLIT}.txt").write_text(f"{_victim(root)}\n{bad_id}\n")
+
+
+@pytest.mark.parametrize("bad_id,problem", [("../train_000001", "not allowed"), ("/etc/passwd", "separator")])
+def test_ids_escaping_the_root(bad_id: str, problem: str, data: Path, tiny_run: Path, tmp_path: Path,
+                               capsys) -> None:
+    _split_with(data, bad_id)
+    for name, args in _commands(data, tiny_run, tmp_path / "out").items():
+        assert main(args) == 2, name
+        _assert_one_line_error(capsys, name, f"{SPLIT}.txt", problem)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_symlink_leading_out_of_the_root(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    victim = _victim(data)
+    outside = tmp_path / "secret.jpg"
+    shutil.copy(data / "JPEGImages" / f"{victim}.jpg", outside)
+    (data / "JPEGImages" / f"{victim}.jpg").unlink()
+    (data / "JPEGImages" / f"{victim}.jpg").symlink_to(outside)
+    for name, args in _commands(data, tiny_run, tmp_path / "out").items():
+        assert main(args) == 2, name
+        _assert_one_line_error(capsys, name, f"{victim}.jpg", "outside")
+    _assert_nothing_partial(tmp_path / "out")
+
+
+def test_unknown_class_and_empty_label_set(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    ids = (data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt").read_text().split()
+    unknown, empty = data / "Annotations" / f"{ids[1]}.xml", data / "Annotations" / f"{ids[2]}.xml"
+    unknown.write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    empty.write_text("<annotation></annotation>")  # no object: nothing to explain, all background
+    write_label_png(data / "SegmentationClass" / f"{ids[2]}.png", np.zeros((64, 64), np.uint8))
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for name in ("segment", "maps", "train"):
+        assert main(commands[name]) == 2, name
+        _assert_one_line_error(capsys, name, str(unknown), "unicorn")
+    assert main([*commands["segment"], "--skip-bad"]) == 0
+    assert "1 bad images skipped" in capsys.readouterr().out
+    assert not read_label_png(tmp_path / "out" / "segment" / f"{ids[2]}.png", 6).any()
+
+
+@pytest.mark.parametrize("mask,problem", [
+    (np.zeros((32, 48), np.uint8), "ground truth is 48x32"),
+    (np.full((64, 64), 9, np.uint8), "outside 0..6"),
+])
+def test_bad_ground_truth_masks_at_evaluate(mask: np.ndarray, problem: str, data: Path, tmp_path: Path,
+                                            capsys) -> None:
+    victim = _victim(data)
+    predictions = tmp_path / "pred"
+    for image_id in (data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt").read_text().split():
+        write_label_png(predictions / f"{image_id}.png", np.zeros((64, 64), np.uint8))
+    write_label_png(data / "SegmentationClass" / f"{victim}.png", mask)
+    args = ["evaluate", "--pred", str(predictions), "--data", str(data), "--split", SPLIT, "--quiet",
+            "--json", str(tmp_path / "scores.json")]
+    assert main(args) == 2
+    _assert_one_line_error(capsys, "evaluate", victim, problem)
+    assert not (tmp_path / "scores.json").exists()
+    assert main([*args, "--skip-bad"]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["n_skipped"] == 1
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/wsseg-hostile-pickle-ran"),))
+
+
+def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def test_run_folders_that_do_not_fit(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    # a checkpoint made for another class list
+    run = _run_copy(tiny_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "classes": ["cat", "dog", "bird", "cow", "car", "bus"]}))
+    assert main(_commands(data, run, out)["segment"]) == 2
+    _assert_one_line_error(capsys, "segment", "class lists must match")
+    shutil.rmtree(run)
+    # a pickled checkpoint carrying code: refused, and the code never runs
+    run = _run_copy(tiny_run, tmp_path)
+    marker = Path("/tmp/wsseg-hostile-pickle-ran")
+    marker.unlink(missing_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 0, "model": _RunsCode()}, run / "model.pt")
+    assert main(_commands(data, run, out)["segment"]) == 2
+    _assert_one_line_error(capsys, "segment", "model.pt", "carries code")
+    assert not marker.exists()
+    # weights of another backbone inside the run
+    torch.save({"format": CHECKPOINT_FORMAT, "epoch": 0,
+                "model": {"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}},
+               run / "model.pt")
+    assert main(_commands(data, run, out)["segment"]) == 2
+    _assert_one_line_error(capsys, "segment", "model.pt", "weights do not fit")
+    # backbone weights for another architecture given to train
+    vgg_layout = tmp_path / "vgg16.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}, vgg_layout)
+    assert main([*_commands(data, run, out)["train"], "--weights", str(vgg_layout)]) == 2
+    _assert_one_line_error(capsys, "train", str(vgg_layout), "not for the efficientnet-lite0 backbone")
+    _assert_nothing_partial(out)
