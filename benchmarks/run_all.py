@@ -1,4 +1,4 @@
-"""Run every benchmark (training, maps, segmentation speed, quality) and write benchmarks/RESULTS.md.
+"""Run every benchmark (training, maps, segmentation speed and memory, quality) and write benchmarks/RESULTS.md.
 
 Quality is the demo's table: the default benchmark, the default training, every method on val
 with predicted labels. Usage:
@@ -65,6 +65,7 @@ def main() -> None:
         _run("Training speed", [python, str(HERE / "train_speed.py")]),
         _run("Class-map speed", [python, str(HERE / "maps_speed.py")]),
         _run("Segmentation speed", [python, str(HERE / "segment_speed.py")]),
+        _run("Segmentation memory (100 vs 1,000 images)", [python, str(HERE / "segment_memory.py")]),
     ]
     with tempfile.TemporaryDirectory() as scratch:
         sections.append(_run("Quality (wsseg demo)", [python, "-m", "wsseg", "demo", "--out", scratch, "--quiet"])
