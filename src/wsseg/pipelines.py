@@ -84,7 +84,8 @@ PIPELINE_A_PIXELS_PER_SUPERPIXEL = 200
 
 def pipeline_a_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
                       timings: dict[str, float], **extras) -> np.ndarray:
-    """mi-SVM class probabilities on zoom-out features and DCSM, unified by a superpixel CRF."""
+    """DCSM per superpixel weighted by the mi-SVM's class probabilities on zoom-out features,
+    refined by a CRF over the superpixel graph."""
     from wsseg.fusion.spcrf import contrast_weights, mean_field
     from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
     from wsseg.fusion.zoomout import zoomout
@@ -97,7 +98,8 @@ def pipeline_a_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: li
     with timed(timings, "svm"):
         probabilities = extras["misvm"].probabilities(descriptors)[:, [label - 1 for label in labels]]  # [P, K]
     with timed(timings, "superpixel crf"):
-        unified = 0.5 * probabilities + 0.5 * superpixel_means(maps["dcsm"], superpixels)
+        # as pipeline B's objectness: the mi-SVM can halve a superpixel's saliency, never create it
+        unified = superpixel_means(maps["dcsm"], superpixels) * (0.5 + 0.5 * probabilities)
         unary = soft_probabilities(unified.T[:, :, None], threshold)[:, :, 0].T  # [P, K + 1]
         refined = mean_field(unary, contrast_weights(image, superpixels))
     return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=1)][superpixels]
@@ -126,7 +128,8 @@ SEGMENT_METHODS: dict[str, SegmentMethod] = {m.name: m for m in (
     SegmentMethod("dcsm-crf", ("dcsm",), crf_fusion, 0.5,
                   "DCSM as unary potentials of the dense CRF (the ECCV paper)"),
     SegmentMethod("pipeline-a", ("dcsm",), pipeline_a_fusion, 0.5,
-                  "mi-SVM on zoom-out superpixel features with DCSM, unified by a superpixel CRF (the poster's A)",
+                  "DCSM weighted by a mi-SVM on zoom-out superpixel features, refined by a superpixel CRF "
+                  "(the poster's A)",
                   needs_features=True),
     SegmentMethod("pipeline-b", ("cam", "dcsm"), pipeline_b_fusion, 0.5,
                   "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)"),
