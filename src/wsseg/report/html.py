@@ -68,7 +68,8 @@ def load_scores(scores_dir: Path) -> dict[str, dict]:
             raise DataError(path, "not a wsseg evaluate result (no 'miou'/'iou')")
         found[path.stem] = data
     if not found:
-        raise WssegError(f"{scores_dir}: no scores (*.json) to report; write them with `wsseg evaluate --json DIR/scores/METHOD.json`")
+        raise WssegError(f"{scores_dir}: no scores (*.json) to report; write them with "
+                         "`wsseg evaluate --json DIR/scores/METHOD.json`")
     return {name: found[name] for name in method_order(list(found))}
 
 
