@@ -66,3 +66,30 @@ def test_a_rank_failing_on_a_bad_file_stops_every_rank_with_one_line(tiny_bench:
     assert f"wsseg segment: error: {bad}: cannot decode image" in result.stderr
     assert "other rank(s) failed" in result.stderr  # rank 0 stopped too, instead of waiting at a barrier
     assert not list(out.glob(".*.tmp"))
+
+
+def test_batches_come_from_fixed_blocks_whatever_is_done(tmp_path: Path) -> None:
+    import numpy as np
+
+    from conftest import write_voc
+    from wsseg.data.voc import VOCDataset
+    from wsseg.distributed import ProcessGroup
+    from wsseg.maps.export import iter_batches
+
+    sizes = {"a": 8, "b": 8, "c": 6, "d": 8, "e": 8}  # "c" differs in size
+    root = write_voc(tmp_path / "voc", {i: {"mask": np.zeros((side, side), np.uint8)} for i, side in sizes.items()})
+    dataset = VOCDataset(root, "train")
+
+    def batches(ids, done=()):
+        return [[(item.id, item.done) for item in batch]
+                for batch in iter_batches(dataset, ids, 3, False, False, is_done=lambda i: i in done)]
+
+    assert batches(dataset.ids) == [[("a", False), ("b", False)], [("c", False)], [("d", False), ("e", False)]]
+    # "a" done: "b" is still computed next to it, as in the uninterrupted run; finished runs are not yielded
+    assert batches(dataset.ids, done={"a"}) == [[("a", True), ("b", False)], [("c", False)],
+                                                [("d", False), ("e", False)]]
+    assert batches(dataset.ids, done={"a", "b", "c"}) == [[("d", False), ("e", False)]]
+    # ranks get whole blocks, so their batches are the single process's
+    shards = [ProcessGroup(rank, 2).shard_blocks(dataset.ids, 3) for rank in (0, 1)]
+    assert shards == [["a", "b", "c"], ["d", "e"]]
+    assert batches(shards[0]) + batches(shards[1]) == batches(dataset.ids)

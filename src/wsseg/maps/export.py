@@ -68,7 +68,7 @@ def iter_batches(dataset: VOCDataset, ids: Sequence[str], batch_size: int, skip_
         done = [bool(is_done and is_done(image_id)) for image_id in block]
         if all(done):
             continue
-        batch: list[ImageItem] = []
+        runs: list[list[ImageItem]] = []  # consecutive images of one size
         for image_id, image_done in zip(block, done):
             try:
                 image = dataset.load_image(image_id)
@@ -79,13 +79,10 @@ def iter_batches(dataset: VOCDataset, ids: Sequence[str], batch_size: int, skip_
                 if on_skip:
                     on_skip(image_id)
                 continue
-            if batch and batch[0].image.shape != image.shape:
-                if not all(item.done for item in batch):
-                    yield batch
-                batch = []
-            batch.append(ImageItem(image_id, image, labels, image_done))
-        if batch and not all(item.done for item in batch):
-            yield batch
+            if not runs or runs[-1][0].image.shape != image.shape:
+                runs.append([])
+            runs[-1].append(ImageItem(image_id, image, labels, image_done))
+        yield from (run for run in runs if not all(item.done for item in run))
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
