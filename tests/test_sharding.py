@@ -27,7 +27,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_two_process_segment_maps_and_evaluate_equal_one_process(tiny_bench: Path, tiny_run: Path,
-                                                                 tmp_path: Path, capsys) -> None:
+                                                                 tmp_path: Path) -> None:
     common = ["--run-dir", str(tiny_run), "--data", str(tiny_bench), "--split", "train", "--batch-size", "3"]
     jobs = {"segment": ["segment", *common, "--method", "dcsm-crf"],
             "maps": ["maps", *common, "--method", "dcsm", "--scales", "1"]}

@@ -26,6 +26,7 @@ from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_text_atomic
 from wsseg.maps.export import heat_overlay
+from wsseg.models.run import load_run
 from wsseg.report.plots import colour_labels, plot_training_curve
 
 REPORT_DIR = "report"
@@ -114,23 +115,15 @@ def example_ids(ids: Sequence[str], count: int) -> list[str]:
     return [ids[p] for p in dict.fromkeys(positions.tolist())]
 
 
-def dcsm_heat_maps(run: Path, dataset: VOCDataset, ids: Sequence[str]) -> dict[str, list[tuple[int, np.ndarray]]]:
-    """Per example: (label, heat overlay) of the DCSM map of each ground-truth class present."""
+def _dcsm_overlays(model, image: np.ndarray, labels: Sequence[int]) -> list[np.ndarray]:
+    """The DCSM map of each class (1..C) as the fusion step sees it, in jet colours over the image."""
     from wsseg.data.transforms import batch_tensor
-    from wsseg.models.run import load_run
     from wsseg.pipelines import prepared_maps
 
-    model, _ = load_run(run)
-    result = {}
-    for image_id in ids:
-        image = dataset.load_image(image_id)
-        labels = sorted(dataset.load_labels(image_id))
-        if not labels:
-            result[image_id] = []
-            continue
-        maps = prepared_maps(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]], "dcsm")[0]
-        result[image_id] = [(label, heat_overlay(image, maps[k])) for k, label in enumerate(labels)]
-    return result
+    if model is None or not labels:
+        return []
+    maps = prepared_maps(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]], "dcsm")[0]
+    return [heat_overlay(image, maps[k]) for k in range(len(labels))]
 
 
 def _figure(src: str, caption: str) -> str:
@@ -139,37 +132,41 @@ def _figure(src: str, caption: str) -> str:
 
 
 def example_grid(out: Path, dataset: VOCDataset, predictions_dir: Path, methods: Sequence[str],
-                 ids: Sequence[str], heat: dict[str, list[tuple[int, np.ndarray]]]) -> str:
-    """Write the grid's pictures under ``out/images`` and return its HTML table."""
+                 ids: Sequence[str], model=None) -> str:
+    """Write the grid's pictures under ``out/images`` and return its HTML table.
+
+    ``model`` (the run's classifier) adds the DCSM map of each ground-truth class; without it the
+    grid shows segmentations only.
+    """
     names = dataset.classes.names
-    most_classes = max((len(v) for v in heat.values()), default=0)
-    head = ("<th>image</th><th>ground truth</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods)
-            + "".join(f"<th>DCSM {k + 1}</th>" for k in range(most_classes)))
-    rows = []
+    rows, most_classes = [], 0
     for image_id in ids:
-        stem = image_id.replace("/", "_")
-        image = dataset.load_image(image_id)
-        write_image(out / "images" / f"{stem}.png", image)
-        write_image(out / "images" / f"{stem}_gt.png", colour_labels(dataset.load_mask(image_id)))
-        present = ", ".join(names[label] for label in sorted(dataset.load_labels(image_id)))
-        cells = [_figure(f"images/{stem}.png", image_id), _figure(f"images/{stem}_gt.png", present or "no class")]
+        image, labels = dataset.load_image(image_id), sorted(dataset.load_labels(image_id))
+        write_image(out / "images" / f"{image_id}.png", image)
+        write_image(out / "images" / f"{image_id}_gt.png", colour_labels(dataset.load_mask(image_id)))
+        present = ", ".join(names[label] for label in labels)
+        cells = [_figure(f"images/{image_id}.png", image_id),
+                 _figure(f"images/{image_id}_gt.png", present or "no class")]
         for method in methods:
-            path = predictions_dir / method / f"{image_id}.png"
             try:
-                prediction = read_label_png(path, dataset.num_classes, what="prediction")
+                prediction = read_label_png(predictions_dir / method / f"{image_id}.png", dataset.num_classes,
+                                            what="prediction")
             except DataError:
                 cells.append('<td class="caption">no prediction</td>')
                 continue
-            write_image(out / "images" / f"{stem}_{method}.png", colour_labels(prediction))
-            cells.append(_figure(f"images/{stem}_{method}.png", method))
-        maps = heat.get(image_id, [])
-        for label, overlay in maps:
-            write_image(out / "images" / f"{stem}_dcsm_{label}.png", overlay)
-            cells.append(_figure(f"images/{stem}_dcsm_{label}.png", f"DCSM: {names[label]}"))
-        cells.extend("<td></td>" for _ in range(most_classes - len(maps)))
-        rows.append(f"<tr>{''.join(cells)}</tr>")
+            write_image(out / "images" / f"{image_id}_{method}.png", colour_labels(prediction))
+            cells.append(_figure(f"images/{image_id}_{method}.png", method))
+        overlays = _dcsm_overlays(model, image, labels)
+        for label, overlay in zip(labels, overlays):
+            write_image(out / "images" / f"{image_id}_dcsm_{label}.png", overlay)
+            cells.append(_figure(f"images/{image_id}_dcsm_{label}.png", f"DCSM: {names[label]}"))
+        most_classes = max(most_classes, len(overlays))
+        rows.append((cells, len(overlays)))
+    head = ("<th>image</th><th>ground truth</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+            + "".join(f"<th>DCSM {k + 1}</th>" for k in range(most_classes)))
+    body = "".join(f"<tr>{''.join(cells)}{'<td></td>' * (most_classes - count)}</tr>" for cells, count in rows)
     return (f'<div class="scroll"><table class="grid" id="examples"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def build_report(folder: str | Path, data: str | Path | None = None, run: str | Path | None = None,
@@ -199,10 +196,10 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
                       f'<p class="muted">{last["epoch"]} epochs, {last.get("elapsed", 0):.0f} s; final val mAP '
                       f'{last.get("val_map") or float("nan"):.3f}.</p>']
     chosen = example_ids(dataset.ids, examples)
-    heat = dcsm_heat_maps(run, dataset, chosen) if (run / "model.pt").is_file() else {}
+    model = load_run(run)[0] if (run / "model.pt").is_file() else None
     methods = [m for m in scores if m != BASELINE and (folder / "predictions" / m).is_dir()]
     parts += ["<h2>Examples</h2>", "<h3>Colours</h3>", legend(class_names),
-              example_grid(out, dataset, folder / "predictions", methods, chosen, heat),
+              example_grid(out, dataset, folder / "predictions", methods, chosen, model),
               '<p class="muted">DCSM columns: the distinct class-specific saliency map of each class present in '
               "the image (ground-truth labels), un-saturated and drawn in jet colours over the image.</p>"]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
