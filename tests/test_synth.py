@@ -53,3 +53,43 @@ def test_colour_does_not_tell_the_classes_apart(tmp_path: Path) -> None:
     class_means = np.array([np.mean(v, 0) for v in means.values()])
     spread_within = np.mean([np.std(v, 0).mean() for v in means.values()])
     assert np.ptp(class_means, axis=0).max() < spread_within  # classes overlap in colour
+
+
+def test_glyphs_are_deterministic_and_masks_agree_with_xml_and_class_list(tmp_path: Path) -> None:
+    from wsseg.data.glyphs import GLYPHS
+    from wsseg.data.voc import read_annotation_labels
+
+    config = SynthConfig(kind="glyphs", train=30, val=6, size=160, seed=5)
+    root = write_synthetic_dataset(tmp_path / "a", config, progress=False)
+    assert _digest(root) == _digest(write_synthetic_dataset(tmp_path / "b", config, progress=False))
+    train = VOCDataset(root, "train")
+    assert train.classes.foreground == tuple(GLYPHS) and len(GLYPHS) == 20
+    aspects, areas, counts, seen = [], [], [], set()
+    for sample in train:
+        height, width = sample.image.shape[:2]
+        assert sample.mask.shape == (height, width)
+        assert 0.6 * 160 - 1 <= max(height, width) <= 160
+        aspects.append(width / height)
+        # the XML names exactly the classes visible in the mask, and records the image's size
+        xml = root / "Annotations" / f"{sample.id}.xml"
+        assert set(read_annotation_labels(xml, train.classes)) == set(labels_from_mask(sample.mask))
+        text = xml.read_text()
+        assert f"<width>{width}</width>" in text and f"<height>{height}</height>" in text
+        counts.append(text.count("<object>"))
+        for label in labels_from_mask(sample.mask):
+            areas.append((sample.mask == label).mean())
+        objects = (sample.mask != 0) & (sample.mask != 255)
+        grown = ndimage.binary_dilation(objects, structure=np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]))
+        assert not (grown & (sample.mask == 0)).any()  # 1-pixel void band
+        seen.update(sample.labels)
+    assert min(aspects) < 0.85 and max(aspects) > 1.2  # portrait and landscape
+    assert min(counts) == 1 and max(counts) >= 3 and max(counts) <= 4
+    assert min(areas) < 0.05 and max(areas) > 0.2  # small and large objects
+    assert len(seen) >= 12
+
+
+def test_each_kind_keeps_its_own_defaults() -> None:
+    assert (SynthConfig().resolved().train, SynthConfig().resolved().size) == (400, 128)
+    glyphs = SynthConfig(kind="glyphs").resolved()
+    assert (glyphs.train, glyphs.val, glyphs.size) == (600, 200, 224)
+    assert SynthConfig(kind="glyphs", size=500).resolved().size == 500

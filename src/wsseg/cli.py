@@ -71,9 +71,10 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 
-    config = SynthConfig(train=args.train, val=args.val, size=args.size, seed=args.seed)
+    config = SynthConfig(kind=args.kind, train=args.train, val=args.val, size=args.size, seed=args.seed).resolved()
     root = write_synthetic_dataset(args.out, config, progress=not args.quiet)
-    print(f"wrote {config.train} train + {config.val} val images ({config.size} px, seed {config.seed}) to {root}")
+    print(f"wrote {config.train} train + {config.val} val {config.kind} images "
+          f"({config.size} px, seed {config.seed}) to {root}")
     return 0
 
 
@@ -323,9 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = command("synth", _cmd_synth, "write the synthetic VOC-layout benchmark")
     synth.add_argument("out", type=Path, help="output dataset root")
-    synth.add_argument("--train", type=_positive_int, default=400, help="training images (default 400)")
-    synth.add_argument("--val", type=_positive_int, default=100, help="validation images (default 100)")
-    synth.add_argument("--size", type=_positive_int, default=128, help="image side in pixels (default 128)")
+    synth.add_argument("--kind", default="shapes", choices=["shapes", "glyphs"],
+                       help="shapes: 6 shape classes, square images (the fast demo benchmark, default); glyphs: "
+                            "20 font-glyph classes at VOC-like sizes and aspect ratios")
+    synth.add_argument("--train", type=_positive_int, help="training images (default 400 shapes / 600 glyphs)")
+    synth.add_argument("--val", type=_positive_int, help="validation images (default 100 shapes / 200 glyphs)")
+    synth.add_argument("--size", type=_positive_int,
+                       help="image side (shapes, default 128) or longest possible side (glyphs, default 224; "
+                            "500 gives VOC's scale)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
 
     evaluate = command("evaluate", _cmd_evaluate, "score prediction PNGs with the PASCAL VOC protocol (mIoU)")

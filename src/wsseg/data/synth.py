@@ -1,34 +1,35 @@
-"""A synthetic VOC-layout benchmark: classes told apart by shape only, on real photographs.
+"""The synthetic VOC-layout benchmarks, byte-identical per seed: each image draws from its own
+generator seeded by (seed, split, index).
 
-Every object gets a random colour and texture, so a classifier must learn shape. Backgrounds
-are crops of the photographs bundled with scikit-image (no download). Output is byte-identical
-for the same seed: each image draws from its own generator seeded by (seed, split, index).
+``shapes`` (the default): 6 classes told apart by shape only (every object gets a random colour
+and texture, so a classifier must learn shape), square 128 px images, 1-3 objects. ``glyphs``
+(wsseg.data.glyphs): 20 classes of font-glyph silhouettes at VOC-like sizes and aspect ratios.
+Backgrounds are crops of the photographs bundled with scikit-image (no download).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 from skimage.draw import polygon2mask
+from tqdm import tqdm
 
-from wsseg.data.classes import VOID, ClassList, write_class_file
+from wsseg.data.classes import ClassList, write_class_file
+from wsseg.data.glyphs import GLYPH_CLASSES, GlyphAtlas, render_glyph_image
 from wsseg.data.images import write_image, write_label_png
+from wsseg.data.scene import Box, annotation_xml, finish_scene, keeps_others_visible, load_backgrounds, photo_crop
 from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic, write_text_atomic
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 SYNTH_CLASSES = ClassList(SHAPES)
-
-# Photographs shipped inside scikit-image's package (skimage.data.data_dir), not fetched.
-_BACKGROUND_FILES = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "hubble_deep_field.jpg", "retina.jpg", "brick.png", "grass.png", "gravel.png", "camera.png",
-    "coins.png", "moon.png",
-)
+KINDS = ("shapes", "glyphs")
+# each kind's defaults: (train images, val images, size in pixels, most objects per image)
+KIND_DEFAULTS = {"shapes": (400, 100, 128, 3), "glyphs": (600, 200, 224, 4)}
 _SPLIT_CODES = {"train": 1, "val": 2}
 _MIN_VISIBLE_FRACTION = 0.45
 _MIN_VISIBLE_PIXELS_FRACTION = 0.012  # of the image area
@@ -36,41 +37,25 @@ _MIN_VISIBLE_PIXELS_FRACTION = 0.012  # of the image area
 
 @dataclass(frozen=True)
 class SynthConfig:
-    train: int = 400
-    val: int = 100
-    size: int = 128
+    """What to generate; a field left None takes the kind's default (``KIND_DEFAULTS``)."""
+
+    train: int | None = None
+    val: int | None = None
+    size: int | None = None  # shapes: the side; glyphs: the longest possible side
     seed: int = 0
-    max_objects: int = 3
+    max_objects: int | None = None
+    kind: str = "shapes"
 
-
-def load_backgrounds() -> list[np.ndarray]:
-    """The bundled photographs as RGB arrays (greyscale ones repeated to three channels)."""
-    from skimage import data as skdata
-
-    folder = Path(skdata.data_dir)
-    photos = []
-    for name in _BACKGROUND_FILES:
-        path = folder / name
-        if not path.exists():
-            continue
-        with Image.open(path) as image:
-            photos.append(np.asarray(image.convert("RGB")))
-    if not photos:
-        raise RuntimeError(f"no background photographs found in {folder}")
-    return photos
+    def resolved(self) -> SynthConfig:
+        if self.kind not in KIND_DEFAULTS:
+            raise WssegError(f"--kind {self.kind!r}: choose from {', '.join(KINDS)}")
+        defaults = dict(zip(("train", "val", "size", "max_objects"), KIND_DEFAULTS[self.kind]))
+        return dataclasses.replace(self, **{name: value for name, value in defaults.items()
+                                            if getattr(self, name) is None})
 
 
 def _background(rng: np.random.Generator, photos: list[np.ndarray], size: int) -> np.ndarray:
-    photo = photos[int(rng.integers(len(photos)))]
-    height, width = photo.shape[:2]
-    side = int(rng.uniform(0.25, 0.9) * min(height, width))
-    top = int(rng.integers(0, height - side + 1))
-    left = int(rng.integers(0, width - side + 1))
-    crop = Image.fromarray(np.ascontiguousarray(photo[top:top + side, left:left + side]))
-    array = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-    if rng.random() < 0.5:
-        array = array[:, ::-1]
-    return array * rng.uniform(0.7, 1.2)
+    return photo_crop(rng, photos, size, size)
 
 
 def _regular_polygon(n: int, radius: float, phase: float) -> np.ndarray:
@@ -134,11 +119,12 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_image(rng: np.random.Generator, photos: list[np.ndarray], size: int,
-                 max_objects: int = 3) -> tuple[np.ndarray, np.ndarray, list[tuple[int, tuple[int, int, int, int]]]]:
+                 max_objects: int = 3) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Box]]]:
     """One image, its label map (with a 1-pixel void band) and its objects (class, VOC box)."""
     image = _background(rng, photos, size)
     owner = np.full((size, size), -1, dtype=np.int32)
-    objects: list[tuple[int, np.ndarray]] = []
+    labels: list[int] = []
+    full_masks: list[np.ndarray] = []
     count = int(rng.integers(1, max_objects + 1))
     for _ in range(count):
         for _attempt in range(20):
@@ -146,59 +132,16 @@ def render_image(rng: np.random.Generator, photos: list[np.ndarray], size: int,
             radius = rng.uniform(0.17, 0.3) * size
             cx, cy = rng.uniform(radius * 0.7, size - radius * 0.7, size=2)
             mask = shape_mask(SHAPES[label - 1], size, cx, cy, radius, rng.uniform(0, 2 * np.pi))
-            if not _keeps_others_visible(owner, mask, objects, size):
+            if not keeps_others_visible(owner, mask, full_masks, _MIN_VISIBLE_PIXELS_FRACTION * size * size,
+                                        _MIN_VISIBLE_FRACTION):
                 continue
             texture = _texture(rng, size)
             image[mask] = texture[mask]
-            owner[mask] = len(objects)
-            objects.append((label, mask))
+            owner[mask] = len(labels)
+            labels.append(label)
+            full_masks.append(mask)
             break
-    labels = np.zeros((size, size), dtype=np.uint8)
-    for index, (label, _) in enumerate(objects):
-        labels[owner == index] = label
-    band = np.zeros((size, size), dtype=bool)
-    for index in range(len(objects)):
-        visible = owner == index
-        band |= ndimage.binary_dilation(visible) & ~visible
-    labels[band] = VOID
-    boxes = []
-    for index, (label, _) in enumerate(objects):
-        rows, cols = np.nonzero(owner == index)
-        boxes.append((label, (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)))
-    rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
-    return rgb, labels, boxes
-
-
-def _keeps_others_visible(owner: np.ndarray, new_mask: np.ndarray,
-                          objects: list[tuple[int, np.ndarray]], size: int) -> bool:
-    """A new object may occlude earlier ones only partly; it must itself be big enough."""
-    minimum = _MIN_VISIBLE_PIXELS_FRACTION * size * size
-    if new_mask.sum() < minimum:
-        return False
-    for index, (_, full) in enumerate(objects):
-        visible = (owner == index) & ~new_mask
-        if visible.sum() < max(minimum, _MIN_VISIBLE_FRACTION * full.sum()):
-            return False
-    return True
-
-
-def annotation_xml(image_id: str, size: int, boxes: list[tuple[int, tuple[int, int, int, int]]],
-                   classes: ClassList) -> str:
-    parts = [
-        "<annotation>\n\t<folder>wsseg-synth</folder>\n",
-        f"\t<filename>{image_id}.jpg</filename>\n",
-        f"\t<size>\n\t\t<width>{size}</width>\n\t\t<height>{size}</height>\n\t\t<depth>3</depth>\n\t</size>\n",
-        "\t<segmented>1</segmented>\n",
-    ]
-    for label, (xmin, ymin, xmax, ymax) in boxes:
-        parts.append(
-            f"\t<object>\n\t\t<name>{classes.foreground[label - 1]}</name>\n\t\t<pose>Unspecified</pose>\n"
-            "\t\t<truncated>0</truncated>\n\t\t<difficult>0</difficult>\n"
-            f"\t\t<bndbox>\n\t\t\t<xmin>{xmin}</xmin>\n\t\t\t<ymin>{ymin}</ymin>\n"
-            f"\t\t\t<xmax>{xmax}</xmax>\n\t\t\t<ymax>{ymax}</ymax>\n\t\t</bndbox>\n\t</object>\n"
-        )
-    parts.append("</annotation>\n")
-    return "".join(parts)
+    return finish_scene(image, owner, labels)
 
 
 def synth_id(split: str, index: int) -> str:
@@ -208,26 +151,35 @@ def synth_id(split: str, index: int) -> str:
 def write_synthetic_dataset(out: str | Path, config: SynthConfig = SynthConfig(),
                             progress: bool = True) -> Path:
     """Write a complete VOC-layout benchmark under ``out`` and return its root."""
-    from tqdm import tqdm
-
-    if config.size < 32:
-        raise WssegError(f"--size {config.size}: must be at least 32 pixels")
+    config = config.resolved()
+    minimum = 32 if config.kind == "shapes" else 64  # glyph images may be 0.6 x 0.6 of the size
+    if config.size < minimum:
+        raise WssegError(f"--size {config.size}: must be at least {minimum} pixels for {config.kind}")
     if config.train < 0 or config.val < 0 or config.train + config.val == 0:
         raise WssegError("--train and --val must be non-negative and not both zero")
     if config.max_objects < 1:
         raise WssegError("max_objects must be at least 1")
     root = Path(out)
     photos = load_backgrounds()
+    if config.kind == "glyphs":
+        atlas, classes = GlyphAtlas(), GLYPH_CLASSES
+
+        def render(rng: np.random.Generator):
+            return render_glyph_image(rng, photos, atlas, config.size, config.max_objects)
+    else:
+        classes = SYNTH_CLASSES
+
+        def render(rng: np.random.Generator):
+            return render_image(rng, photos, config.size, config.max_objects)
     splits = {"train": config.train, "val": config.val}
     jobs = [(split, index) for split, count in splits.items() for index in range(count)]
-    for split, index in tqdm(jobs, desc="synth", unit="img", disable=not progress):
-        rng = np.random.default_rng([config.seed, _SPLIT_CODES[split], index])
-        rgb, labels, boxes = render_image(rng, photos, config.size, config.max_objects)
+    for split, index in tqdm(jobs, desc=f"synth ({config.kind})", unit="img", disable=not progress):
+        rgb, labels, boxes = render(np.random.default_rng([config.seed, _SPLIT_CODES[split], index]))
         image_id = synth_id(split, index)
         write_image(root / "JPEGImages" / f"{image_id}.jpg", rgb)
         write_label_png(root / "SegmentationClass" / f"{image_id}.png", labels)
         write_text_atomic(root / "Annotations" / f"{image_id}.xml",
-                          annotation_xml(image_id, config.size, boxes, SYNTH_CLASSES))
+                          annotation_xml(image_id, *labels.shape, boxes, classes))
     sets = root / "ImageSets" / "Segmentation"
     all_ids = []
     for split, count in splits.items():
@@ -235,8 +187,8 @@ def write_synthetic_dataset(out: str | Path, config: SynthConfig = SynthConfig()
         all_ids += ids
         write_text_atomic(sets / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     write_text_atomic(sets / "trainval.txt", "".join(f"{i}\n" for i in all_ids))
-    write_class_file(root / "classes.txt", SYNTH_CLASSES)
-    write_json_atomic(root / "synth.json", {"generator": "wsseg synth", "train": config.train,
-                                            "val": config.val, "size": config.size,
-                                            "seed": config.seed, "classes": list(SHAPES)})
+    write_class_file(root / "classes.txt", classes)
+    write_json_atomic(root / "synth.json", {"generator": "wsseg synth", "kind": config.kind, "train": config.train,
+                                            "val": config.val, "size": config.size, "seed": config.seed,
+                                            "classes": list(classes.foreground)})
     return root
