@@ -93,3 +93,77 @@ def test_two_process_training_with_torchrun(bench: Path, tmp_path: Path) -> None
         scores = torch.sigmoid(model(torch.rand(1, 3, 64, 64)))
     assert scores.shape == (1, 6) and torch.isfinite(scores).all()
     assert len(json.loads((run / "history.json").read_text())) == 1
+
+
+def _scripted_val_maps(monkeypatch, maps: list[float]) -> None:
+    """Make validation report these mAPs in turn, so the selection logic is tested exactly."""
+    import wsseg.train as training
+
+    remaining = list(maps)
+    monkeypatch.setattr(training, "classification_metrics", lambda scores, targets: {"map": remaining.pop(0), "f1": 0.5})
+
+
+def _files(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.iterdir())}
+
+
+def test_best_epoch_is_kept_and_training_stops_early(bench: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    _scripted_val_maps(monkeypatch, [0.5, 0.8, 0.6, 0.7, 0.9, 0.9])
+    run = tmp_path / "run"
+    args = ["train", "--data", str(bench), "--out", str(run), "--epochs", "6", "--patience", "2",
+            "--image-size", "64", "--batch-size", "4", "--quiet"]
+    assert main(args) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # epochs 3 and 4 did not beat epoch 2: stop
+    assert [r["best"] for r in history] == [False, True, False, False]
+    assert read_checkpoint(run / "model.pt")["epoch"] == 1 and read_checkpoint(run / "last.pt")["epoch"] == 3
+    best, last = _weights(run), read_checkpoint(run / "last.pt")["model"]
+    assert any(not torch.equal(best[k], last[k]) for k in best)  # model.pt is the earlier epoch's
+    assert "best val mAP 0.800 at epoch 2" in capsys.readouterr().out
+
+    before = _files(run)
+    assert main(args + ["--resume"]) == 0  # nothing left to do: exits 0, says where it stopped
+    out = capsys.readouterr().out
+    assert "stopped early" in out and "after epoch 4" in out
+    assert _files(run) == before  # not one file rewritten
+
+
+def test_without_val_split_the_last_epoch_is_kept_and_never_stops_early(bench: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    history = train(TrainOptions(data=str(bench), out=str(run), epochs=3, patience=1, val_split=None, **TINY))
+    assert len(history) == 3 and history[-1]["best"]
+    assert read_checkpoint(run / "model.pt")["epoch"] == 2
+    a, b = _weights(run), read_checkpoint(run / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_automatic_image_size_follows_the_split_not_its_first_image(tmp_path: Path) -> None:
+    from conftest import write_voc
+    from wsseg.data import VOCDataset
+    from wsseg.train import auto_image_size
+
+    sizes = [(300, 400)] + [(90, 120)] * 6 + [(120, 90)] * 4  # one large first image, then small ones
+    root = write_voc(tmp_path / "voc", {f"im{i}": {"mask": np.zeros(size, np.uint8), "objects": ["cat"]}
+                                        for i, size in enumerate(sizes)})
+    assert auto_image_size(VOCDataset(root, "train")) == 128
+
+
+def test_validation_scores_do_not_depend_on_batch_neighbours_or_padding(tmp_path: Path) -> None:
+    from conftest import write_voc
+    from wsseg.data import VOCDataset
+    from wsseg.data.transforms import resize_longer_side, to_tensor
+    from wsseg.models.classifier import build_classifier
+    from wsseg.train import predict_scores
+
+    rng = np.random.default_rng(0)
+    sizes = [(40, 64), (64, 64), (64, 40), (64, 64), (48, 64)]
+    samples = {f"im{i}": {"mask": np.zeros(size, np.uint8), "objects": ["cat"],
+                          "image": rng.integers(0, 255, (*size, 3), dtype=np.uint8)} for i, size in enumerate(sizes)}
+    dataset = VOCDataset(write_voc(tmp_path / "voc", samples), "train")
+    torch.manual_seed(0)
+    model = build_classifier(3, pretrained=False, pooling="gap").eval()
+    scores, _, _ = predict_scores(model, dataset, 64, batch_size=4)
+    with torch.no_grad():
+        alone = [torch.sigmoid(model(to_tensor(resize_longer_side(dataset.load_image(i), 64))[None]))[0].numpy()
+                 for i in dataset.ids]
+    assert np.allclose(scores, np.stack(alone), atol=1e-5)

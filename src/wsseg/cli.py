@@ -12,6 +12,9 @@ from pathlib import Path
 
 from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic
+from wsseg.train_options import TrainOptions
+
+_TRAIN_DEFAULTS = TrainOptions(data="", out="")
 
 EXIT_USAGE = 2
 # kept here so that `wsseg --help` need not import torch; a test checks it against wsseg.pipelines
@@ -113,21 +116,36 @@ def _oracle(pred_dir: Path) -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsseg.train import TrainOptions, train
+    from wsseg.train import train
 
     val_split = None if args.val_split.lower() == "none" else args.val_split
     options = TrainOptions(
         data=str(args.data), out=str(args.out), split=args.split, val_split=val_split, masks=args.masks,
         backbone=args.backbone, weights=args.weights, random_init=args.random_init, pooling=args.pooling,
         lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
+        scale_range=args.scale_range, jitter=args.jitter, patience=args.patience, seed=args.seed,
         workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
-        max_side=args.max_side, device=args.device,
-        progress=not args.quiet)
+        max_side=args.max_side, device=args.device, progress=not args.quiet)
     history = train(options)
-    if history and "val_map" in history[-1]:
-        print(f"[train] done: val mAP {history[-1]['val_map']:.3f}; model in {args.out}/model.pt")
+    best = next((record for record in history if record.get("best")), history[-1] if history else None)
+    if best and "val_map" in best:
+        print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
+              f"model in {args.out}/model.pt, last epoch in {args.out}/last.pt")
     return 0
+
+
+def _patience(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    return _positive_int(text)
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    numbers = _parse_numbers(text)
+    if len(numbers) != 2 or numbers[0] > numbers[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LOW,HIGH with LOW <= HIGH")
+    return numbers[0], numbers[1]
 
 
 def _parse_numbers(text: str) -> tuple[float, ...]:
@@ -349,19 +367,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
     train.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
     train.add_argument("--random-init", action="store_true", help="start from random weights (not advised)")
-    train.add_argument("--pooling", default="gap", choices=["gmp", "gap", "lse"],
+    train.add_argument("--pooling", default=_TRAIN_DEFAULTS.pooling, choices=["gmp", "gap", "lse"],
                        help="global pooling of the class score maps: gap (default, trains fastest), gmp "
                             "(global max, the authors'), lse")
     train.add_argument("--lse-r", type=float, default=5.0, help="sharpness r of lse pooling (default 5)")
     train.add_argument("--image-size", type=int, default=None,
-                       help="training crop side, a multiple of 32 (default: the first image's longer side "
+                       help="training crop side, a multiple of 32 (default: the split's median longer side "
                             "rounded up to 32, at most 512)")
     train.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32],
                        help="class map stride: lower gives finer maps, costs time (default 16)")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--lr", type=float, default=1e-3, help="backbone learning rate; the head gets 10x")
-    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--epochs", type=int, default=_TRAIN_DEFAULTS.epochs,
+                       help=f"most epochs; the poly schedule spans them (default {_TRAIN_DEFAULTS.epochs})")
+    train.add_argument("--patience", type=_patience, default=_TRAIN_DEFAULTS.patience,
+                       help="stop when val mAP has not improved for this many epochs, or 'none' "
+                            f"(default {_TRAIN_DEFAULTS.patience}); model.pt always keeps the best epoch")
+    train.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS.lr,
+                       help=f"backbone learning rate (default {_TRAIN_DEFAULTS.lr:g})")
+    train.add_argument("--head-lr-scale", type=float, default=_TRAIN_DEFAULTS.head_lr_scale,
+                       help=f"the new classifier head's learning rate is this times --lr "
+                            f"(default {_TRAIN_DEFAULTS.head_lr_scale:g})")
+    train.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay)
+    train.add_argument("--scale-range", type=_scale_range, default=_TRAIN_DEFAULTS.scale_range, metavar="LOW,HIGH",
+                       help="random rescale of the image around --image-size (default "
+                            f"{','.join(f'{v:g}' for v in _TRAIN_DEFAULTS.scale_range)})")
+    train.add_argument("--jitter", type=float, default=_TRAIN_DEFAULTS.jitter,
+                       help=f"colour jitter strength, 0 to turn it off (default {_TRAIN_DEFAULTS.jitter:g})")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in-process)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

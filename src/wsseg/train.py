@@ -18,46 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import average_precision_score
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from wsseg.data.images import DEFAULT_MAX_SIDE
-from wsseg.data.transforms import letterbox, random_scale_crop_flip, to_tensor
+from wsseg.data.images import read_image_size
+from wsseg.data.transforms import colour_jitter, random_scale_crop_flip, resize_longer_side, to_tensor
 from wsseg.data.voc import VOCDataset, labels_to_vector
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import remove_stale_temporaries, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_checkpoint, save_checkpoint
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    out: str
-    split: str = "train"
-    val_split: str | None = "val"
-    masks: str = "SegmentationClass"
-    backbone: str = "efficientnet-lite0"
-    weights: str | None = None
-    random_init: bool = False
-    # gap, not the authors' gmp: on our benchmark it reaches val mAP 0.90 in 7 epochs where gmp
-    # plateaus near 0.85 after 12 (max pooling sends gradient to one location per class).
-    pooling: str = "gap"
-    lse_r: float = 5.0
-    image_size: int | None = None  # None: the first training image's longer side, rounded to 32
-    output_stride: int = 16
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    workers: int = 0
-    resume: bool = False
-    stop_after: int | None = None  # finish this run after that epoch; the schedule still spans `epochs`
-    skip_bad: bool = False
-    max_side: int | None = DEFAULT_MAX_SIDE  # longer image sides beyond this are refused unread
-    device: str | None = None
-    progress: bool = True
+from wsseg.train_options import TrainOptions
 
 
 class LabelledImages(Dataset):
@@ -66,16 +39,21 @@ class LabelledImages(Dataset):
     ``indices`` point into ``dataset.ids``; augmentation is seeded by (seed, epoch, that index),
     so sharding across processes never changes what an image looks like. Errors travel as text
     so that a bad file read in a loader worker becomes one clear message in the main process.
+    Without augmentation an image is scaled to ``image_size`` on its longer side and not padded,
+    so images of different shapes come out in different sizes (see ``collate_as_list``).
     """
 
     def __init__(self, dataset: VOCDataset, indices: list[int], image_size: int, seed: int = 0,
-                 augment: bool = False, epoch: int = 0) -> None:
+                 augment: bool = False, epoch: int = 0, scale_range: tuple[float, float] = (0.7, 1.3),
+                 jitter: float = 0.0) -> None:
         self.dataset = dataset
         self.indices = indices
         self.image_size = image_size
         self.seed = seed
         self.augment = augment
         self.epoch = epoch
+        self.scale_range = scale_range
+        self.jitter = jitter
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -89,11 +67,17 @@ class LabelledImages(Dataset):
         except DataError as exc:
             return torch.zeros(3, self.image_size, self.image_size), torch.zeros(self.dataset.num_classes), str(exc)
         if self.augment:
-            rgb = random_scale_crop_flip(rgb, self.image_size,
-                                         np.random.default_rng([self.seed, self.epoch, split_index]))
+            rng = np.random.default_rng([self.seed, self.epoch, split_index])
+            rgb = random_scale_crop_flip(rgb, self.image_size, rng, self.scale_range)
+            rgb = colour_jitter(rgb, rng, self.jitter)
         else:
-            rgb, _ = letterbox(rgb, self.image_size)
+            rgb = resize_longer_side(rgb, self.image_size)
         return to_tensor(rgb), torch.from_numpy(labels_to_vector(labels, self.dataset.num_classes)), ""
+
+
+def collate_as_list(items: list) -> list:
+    """Keep a loader's items apart: evaluation images differ in size and are never padded."""
+    return items
 
 
 def _drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -109,8 +93,6 @@ def _drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> list[float | None]:
     """Per-class average precision (None for a class with no positive image)."""
-    from sklearn.metrics import average_precision_score
-
     result: list[float | None] = []
     for c in range(targets.shape[1]):
         result.append(float(average_precision_score(targets[:, c], scores[:, c])) if targets[:, c].any() else None)
@@ -134,21 +116,23 @@ def classification_metrics(scores: np.ndarray, targets: np.ndarray, threshold: f
 def predict_scores(model: FCNClassifier, dataset: VOCDataset, image_size: int, batch_size: int = 32,
                    device: torch.device | str = "cpu", workers: int = 0, skip_bad: bool = False,
                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sigmoid class scores and multi-hot targets for every (readable) image of a split."""
-    from tqdm import tqdm
+    """Sigmoid class scores and multi-hot targets for every (readable) image of a split.
 
+    Each image is scaled to ``image_size`` on its longer side, unpadded; consecutive images of
+    one shape share a forward pass, so no padding ever enters the global pooling."""
     was_training = model.training
     model.eval()
     loader = DataLoader(LabelledImages(dataset, list(range(len(dataset))), image_size),
-                        batch_size=batch_size, num_workers=workers)
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate_as_list)
     scores, targets, skipped = [], [], 0
     try:
-        for batch in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
-            images, labels, bad = _drop_bad(batch, skip_bad)
-            skipped += bad
-            if len(images):
-                scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
-                targets.append(labels.numpy())
+        for items in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
+            for run in _equal_shape_runs(items):
+                images, labels, bad = _drop_bad(_stack(run), skip_bad)
+                skipped += bad
+                if len(images):
+                    scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
+                    targets.append(labels.numpy())
     finally:
         model.train(was_training)
     if not scores:
@@ -156,12 +140,26 @@ def predict_scores(model: FCNClassifier, dataset: VOCDataset, image_size: int, b
     return np.concatenate(scores), np.concatenate(targets), skipped
 
 
-def _optimizer(model: FCNClassifier, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; the new 1x1 classifier learns 10x faster than the pretrained backbone (as IRN does)."""
+def _equal_shape_runs(items: list) -> list[list]:
+    runs: list[list] = []
+    for item in items:
+        if not runs or runs[-1][0][0].shape != item[0].shape:
+            runs.append([])
+        runs[-1].append(item)
+    return runs
+
+
+def _stack(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images, labels, errors = zip(*items)
+    return torch.stack(images), torch.stack(labels), list(errors)
+
+
+def _optimizer(model: FCNClassifier, lr: float, weight_decay: float, head_lr_scale: float) -> torch.optim.Optimizer:
+    """AdamW; the new 1x1 classifier learns faster than the pretrained backbone (as IRN does)."""
     head = list(model.classifier.parameters())
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if id(p) not in head_ids]
-    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * 10}],
+    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}],
                              lr=lr, weight_decay=weight_decay)
 
 
@@ -177,64 +175,119 @@ def _check_options(options: TrainOptions) -> None:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
     if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
         raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
-    if options.lr <= 0:
-        raise WssegError("--lr must be positive")
+    if options.lr <= 0 or options.head_lr_scale <= 0:
+        raise WssegError("--lr and --head-lr-scale must be positive")
+    if options.patience is not None and options.patience < 1:
+        raise WssegError("--patience must be at least 1 (or 'none')")
+    low, high = options.scale_range
+    if not 0 < low <= high:
+        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
+    if not 0 <= options.jitter < 1:
+        raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
-                      "batch_size", "lr", "weight_decay", "seed")
+                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
+                      "seed")
 
 
-def auto_image_size(dataset: VOCDataset, cap: int = 512) -> int:
-    """The first image's longer side rounded up to a multiple of 32, at most ``cap``
-    (128 for the synthetic benchmark, 512 for PASCAL VOC's ~500 px images, as IRN crops)."""
-    for image_id in dataset.ids[:20]:
+def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
+    """The median longer side of the split (up to ``sample`` images spread over it, read from their
+    headers), rounded up to a multiple of 32 and at most ``cap`` (128 for the shapes benchmark, 192
+    for glyphs at 224, 512 for PASCAL VOC's ~500 px images, as IRN crops)."""
+    ids = dataset.ids
+    chosen = [ids[int(i)] for i in np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).round())]
+    sides = []
+    for image_id in chosen:
         try:
-            height, width = dataset.load_image(image_id).shape[:2]
+            sides.append(max(read_image_size(dataset.image_path(image_id))))
         except DataError:
             continue
-        return int(min(cap, max(32, math.ceil(max(height, width) / 32) * 32)))
-    raise WssegError(f"{dataset.root}: none of the first images of split {dataset.split!r} can be read")
+    if not sides:
+        raise WssegError(f"{dataset.root}: no image of split {dataset.split!r} can be read")
+    return int(min(cap, max(32, math.ceil(float(np.median(sides)) / 32) * 32)))
 
 
 def train(options: TrainOptions) -> list[dict]:
-    """Train (or resume) a classifier into ``options.out``; returns the per-epoch history."""
+    """Train (or resume) a classifier into ``options.out``; returns the per-epoch history.
+
+    RUN/model.pt holds the epoch with the best val mAP (image labels only, so no oracle), the
+    last epoch when there is no val split; RUN/last.pt the last epoch, for ``--resume``."""
     _check_options(options)
     with process_group(options.device) as group:
-        return _train(options, group)
+        session = _setup(options, group)
+        if session is None:
+            return _read_history(Path(options.out))
+        return _fit(session, group)
 
 
-def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
-    from tqdm import tqdm
+@dataclass
+class _Session:
+    """Everything one training run carries from epoch to epoch."""
 
+    options: TrainOptions
+    train_set: VOCDataset
+    val_set: VOCDataset | None
+    model: FCNClassifier
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    history: list[dict]
+    start_epoch: int
+    steps_per_epoch: int
+
+    @property
+    def out(self) -> Path:
+        return Path(self.options.out)
+
+
+def _read_history(out: Path) -> list[dict]:
+    path = out / "history.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def stopped_early(history: list[dict], patience: int | None) -> bool:
+    """Whether val mAP has not improved for ``patience`` epochs (the run's last epochs)."""
+    maps = [record.get("val_map") for record in history]
+    if patience is None or not maps or maps[-1] is None:
+        return False
+    best = int(np.nanargmax(np.array(maps, dtype=float)))
+    return len(maps) - 1 - best >= patience
+
+
+def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
+    """Datasets, model, optimiser and, with ``--resume``, the state of the last finished epoch;
+    None when the run being resumed has nothing left to do (finished or stopped early)."""
     out = Path(options.out)
     train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side)
+    if len(train_set) == 0:
+        raise WssegError(f"{options.data}: split {options.split!r} is empty")
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
                              max_side=options.max_side)
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
-    # the run records every option it shares a name with (backbone, pooling, image size, ...)
-    recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
-                if f.name not in ("classes", "extra")}
-    recorded["data"] = str(options.data)  # JSON-safe when a Path was passed
-    config = RunConfig(classes=list(train_set.classes.foreground), **recorded)
+    config = run_config(options, train_set.classes.foreground)
     history: list[dict] = []
-    start_epoch = 0
     resume_state = None
-    if options.resume and (out / "model.pt").exists():
+    last = out / "last.pt" if (out / "last.pt").exists() else out / "model.pt"  # runs before last.pt
+    if options.resume and last.exists():
         previous = RunConfig.load(out)
         changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
         if changed:
             raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                              "differ); use another --out for a new run")
-        resume_state = read_checkpoint(out / "model.pt")
-        start_epoch = int(resume_state["epoch"]) + 1
-        history_path = out / "history.json"
-        history = json.loads(history_path.read_text())[:start_epoch] if history_path.exists() else []
+        resume_state = read_checkpoint(last)
+        history = _read_history(out)[:int(resume_state["epoch"]) + 1]
+        finished = len(history) >= options.epochs
+        if finished or stopped_early(history, options.patience if val_set is not None else None):
+            if group.is_main:
+                why = "finished" if finished else f"stopped early (val mAP not improved for {options.patience} epochs)"
+                print(f"[train] {out} {why} after epoch {len(history)}; nothing to do")
+            return None
         if group.is_main:
-            print(f"[train] resuming {out} after epoch {start_epoch}")
+            print(f"[train] resuming {out} after epoch {len(history)}")
             remove_stale_temporaries(out)  # a checkpoint write cut short by the kill
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train] no checkpoint to resume in {out}; starting fresh")
@@ -243,7 +296,7 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
     model = build_classifier(train_set.num_classes, backbone=options.backbone, pooling=options.pooling,
                              pretrained=not options.random_init, weights=options.weights,
                              output_stride=options.output_stride, lse_r=options.lse_r)
-    optimizer = _optimizer(model, options.lr, options.weight_decay)
+    optimizer = _optimizer(model, options.lr, options.weight_decay, options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
@@ -255,70 +308,127 @@ def _train(options: TrainOptions, group: ProcessGroup) -> list[dict]:
     if group.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
-
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out)
-    n = len(train_set)
-    if n == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
-    per_rank = math.ceil(n / group.world_size)
-    steps_per_epoch = math.ceil(per_rank / options.batch_size)
-    total_steps = steps_per_epoch * options.epochs
+    per_rank = math.ceil(len(train_set) / group.world_size)
+    return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
+                    start_epoch=len(history), steps_per_epoch=math.ceil(per_rank / options.batch_size))
+
+
+def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
+    """The run's record of what was trained: every option it shares a name with."""
+    recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
+                if f.name not in ("classes", "extra")}
+    recorded["data"] = str(options.data)  # JSON-safe when a Path was passed
+    recorded["scale_range"] = list(options.scale_range)
+    return RunConfig(classes=list(classes), **recorded)
+
+
+def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
+    options = session.options
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if group.device.type == "cpu":
         torch.use_deterministic_algorithms(True)
-    elapsed_before = float(history[-1].get("elapsed", 0.0)) if history else 0.0
+    elapsed_before = float(session.history[-1].get("elapsed", 0.0)) if session.history else 0.0
     run_started = time.perf_counter()
     try:
         last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
-        for epoch in range(start_epoch, last_epoch):
-            torch.manual_seed(options.seed * 100003 + epoch)
-            order = np.random.default_rng([options.seed, epoch]).permutation(n)
-            order = np.concatenate([order, order[: per_rank * group.world_size - n]])  # equal shards
-            mine = [int(i) for i in order[group.rank::group.world_size]]
-            images = LabelledImages(train_set, mine, options.image_size, options.seed, augment=True, epoch=epoch)
-            loader = DataLoader(images, batch_size=options.batch_size, shuffle=False, num_workers=options.workers)
-            net.train()
-            started = time.perf_counter()
-            losses, seen, skipped = [], 0, 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
-                       disable=not (options.progress and group.is_main))
-            for step, batch in enumerate(bar):
-                inputs, targets, bad = _drop_bad(batch, options.skip_bad)
-                skipped += bad
-                _poly(optimizer, base_lrs, epoch * steps_per_epoch + step, total_steps)
-                if len(inputs) == 0:
-                    continue
-                logits = net(inputs.to(group.device).contiguous(memory_format=torch.channels_last))
-                loss = F.binary_cross_entropy_with_logits(logits, targets.to(group.device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                seen += len(inputs)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            seconds = time.perf_counter() - started
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                      "images_per_second": seen * group.world_size / seconds, "seconds": seconds,
-                      "skipped": skipped}
+        for epoch in range(session.start_epoch, last_epoch):
+            record = _train_one_epoch(session, group, epoch)
             if group.is_main:
-                if val_set is not None:
-                    scores, targets, val_skipped = predict_scores(model, val_set, options.image_size,
-                                                                  device=group.device, skip_bad=options.skip_bad)
-                    metrics = classification_metrics(scores, targets)
-                    record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped)
                 record["elapsed"] = elapsed_before + time.perf_counter() - run_started
-                history.append(record)
-                save_checkpoint(out / "model.pt", model, epoch, optimizer)
-                write_json_atomic(out / "history.json", history)
-                summary = f"[train] epoch {epoch + 1}/{options.epochs}: loss {record['loss']:.4f}"
-                if "val_map" in record:
-                    summary += f", val mAP {record['val_map']:.3f}, F1 {record['val_f1']:.3f}"
-                summary += f" ({record['images_per_second']:.1f} img/s"
-                summary += f", {skipped} bad images skipped)" if skipped else ")"
-                print(summary, flush=True)
+                _validate_and_checkpoint(session, group, epoch, record)
             group.barrier()
+            patience = options.patience if session.val_set is not None else None
+            if stopped_early(_broadcast_history(session, group), patience):
+                if group.is_main:
+                    print(f"[train] stopping early: val mAP has not improved for {patience} epochs; "
+                          f"model.pt keeps epoch {_best_epoch(session.history)}", flush=True)
+                break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
-    return history
+    return session.history
+
+
+def _broadcast_history(session: _Session, group: ProcessGroup) -> list[dict]:
+    """Rank 0 validates; every rank must agree on stopping early, so they share its val mAPs."""
+    if not group.distributed:
+        return session.history
+    maps = [record.get("val_map") for record in session.history] if group.is_main else None
+    shared = [maps]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return [{"val_map": value} for value in shared[0]]
+
+
+def _best_epoch(history: list[dict]) -> int:
+    return next((record["epoch"] for record in history if record.get("best")), len(history))
+
+
+def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
+    """One pass over this rank's share of the shuffled split; returns the epoch's record."""
+    options = session.options
+    n = len(session.train_set)
+    per_rank = math.ceil(n / group.world_size)
+    torch.manual_seed(options.seed * 100003 + epoch)
+    order = np.random.default_rng([options.seed, epoch]).permutation(n)
+    order = np.concatenate([order, order[: per_rank * group.world_size - n]])  # equal shards
+    mine = [int(i) for i in order[group.rank::group.world_size]]
+    images = LabelledImages(session.train_set, mine, options.image_size, options.seed, augment=True, epoch=epoch,
+                            scale_range=options.scale_range, jitter=options.jitter)
+    loader = DataLoader(images, batch_size=options.batch_size, shuffle=False, num_workers=options.workers)
+    session.net.train()
+    started = time.perf_counter()
+    losses, seen, skipped = [], 0, 0
+    total_steps = session.steps_per_epoch * options.epochs
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
+               disable=not (options.progress and group.is_main))
+    for step, batch in enumerate(bar):
+        inputs, targets, bad = _drop_bad(batch, options.skip_bad)
+        skipped += bad
+        _poly(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
+        if len(inputs) == 0:
+            continue
+        logits = session.net(inputs.to(group.device).contiguous(memory_format=torch.channels_last))
+        loss = F.binary_cross_entropy_with_logits(logits, targets.to(group.device))
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        losses.append(float(loss.detach()))
+        seen += len(inputs)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped}
+
+
+def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
+    """Score val, mark the best epoch, write model.pt (when best) -> history.json -> last.pt.
+
+    That order keeps a killed run consistent: resuming starts after last.pt's epoch, and what
+    was written after it is simply written again, with the same bytes."""
+    options, out = session.options, session.out
+    if session.val_set is not None:
+        scores, targets, val_skipped = predict_scores(session.model, session.val_set, options.image_size,
+                                                      device=group.device, skip_bad=options.skip_bad)
+        metrics = classification_metrics(scores, targets)
+        record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped)
+        earlier = [r["val_map"] for r in session.history if r.get("val_map") is not None]
+        is_best = not earlier or metrics["map"] > max(earlier)
+    else:
+        is_best = True  # without a val split the run keeps its last epoch
+    if is_best:
+        for previous in session.history:
+            previous["best"] = False
+    record["best"] = is_best
+    session.history.append(record)
+    if is_best:
+        save_checkpoint(out / "model.pt", session.model, epoch)
+    write_json_atomic(out / "history.json", session.history)
+    save_checkpoint(out / "last.pt", session.model, epoch, session.optimizer)
+    summary = f"[train] epoch {epoch + 1}/{options.epochs}: loss {record['loss']:.4f}"
+    if "val_map" in record:
+        summary += f", val mAP {record['val_map']:.3f}, F1 {record['val_f1']:.3f}" + (" (best)" if is_best else "")
+    summary += f" ({record['images_per_second']:.1f} img/s"
+    summary += f", {record['skipped']} bad images skipped)" if record["skipped"] else ")"
+    print(summary, flush=True)

@@ -60,6 +60,16 @@ def _open(path: Path, what: str, max_side: int | None = None) -> Image.Image:
     return image
 
 
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image from its header alone, without decoding the pixels."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except _DECODE_ERRORS as exc:
+        raise DataError(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
+
+
 def to_rgb(image: Image.Image) -> np.ndarray:
     """Any PIL image as an H x W x 3 uint8 RGB array (grey, alpha, CMYK, 16-bit, palette)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):

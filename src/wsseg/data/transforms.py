@@ -52,9 +52,32 @@ def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
     return np.ascontiguousarray(canvas)
 
 
+def colour_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random brightness, contrast and saturation, each a factor in [1 - strength, 1 + strength]:
+    a small training set then cannot be told apart by its exact colours."""
+    if strength <= 0:
+        return rgb
+    brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
+    image = rgb.astype(np.float32) * brightness
+    image = (image - image.mean()) * contrast + image.mean()
+    grey = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    image = grey[..., None] + (image - grey[..., None]) * saturation
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def resize_longer_side(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Scale so that the longer side is ``size``, keeping the aspect ratio (no padding)."""
+    height, width = rgb.shape[:2]
+    scale = size / max(height, width)
+    return resize(rgb, max(1, round(height * scale)), max(1, round(width * scale)))
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    rgb = np.ascontiguousarray(rgb)
+    if not rgb.flags.writeable:  # Pillow's arrays are read-only, and torch warns about sharing them
+        rgb = rgb.copy()
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
 
 
 def batch_tensor(images, device: str | torch.device = "cpu") -> torch.Tensor:

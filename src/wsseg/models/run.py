@@ -24,18 +24,26 @@ CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
 
 @dataclass
 class RunConfig:
-    """Everything needed to rebuild the classifier and to know what it was trained for."""
+    """Everything needed to rebuild the classifier and to know what it was trained for.
+
+    ``wsseg.train.run_config`` fills every field from the training options (the one source of
+    defaults); the defaults here only stand in for keys that runs written by older versions lack,
+    so they are the values those versions trained with."""
 
     classes: list[str]
     backbone: str = "efficientnet-lite0"
-    pooling: str = "gmp"
+    pooling: str = "gap"
     lse_r: float = 5.0
     image_size: int = 224
     output_stride: int = 16
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
+    head_lr_scale: float = 10.0
     weight_decay: float = 1e-4
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
+    jitter: float = 0.0
+    patience: int | None = None
     seed: int = 0
     split: str = "train"
     val_split: str | None = "val"

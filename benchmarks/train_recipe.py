@@ -1,0 +1,79 @@
+"""The training-recipe search behind ``wsseg train``'s defaults (docs/method.md, "Training recipe").
+
+Trains the classifier with named recipes on the synthetic benchmarks, on the full train split and
+on its first 300 images, and records each run's per-epoch val mAP (image labels only: choosing a
+recipe by it is no oracle for segmentation). Results accumulate in a JSON file, one entry per
+(benchmark, train size, recipe), so the search can be stopped and continued.
+
+    python benchmarks/train_recipe.py --work /tmp/recipe --recipes old,new --benchmarks shapes,glyphs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from wsseg.data import SynthConfig, VOCDataset, write_synthetic_dataset
+from wsseg.io import write_json_atomic, write_text_atomic
+from wsseg.train import TrainOptions, train
+
+# each recipe: TrainOptions fields that differ from the current defaults
+RECIPES: dict[str, dict] = {
+    # the defaults before this search: keep the last of 10 epochs, no colour jitter
+    "old": dict(epochs=10, lr=1e-3, head_lr_scale=10.0, weight_decay=1e-4, scale_range=(0.7, 1.3), jitter=0.0,
+                patience=None),
+    "new": {},
+}
+
+
+def benchmark(work: Path, kind: str) -> Path:
+    root = work / f"data-{kind}"
+    if not (root / "synth.json").exists():
+        write_synthetic_dataset(root, SynthConfig(kind=kind), progress=False)
+    first = VOCDataset(root, "train").ids[:300]
+    write_text_atomic(root / "ImageSets" / "Segmentation" / "train300.txt", "".join(f"{i}\n" for i in first))
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("build/recipe"))
+    parser.add_argument("--benchmarks", default="shapes,glyphs")
+    parser.add_argument("--sizes", default="300,full")
+    parser.add_argument("--recipes", default="old,new")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME:JSON",
+                        help="define a recipe on the command line, e.g. 'lr3e-4:{\"lr\": 3e-4}'")
+    args = parser.parse_args()
+    for definition in args.set:
+        name, body = definition.split(":", 1)
+        RECIPES[name] = json.loads(body)
+    results_path = args.work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for kind in args.benchmarks.split(","):
+        root = benchmark(args.work, kind)
+        for size in args.sizes.split(","):
+            for recipe in args.recipes.split(","):
+                key = f"{kind}/{size}/{recipe}"
+                if key in results:
+                    continue
+                options = RECIPES[recipe]
+                if "scale_range" in options:
+                    options = {**options, "scale_range": tuple(options["scale_range"])}
+                started = time.perf_counter()
+                history = train(TrainOptions(data=str(root), out=str(args.work / "runs" / key.replace("/", "-")),
+                                             split="train" if size == "full" else f"train{size}", progress=False,
+                                             **options))
+                maps = [record["val_map"] for record in history]
+                best = max(range(len(maps)), key=maps.__getitem__)
+                results[key] = {"recipe": RECIPES[recipe], "val_map": maps, "best_epoch": best + 1,
+                                "best_map": maps[best], "last_map": maps[-1], "epochs_run": len(maps),
+                                "seconds": time.perf_counter() - started}
+                write_json_atomic(results_path, results)
+                print(f"{key:<28} best {maps[best]:.3f} (epoch {best + 1}/{len(maps)}), last {maps[-1]:.3f}, "
+                      f"{results[key]['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
