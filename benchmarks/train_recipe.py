@@ -31,7 +31,7 @@ RECIPES: dict[str, dict] = {
 def benchmark(work: Path, kind: str) -> Path:
     root = work / f"data-{kind}"
     if not (root / "synth.json").exists():
-        write_synthetic_dataset(root, SynthConfig(kind=kind), progress=False)
+        write_synthetic_dataset(root, SynthConfig(kind=kind), progress=False, force=True)
     first = VOCDataset(root, "train").ids[:300]
     write_text_atomic(root / "ImageSets" / "Segmentation" / "train300.txt", "".join(f"{i}\n" for i in first))
     return root

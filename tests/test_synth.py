@@ -93,3 +93,18 @@ def test_each_kind_keeps_its_own_defaults() -> None:
     glyphs = SynthConfig(kind="glyphs").resolved()
     assert (glyphs.train, glyphs.val, glyphs.size) == (600, 200, 224)
     assert SynthConfig(kind="glyphs", size=500).resolved().size == 500
+
+
+def test_synth_refuses_a_folder_that_is_not_empty_unless_forced(tmp_path: Path, capsys) -> None:
+    from wsseg.cli import main
+
+    dataset = tmp_path / "mine"
+    (dataset / "ImageSets" / "Segmentation").mkdir(parents=True)
+    split = dataset / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_text("2007_000032\n")
+    assert main(["synth", str(dataset), "--train", "2", "--val", "1", "--size", "32", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "--force" in err[0]
+    assert split.read_text() == "2007_000032\n" and not (dataset / "classes.txt").exists()
+    assert main(["synth", str(dataset), "--train", "2", "--val", "1", "--size", "32", "--quiet", "--force"]) == 0
+    assert split.read_text() == "train_000000\ntrain_000001\n"

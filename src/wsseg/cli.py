@@ -75,7 +75,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 
     config = SynthConfig(kind=args.kind, train=args.train, val=args.val, size=args.size, seed=args.seed).resolved()
-    root = write_synthetic_dataset(args.out, config, progress=not args.quiet)
+    root = write_synthetic_dataset(args.out, config, progress=not args.quiet, force=args.force)
     print(f"wrote {config.train} train + {config.val} val {config.kind} images "
           f"({config.size} px, seed {config.seed}) to {root}")
     return 0
@@ -351,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="image side (shapes, default 128) or longest possible side (glyphs, default 224; "
                             "500 gives VOC's scale)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    synth.add_argument("--force", action="store_true", help="write into a folder that is not empty")
 
     evaluate = command("evaluate", _cmd_evaluate, "score prediction PNGs with the PASCAL VOC protocol (mIoU)")
     evaluate.add_argument("--pred", required=True, type=Path, help="folder of <id>.png predictions")

@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     data_root = out / "data"
     if not (data_root / "synth.json").exists():
         print(f"[demo] 1/5 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
-        write_synthetic_dataset(data_root, config, progress=progress)
+        write_synthetic_dataset(data_root, config, progress=progress, force=True)  # ours: redo a cut-short one
     run = out / "run"
     options = TrainOptions(data=str(data_root), out=str(run), resume=True, progress=progress,
                            **({"epochs": QUICK_EPOCHS} if quick else {}))

@@ -149,8 +149,11 @@ def synth_id(split: str, index: int) -> str:
 
 
 def write_synthetic_dataset(out: str | Path, config: SynthConfig = SynthConfig(),
-                            progress: bool = True) -> Path:
-    """Write a complete VOC-layout benchmark under ``out`` and return its root."""
+                            progress: bool = True, force: bool = False) -> Path:
+    """Write a complete VOC-layout benchmark under ``out`` and return its root.
+
+    A folder that already holds anything is refused unless ``force``: its split files and class
+    list would be replaced, silently changing somebody's dataset."""
     config = config.resolved()
     minimum = 32 if config.kind == "shapes" else 64  # glyph images may be 0.6 x 0.6 of the size
     if config.size < minimum:
@@ -160,6 +163,10 @@ def write_synthetic_dataset(out: str | Path, config: SynthConfig = SynthConfig()
     if config.max_objects < 1:
         raise WssegError("max_objects must be at least 1")
     root = Path(out)
+    if not force and root.is_dir() and any(root.iterdir()):
+        raise WssegError(f"{root}: folder is not empty; choose a new folder, or --force to write into it")
+    if root.exists() and not root.is_dir():
+        raise WssegError(f"{root}: exists and is not a folder")
     photos = load_backgrounds()
     if config.kind == "glyphs":
         atlas, classes = GlyphAtlas(), GLYPH_CLASSES
