@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsseg.errors import WssegError
-from wsseg.maps import METHODS, class_maps, dcsm, normalize_maps
+from wsseg.maps import MAP_METHODS, class_maps, dcsm, normalize_maps
 from wsseg.maps.distinct import distinct_sum_caffe, distinct_sum_matconvnet, finish_matconvnet
 from wsseg.models import build_classifier
 
@@ -136,7 +136,7 @@ def test_dcsm_pads_candidates_and_returns_maps_for_asked_classes_only(fcn) -> No
     assert caffe.candidates.shape == (2, 3) and caffe.maps.amax(dim=(-2, -1))[1].tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(MAP_METHODS))
 def test_every_method_has_the_same_contract_and_cleans_up(fcn, method: str) -> None:
     fcn.train()
     fcn.classifier.weight.requires_grad_(False)
