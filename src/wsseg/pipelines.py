@@ -1,6 +1,6 @@
 """Segmenters: typed objects that turn one image's class maps (and features) into a label map.
 
-    segmenter = build_segmenter("pipeline-a", run="runs/x")  # mi-SVM and threshold from the run
+    segmenter = build_segmenter("pipeline-a", run="runs/x")  # its mi-SVM loaded from the run
     labels = segment_images(model, rgb_images, classes, segmenter)
 
 Each segmenter declares the map methods it needs (typed :mod:`wsseg.maps` objects) and whether
@@ -56,7 +56,7 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SegmentInput:
     """What a segmenter sees of one image."""
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from scipy.special import expit
 from tqdm import tqdm
 

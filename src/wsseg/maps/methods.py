@@ -20,11 +20,13 @@ from torch import nn
 
 from wsseg.errors import WssegError
 from wsseg.maps.cam import cam_maps, gradcam_maps
-from wsseg.maps.distinct import dcsm
+from wsseg.maps.distinct import DCSMResult, dcsm
 from wsseg.maps.gradient import gradient_maps, guided_maps
 from wsseg.maps.layers import layer_maps
 from wsseg.maps.normalize import normalize_maps
 from wsseg.registry import MAP_METHOD_NAMES
+
+Classes = Sequence[Sequence[int]]  # per image, the 0-based classes to explain
 
 
 @dataclass(frozen=True)
@@ -33,11 +35,11 @@ class MapMethod:
 
     name: ClassVar[str]
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]]) -> torch.Tensor:
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         raise NotImplementedError
 
     def with_extras(self, model: nn.Module, images: torch.Tensor,
-                    classes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    classes: Classes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The maps and any by-products worth storing beside them (per image, [N, ...])."""
         return self(model, images, classes), {}
 
@@ -56,7 +58,7 @@ class Gradient(MapMethod):
 
     name: ClassVar[str] = "gradient"
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return gradient_maps(model, images, classes)
 
 
@@ -66,7 +68,7 @@ class Guided(MapMethod):
 
     name: ClassVar[str] = "guided"
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return guided_maps(model, images, classes)
 
 
@@ -80,7 +82,7 @@ class Layers(MapMethod):
     target: str = "map"
     absolute: bool = True
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return layer_maps(model, images, classes, self.layers, self.guided, self.target, self.absolute)
 
 
@@ -99,7 +101,7 @@ class CAM(_Scaled):
     name: ClassVar[str] = "cam"
     scales: tuple[float, ...] | None = (1.0,)
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return cam_maps(model, images, classes, self.scales or (1.0,))
 
 
@@ -110,7 +112,7 @@ class GradCAM(MapMethod):
     name: ClassVar[str] = "gradcam"
     layer: str | None = None
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return gradcam_maps(model, images, classes, self.layer)
 
 
@@ -127,15 +129,16 @@ class DCSM(_Scaled):
     sharpness: float = 3.0
     fold_bn: bool = True
 
-    def result(self, model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]]):
+    def result(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> DCSMResult:
         """The full :class:`DCSMResult` (class-agnostic map, candidates, scores)."""
         return dcsm(model, images, classes, self.scales, self.layers, self.variant, self.threshold,
                     self.min_candidates, self.sharpness, self.fold_bn)
 
-    def __call__(self, model, images, classes):
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return self.result(model, images, classes).maps
 
-    def with_extras(self, model, images, classes):
+    def with_extras(self, model: nn.Module, images: torch.Tensor,
+                    classes: Classes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         result = self.result(model, images, classes)
         return result.maps, {"agnostic": result.agnostic}
 
@@ -159,9 +162,8 @@ def map_method(name: str, **options) -> MapMethod:
     """The method called ``name`` with ``options`` (its constructor's keywords)."""
     if name not in MAP_METHODS:
         raise WssegError(f"unknown map method {name!r}; choose from {', '.join(MAP_METHODS)}")
-    sequences = {key: tuple(value) for key, value in options.items()
-                 if isinstance(value, (list, tuple)) and key in ("scales", "layers")}
+    hashable = {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
     try:
-        return MAP_METHODS[name](**{**options, **sequences})
+        return MAP_METHODS[name](**hashable)
     except TypeError as exc:
         raise WssegError(f"map method {name!r}: {exc}") from None
