@@ -83,6 +83,7 @@ class Segmenter:
         raise NotImplementedError
 
     def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        """The label map of an image with at least one class; stage times added to ``timings``."""
         raise NotImplementedError
 
     def __call__(self, inputs: SegmentInput, timings: dict[str, float] | None = None) -> np.ndarray:
