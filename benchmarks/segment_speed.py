@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from wsseg.data.synth import load_backgrounds
 from wsseg.data.transforms import resize
-from wsseg.fusion.misvm import MiSVM
+from wsseg.fusion.misvm import MISVM_FILE, MiSVM
 from wsseg.models import build_classifier
-from wsseg.pipelines import SEGMENT_METHODS, segment_images
+from wsseg.pipelines import build_segmenter, segment_images
+from wsseg.registry import SEGMENT_METHODS
 
 
 def main() -> None:
@@ -38,17 +41,18 @@ def main() -> None:
     # pipeline A's scorer: random weights of the right shape (this measures time, not quality)
     rng = np.random.default_rng(0)
     dims = 4 * (40 + 112 + 320)  # zoom-out levels x channels of the default layers
-    misvm = MiSVM(np.zeros(dims, np.float32), np.ones(dims, np.float32),
-                  rng.normal(0, 0.01, (20, dims)).astype(np.float32), np.zeros(20, np.float32),
-                  np.tile(np.array([1.0, 0.0], np.float32), (20, 1)))
-    segment_images(model, images[:2], classes[:2], "dcsm-crf", scales=scales)  # warm-up
+    run = Path(tempfile.mkdtemp())
+    MiSVM(np.zeros(dims, np.float32), np.ones(dims, np.float32), rng.normal(0, 0.01, (20, dims)).astype(np.float32),
+          np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1))).save(run / MISVM_FILE)
+    segment_images(model, images[:2], classes[:2], build_segmenter("dcsm-crf", scales=scales))  # warm-up
     rows = []
     for name in SEGMENT_METHODS:
+        segmenter = build_segmenter(name, run, scales=scales)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         for first in range(0, args.images, args.batch):
-            segment_images(model, images[first:first + args.batch], classes[first:first + args.batch], name,
-                           scales=scales, timings=timings, misvm=misvm)
+            segment_images(model, images[first:first + args.batch], classes[first:first + args.batch], segmenter,
+                           timings)
         total = (time.perf_counter() - started) / args.images
         rows.append((name, total, {k: v / args.images for k, v in timings.items()}))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.size} px, "

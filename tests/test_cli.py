@@ -62,6 +62,11 @@ def test_argument_errors_are_one_line(tiny_voc: Path, tmp_path: Path, capsys, ar
     assert len(err) == 1 and message in err[0]
 
 
-def test_console_script_help() -> None:
+def test_console_script_help_does_not_import_torch() -> None:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "wsseg", "segment", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "pipeline-a" in result.stdout and "mi-SVM" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "wsseg.registry" in imported and not any(name.split(".")[0] == "torch" for name in imported)
     result = _run("--help")
     assert result.returncode == 0 and "synth" in result.stdout and "evaluate" in result.stdout

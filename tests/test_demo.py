@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsseg.cli import main
-from wsseg.pipelines import SEGMENT_METHODS
+from wsseg.registry import SEGMENT_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,14 +1,25 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsseg.cli import main
+from wsseg.data.transforms import batch_tensor
+from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.fusion import alpha_for_threshold, dense_crf, labels_from_maps, soft_probabilities
+from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+from wsseg.fusion.zoomout import zoomout_layers
+from wsseg.maps import capture_outputs
+from wsseg.maps.export import predict_labels
+from wsseg.models import build_classifier
+from wsseg.models.run import RunConfig, build_from_config, load_run, save_checkpoint
+from wsseg.pipelines import build_segmenter, segment_images
 
 
 def test_threshold_background_by_hand() -> None:
@@ -45,19 +56,40 @@ def test_dense_crf_cleans_a_noisy_unary() -> None:
     assert before < 0.85 and after > 0.98
 
 
-def test_segment_split_scores_and_single_image(tiny_run: Path, tiny_bench: Path, tmp_path: Path, capsys) -> None:
+def _read_pngs(folder: Path, ids) -> list[np.ndarray]:
+    return [np.asarray(Image.open(folder / f"{image_id}.png")) for image_id in ids]
+
+
+def test_segment_split_and_single_image_write_the_library_segmentations(tiny_run: Path, tiny_bench: Path,
+                                                                        tmp_path: Path, capsys) -> None:
     out = tmp_path / "seg"
+    dataset = VOCDataset(tiny_bench, "val")
+    model, _ = load_run(tiny_run)
+    images = [dataset.load_image(image_id) for image_id in dataset.ids]
+    truth = [dataset.load_labels(image_id) for image_id in dataset.ids]
+    foreground = 0
     for method in ("cam", "dcsm-crf", "pipeline-b"):
         assert main(["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val",
                      "--method", method, "--out", str(out / method), "--scales", "1", "--quiet"]) == 0
+        written = _read_pngs(out / method, dataset.ids)
+        expected = segment_images(model, images, [[c - 1 for c in labels] for labels in truth],
+                                  build_segmenter(method, scales=(1.0,)))
+        for labels, ours, theirs in zip(truth, written, expected):
+            np.testing.assert_array_equal(ours, theirs)
+            assert set(np.unique(ours)) <= {0, *labels}  # --labels gt: only the image's own classes
+        foreground += sum(int((png > 0).sum()) for png in written)
         assert main(["evaluate", "--pred", str(out / method), "--data", str(tiny_bench), "--split", "val",
                      "--quiet"]) == 0
-    assert "4 images scored" in capsys.readouterr().out
-    image = next((tiny_bench / "JPEGImages").glob("val_*.jpg"))
-    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--method", "cam",
-                 "--out", str(tmp_path / "one.png")]) == 0
-    assert Image.open(tmp_path / "one.png").size == (64, 64)
-    assert Image.open(tmp_path / "one_overlay.png").size == (64, 64)
+    assert "4 images scored" in capsys.readouterr().out and foreground > 0  # not all background
+    image_path = dataset.image_path(dataset.ids[0])
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image_path), "--method", "cam",
+                 "--threshold", "0.3", "--out", str(tmp_path / "one.png")]) == 0
+    predicted = predict_labels(model, batch_tensor(images[:1]))
+    (expected,) = segment_images(model, images[:1], predicted, build_segmenter("cam", threshold=0.3))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "one.png")), expected)
+    overlay = np.asarray(Image.open(tmp_path / "one_overlay.png").convert("RGB"))
+    assert overlay.shape == (64, 64, 3)
+    np.testing.assert_array_equal(overlay[expected == 0], images[0][expected == 0])
 
 
 def test_tune_background_stores_an_oracle_choice_that_segment_uses(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
@@ -84,11 +116,17 @@ def test_tune_background_stores_an_oracle_choice_that_segment_uses(tiny_run: Pat
     assert json.loads((tmp_path / "s.json").read_text())["tuned_on_ground_truth"] is True
 
 
-def test_cli_lists_every_segmentation_method() -> None:
-    from wsseg.cli import SEGMENT_METHOD_NAMES
-    from wsseg.pipelines import SEGMENT_METHODS
+def test_cli_method_choices_are_the_registry() -> None:
+    from wsseg.cli import build_parser
+    from wsseg.maps import MAP_METHODS
+    from wsseg.pipelines import BUILDERS
+    from wsseg.registry import SEGMENT_METHODS
 
-    assert SEGMENT_METHOD_NAMES == tuple(SEGMENT_METHODS)
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    choices = {name: next(a.choices for a in commands[name]._actions if a.dest == "method")
+               for name in ("segment", "tune-background", "maps")}
+    assert list(choices["segment"]) == list(choices["tune-background"]) == list(SEGMENT_METHODS) == list(BUILDERS)
+    assert sorted(choices["maps"]) == sorted(MAP_METHODS)
 
 
 def test_ilp_keeps_its_constraints() -> None:
@@ -154,12 +192,49 @@ def test_pipeline_a_needs_and_uses_a_trained_misvm(tiny_run: Path, tiny_bench: P
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    args = ["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "pipeline-a",
-            "--scales", "1", "--out", str(tmp_path / "a"), "--quiet"]
-    assert main(args) == 2
+
+    def segment(out: Path) -> list[np.ndarray]:
+        assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method",
+                     "pipeline-a", "--scales", "1", "--out", str(out), "--quiet"]) == 0
+        return _read_pngs(out, VOCDataset(tiny_bench, "val").ids)
+
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "pipeline-a",
+                 "--out", str(tmp_path / "none"), "--quiet"]) == 2
     assert "train-misvm" in capsys.readouterr().err
     assert main(["train-misvm", "--run", str(run), "--data", str(tiny_bench), "--quiet"]) == 0
-    assert (run / "misvm.npz").exists()
-    assert main(args) == 0
-    assert main(["evaluate", "--pred", str(tmp_path / "a"), "--data", str(tiny_bench), "--split", "val",
-                 "--quiet"]) == 0
+    trained = segment(tmp_path / "trained")
+    # a mi-SVM that calls every superpixel unlikely halves all saliency: less foreground must survive
+    svm = MiSVM.load(run / MISVM_FILE)
+    dataclasses.replace(svm, platt=np.tile(np.array([0.0, -50.0], np.float32), (len(svm.platt), 1))).save(
+        run / MISVM_FILE)
+    doubting = segment(tmp_path / "doubting")
+    foreground = [sum(int((png > 0).sum()) for png in pngs) for pngs in (trained, doubting)]
+    assert foreground[0] > foreground[1], foreground
+
+
+def test_feature_taps_declare_what_the_layers_give() -> None:
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        vgg = build_classifier(3, backbone="vgg16", pretrained=False, output_stride=16)
+    for model in (build_classifier(3, pretrained=False, output_stride=16), vgg):
+        taps = model.feature_taps
+        with torch.no_grad(), capture_outputs(model.eval(), [tap.module for tap in taps]) as captured:
+            model(torch.rand(1, 3, 64, 64))
+        for tap in taps:
+            assert captured[tap.module].shape[1:] == (tap.channels, 64 // min(tap.stride, 16), 64 // min(tap.stride, 16))
+        assert model.saliency_layers == [tap.module for tap in taps]
+    assert zoomout_layers(vgg) == ["backbone.features.relu3_2", "backbone.features.relu4_2", "backbone.features.relu5_2"]
+
+
+def test_pipeline_a_and_train_misvm_work_on_vgg16(tiny_bench: Path, tmp_path: Path) -> None:
+    run = tmp_path / "vgg"
+    config = RunConfig(classes=list(VOCDataset(tiny_bench, "train").classes.foreground), backbone="vgg16")
+    config.save(run)
+    torch.manual_seed(0)
+    save_checkpoint(run / "model.pt", build_from_config(config), epoch=0)  # random init: this checks plumbing
+    assert main(["train-misvm", "--run", str(run), "--data", str(tiny_bench), "--quiet"]) == 0
+    assert MiSVM.load(run / MISVM_FILE).weights.shape[1] == 4 * (256 + 512 + 512)  # VGG's zoom-out taps
+    out = tmp_path / "a"
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "pipeline-a",
+                 "--scales", "1", "--out", str(out), "--quiet"]) == 0
+    assert [png.shape for png in _read_pngs(out, VOCDataset(tiny_bench, "val").ids)] == [(64, 64)] * 4

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsseg.errors import WssegError
-from wsseg.maps import METHODS, class_maps, dcsm, normalize_maps
+from wsseg.maps import CAM, DCSM, MAP_METHODS, Guided, class_maps, dcsm, map_method, normalize_maps
 from wsseg.maps.distinct import distinct_sum_caffe, distinct_sum_matconvnet, finish_matconvnet
 from wsseg.models import build_classifier
 
@@ -136,18 +136,32 @@ def test_dcsm_pads_candidates_and_returns_maps_for_asked_classes_only(fcn) -> No
     assert caffe.candidates.shape == (2, 3) and caffe.maps.amax(dim=(-2, -1))[1].tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(MAP_METHODS))
 def test_every_method_has_the_same_contract_and_cleans_up(fcn, method: str) -> None:
     fcn.train()
     fcn.classifier.weight.requires_grad_(False)
     maps = class_maps(fcn, _images(), [[0, 1], [3]], method)
     assert maps.shape == (2, 2, 32, 32) and (maps[1, 1] == 0).all() and torch.isfinite(maps).all()
+    normalized = map_method(method).normalize(maps)
+    peaks = normalized.amax(dim=(-2, -1)).flatten().tolist()  # 1, or 0 for an all-zero map
+    assert normalized.min() >= 0 and all(peak == pytest.approx(1.0) or peak == 0 for peak in peaks)
     assert fcn.training and all(m.training for m in fcn.modules())
     assert not fcn.classifier.weight.requires_grad and fcn.classifier.bias.requires_grad
     assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in fcn.modules())
     assert all(p.grad is None for p in fcn.parameters())
     fcn.classifier.weight.requires_grad_(True)
     fcn.eval()
+
+
+def test_methods_are_typed_objects_and_class_maps_builds_them_by_name(fcn) -> None:
+    images = _images()
+    torch.testing.assert_close(DCSM(scales=(1.0,), variant="caffe")(fcn, images, [[0], [2]]),
+                               class_maps(fcn, images, [[0], [2]], "dcsm", scales=[1.0], variant="caffe"))
+    assert map_method("cam").with_scales([0.5, 1.0]) == CAM(scales=(0.5, 1.0)) and Guided().with_scales([2.0]) == Guided()
+    with pytest.raises(WssegError, match="unexpected keyword argument 'scales'"):
+        class_maps(fcn, images, [[0], [2]], "gradcam", scales=(1.0,))
+    with pytest.raises(WssegError, match="unknown map method 'nope'"):
+        map_method("nope")
 
 
 def test_hooks_are_removed_after_an_error(fcn) -> None:

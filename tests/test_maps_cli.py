@@ -3,10 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wsseg.cli import main
-from wsseg.maps.export import read_maps
+from wsseg.data.transforms import batch_tensor
+from wsseg.data.voc import VOCDataset
+from wsseg.maps import CAM
+from wsseg.maps.export import predict_labels, read_maps
+from wsseg.models.run import load_run
 
 
 def test_maps_command_writes_npz_and_overlays_and_resumes(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
@@ -31,11 +36,25 @@ def test_maps_command_writes_npz_and_overlays_and_resumes(tiny_run: Path, tiny_b
 
 
 def test_predicted_labels_and_other_methods(tiny_run: Path, tiny_bench: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cam"
-    assert main(["maps", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
-                 "--labels", "predicted", "--out", str(out), "--quiet"]) == 0
-    arrays = read_maps(next(out.glob("*.npz")))
-    assert len(arrays["labels"]) >= 1 and "agnostic" not in arrays
+    dataset = VOCDataset(tiny_bench, "val")
+    model, _ = load_run(tiny_run)
+    images = batch_tensor([dataset.load_image(image_id) for image_id in dataset.ids])
+    for threshold in (0.5, 0.0):  # 0: every class scores above it
+        out = tmp_path / f"cam{threshold}"
+        assert main(["maps", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+                     "--labels", "predicted", "--label-threshold", str(threshold), "--out", str(out),
+                     "--quiet"]) == 0
+        predicted = predict_labels(model, images, threshold)
+        expected = CAM().normalize(CAM()(model, images, predicted)) if threshold else None
+        for n, image_id in enumerate(dataset.ids):
+            arrays = read_maps(out / f"{image_id}.npz")
+            assert arrays["labels"].tolist() == [c + 1 for c in predicted[n]] and "agnostic" not in arrays
+            if threshold:
+                raw = torch.from_numpy(arrays["maps"])[None]
+                torch.testing.assert_close(CAM().normalize(raw)[0], expected[n, : len(predicted[n])],
+                                           atol=2e-3, rtol=0)
+            else:
+                assert arrays["labels"].tolist() == list(range(1, dataset.num_classes + 1))
 
 
 def test_maps_refuses_a_dataset_with_other_classes(tiny_run: Path, tiny_voc: Path, tmp_path: Path, capsys) -> None:

@@ -12,14 +12,12 @@ from pathlib import Path
 
 from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic
+from wsseg.registry import MAP_METHOD_NAMES, SEGMENT_METHODS
 from wsseg.train_options import TrainOptions
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 
 EXIT_USAGE = 2
-# kept here so that `wsseg --help` need not import torch; a test checks it against wsseg.pipelines
-SEGMENT_METHOD_NAMES = ("cam", "cam-crf", "gradcam", "gradient", "guided", "dcsm", "dcsm-crf", "pipeline-a",
-                        "pipeline-b")
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +67,12 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for --labels predicted")
     parser.add_argument("--scales", type=_parse_numbers, default=None,
                         help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
+
+
+def _add_segment_method(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="dcsm-crf", choices=list(SEGMENT_METHODS),
+                        help="; ".join(f"{info.name}: {info.description}" for info in SEGMENT_METHODS.values())
+                        + " (default dcsm-crf)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -205,36 +209,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return _segment_one_image(args, model, config)
     if args.data is None:
         raise WssegError("give --data ROOT (with --split) to segment a split, or --image FILE for one image")
-    from wsseg.pipelines import segment_split
+    from wsseg.pipelines import build_segmenter, segment_split
 
     with process_group(args.device) as group:
         model, config = load_run(args.run, map_location=group.device)
         dataset = _dataset(args)
         check_same_classes(config, dataset.classes, args.run, args.data)
         threshold, tuned = _background_threshold(args, quiet=not group.is_main)
+        segmenter = build_segmenter(args.method, args.run, threshold, args.scales)
         if group.is_main:
             write_json_atomic(args.out / "segment.json", {"method": args.method, "labels": args.labels,
                                                           "threshold": threshold, "tuned_on_ground_truth": tuned})
         _clear_interrupted_writes(args.out, group)
         with group.together():
-            report = segment_split(model, dataset, args.method, args.out, labels=args.labels, threshold=threshold,
-                                   scales=args.scales, batch_size=args.batch_size,
-                                   label_threshold=args.label_threshold, skip_bad=args.skip_bad,
-                                   progress=not args.quiet and group.is_main, misvm=_misvm_for(args),
+            report = segment_split(model, dataset, segmenter, args.out, labels=args.labels,
+                                   batch_size=args.batch_size, label_threshold=args.label_threshold,
+                                   skip_bad=args.skip_bad, progress=not args.quiet and group.is_main,
                                    ids=group.shard_blocks(dataset.ids, args.batch_size))
     timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
     print(f"[segment]{_rank_tag(group)} {report['written']} written, {report['already_done']} already done, "
           f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
     return 0
-
-
-def _misvm_for(args: argparse.Namespace):
-    """The run's mi-SVM when the method is pipeline A (which cannot work without one)."""
-    if args.method != "pipeline-a":
-        return None
-    from wsseg.fusion.misvm import MISVM_FILE, MiSVM
-
-    return MiSVM.load(args.run / MISVM_FILE)
 
 
 def _cmd_train_misvm(args: argparse.Namespace) -> int:
@@ -269,13 +264,15 @@ def _background_threshold(args: argparse.Namespace, quiet: bool = False) -> tupl
 def _cmd_tune_background(args: argparse.Namespace) -> int:
     from wsseg.distributed import pick_device
     from wsseg.models.run import check_same_classes, load_run
+    from wsseg.pipelines import build_segmenter
     from wsseg.tune import store_choice, tune_background
 
     model, config = load_run(args.run, map_location=pick_device(args.device))
     dataset = _dataset(args)
     check_same_classes(config, dataset.classes, args.run, args.data)
-    curve = tune_background(model, dataset, args.method, args.thresholds, args.scales, args.batch_size,
-                            args.skip_bad, progress=not args.quiet, misvm=_misvm_for(args))
+    segmenter = build_segmenter(args.method, args.run, scales=args.scales)
+    curve = tune_background(model, dataset, segmenter, args.thresholds, args.batch_size, args.skip_bad,
+                            progress=not args.quiet)
     print(f"{'threshold':>9}  {'mIoU':>7}")
     for row in curve:
         score = "-" if row["miou"] is None else f"{100 * row['miou']:6.2f}%"
@@ -293,14 +290,14 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     from wsseg.data.transforms import to_tensor
     from wsseg.io import atomic_write
     from wsseg.maps.export import predict_labels
-    from wsseg.pipelines import label_overlay, segment_images
+    from wsseg.pipelines import build_segmenter, label_overlay, segment_images
 
     image = read_image(args.image, args.max_side)
     device = next(model.parameters()).device
     classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
     threshold, _tuned = _background_threshold(args)
-    (label_map,) = segment_images(model, [image], classes, args.method, threshold, args.scales,
-                                  misvm=_misvm_for(args))
+    segmenter = build_segmenter(args.method, args.run, threshold, args.scales)
+    (label_map,) = segment_images(model, [image], classes, segmenter)
     out = args.out if args.out.suffix.lower() == ".png" else args.out.with_suffix(".png")
     write_label_png(out, label_map)
     overlay_path = out.with_name(out.stem + "_overlay.png")
@@ -405,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     maps = command("maps", _cmd_maps, "write class maps (saliency, CAM, ...) for every image of a split")
     _add_model_args(maps)
     _add_dataset_args(maps)
-    maps.add_argument("--method", default="dcsm", choices=["dcsm", "layers", "guided", "gradient", "cam", "gradcam"])
+    maps.add_argument("--method", default="dcsm", choices=MAP_METHOD_NAMES)
     maps.add_argument("--out", required=True, type=Path, help="folder for <id>.npz and <id>.png")
     _add_label_args(maps)
 
@@ -415,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--split", default="val")
     segment.add_argument("--masks", default="SegmentationClass")
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
-    segment.add_argument("--method", default="dcsm-crf",
-                         choices=list(SEGMENT_METHOD_NAMES))
+    _add_segment_method(segment)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
     _add_label_args(segment)
     segment.add_argument("--threshold", type=float, default=None,
@@ -434,8 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "choose a method's background threshold on a labelled split (an oracle choice)")
     _add_model_args(tune)
     _add_dataset_args(tune, split_default="train")
-    tune.add_argument("--method", default="dcsm-crf",
-                      choices=list(SEGMENT_METHOD_NAMES))
+    _add_segment_method(tune)
     tune.add_argument("--thresholds", type=_parse_numbers, default=None,
                       help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
     tune.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")

@@ -17,9 +17,10 @@ from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import evaluate_directory, load_result, save_result
-from wsseg.fusion.misvm import MISVM_FILE, MiSVM, train_misvm_on_split
+from wsseg.fusion.misvm import MISVM_FILE, train_misvm_on_split
 from wsseg.models.run import load_run
-from wsseg.pipelines import SEGMENT_METHODS, segment_split
+from wsseg.pipelines import build_segmenter, segment_split
+from wsseg.registry import SEGMENT_METHODS
 from wsseg.report import build_report
 from wsseg.train import TrainOptions, train
 
@@ -52,7 +53,6 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     if not (run / MISVM_FILE).exists():
         print("[demo] 3/5 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
         train_misvm_on_split(model, VOCDataset(data_root, "train"), run, progress=progress)
-    misvm = MiSVM.load(run / MISVM_FILE)
     results: dict[str, dict] = {}
     methods = ["background-only", *SEGMENT_METHODS]
     for step, name in enumerate(methods, start=1):
@@ -68,8 +68,8 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
             _background_baseline(val, pred_dir)
             written = len(val)
         else:
-            written = segment_split(model, val, name, pred_dir, labels="predicted", progress=progress,
-                                    scales=(1.0,) if quick else None, misvm=misvm)["written"]
+            segmenter = build_segmenter(name, run, scales=(1.0,) if quick else None)
+            written = segment_split(model, val, segmenter, pred_dir, labels="predicted", progress=progress)["written"]
         # Time per image actually segmented now, so a resumed method is not credited with skipped images.
         seconds = (time.perf_counter() - started) / written if written else None
         result = evaluate_directory(pred_dir, val, progress=False)

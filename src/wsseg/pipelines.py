@@ -1,20 +1,28 @@
-"""Named segmentation methods built from the parts: class maps -> background -> (CRF) -> labels.
+"""Segmenters: typed objects that turn one image's class maps (and features) into a label map.
 
-Every method takes an image with the classes present (ground-truth image labels, or the
-classifier's predictions) and returns a label map (0 background, 1..C classes).
+    segmenter = build_segmenter("pipeline-a", run="runs/x")  # its mi-SVM loaded from the run
+    labels = segment_images(model, rgb_images, classes, segmenter)
+
+Each segmenter declares the map methods it needs (typed :mod:`wsseg.maps` objects) and whether
+it needs feature taps; it receives one :class:`SegmentInput` per image and returns a label map
+(0 background, 1..C classes). Trained artefacts and the background threshold are constructor
+arguments. The names, descriptions and default thresholds are :mod:`wsseg.registry`'s table;
+``BUILDERS`` here makes each name a segmenter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-import torch
+from tqdm import tqdm
 
 from wsseg.data.images import voc_palette, write_label_png
 from wsseg.data.transforms import batch_tensor
@@ -22,20 +30,20 @@ from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
 from wsseg.fusion.crf import dense_crf
-from wsseg.maps import class_maps, normalize_maps
+from wsseg.fusion.ilp import solve_labels
+from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, MiSVM
+from wsseg.fusion.objectness import border_contrast
+from wsseg.fusion.spcrf import contrast_weights, mean_field
+from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
+from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
+from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.maps.export import batch_classes, iter_batches
 from wsseg.models.classifier import FCNClassifier
+from wsseg.registry import SEGMENT_METHODS, method_info
 
-
-def unsaturate_dcsm(maps: torch.Tensor) -> torch.Tensor:
-    """Undo DCSM's final tanh(3x) and stretch each map to [0, 1].
-
-    The authors' final maps saturate (tanh(3x) > 0.76 wherever x > 1/4 of the maximum), and their
-    sums carry a pedestal over the whole image, so thresholds on them must sit close to 1. In the
-    linear, min-max stretched domain a threshold means a fraction of the map's range.
-    """
-    linear = torch.atanh(maps.clamp(0.0, 1.0 - 1e-6)) / 3.0
-    return normalize_maps(linear, "minmax")
+# saturating maps need thresholds close to 1; a CRF moves slowly with the threshold, so a coarse grid
+THRESHOLD_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.95, 19)) + (0.97, 0.98, 0.99, 0.995)
+CRF_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.85, 9))
 
 
 @contextlib.contextmanager
@@ -48,152 +56,203 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
-def threshold_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-                     timings: dict[str, float], **extras) -> np.ndarray:
-    with timed(timings, "threshold"):
-        return labels_from_maps(next(iter(maps.values())), labels, threshold)
+@dataclass(frozen=True, eq=False)
+class SegmentInput:
+    """What a segmenter sees of one image."""
+
+    image: np.ndarray  # [H, W, 3] uint8
+    labels: list[int]  # mask values 1..C of the classes to segment
+    maps: Mapping[MapMethod, np.ndarray]  # per declared map method: [len(labels), H, W] in [0, 1]
+    features: np.ndarray | None = None  # [D, H, W] zoom-out source features, when declared
 
 
-def crf_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-               timings: dict[str, float], **extras) -> np.ndarray:
-    with timed(timings, "crf"):
-        refined = dense_crf(image, soft_probabilities(next(iter(maps.values())), threshold))
-    return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+@dataclass(frozen=True, eq=False)
+class Segmenter:
+    """Base of the segmenters: ``threshold`` is the background threshold on the normalised maps."""
+
+    threshold: float = dataclasses.field(kw_only=True)
+    needs_features: ClassVar[bool] = False
+    grid: ClassVar[tuple[float, ...]] = THRESHOLD_GRID  # thresholds `wsseg tune-background` tries
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+
+    @property
+    def maps(self) -> tuple[MapMethod, ...]:
+        """The map methods whose normalised maps :meth:`fuse` reads."""
+        raise NotImplementedError
+
+    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        """The label map of an image with at least one class; stage times added to ``timings``."""
+        raise NotImplementedError
+
+    def __call__(self, inputs: SegmentInput, timings: dict[str, float] | None = None) -> np.ndarray:
+        """H x W label map; all background when the image has no class to segment."""
+        if not inputs.labels:
+            return np.zeros(inputs.image.shape[:2], np.uint8)
+        return self.fuse(inputs, timings if timings is not None else {})
 
 
-def pipeline_b_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-                      timings: dict[str, float], **extras) -> np.ndarray:
+def _to_labels(labels: Sequence[int], choice: np.ndarray) -> np.ndarray:
+    """Index 0 -> background, k -> the k-th class's mask value."""
+    return np.array([0, *labels], np.uint8)[choice]
+
+
+@dataclass(frozen=True, eq=False)
+class Thresholded(Segmenter):
+    """One method's maps; background where every map is below the threshold."""
+
+    method: MapMethod
+
+    @property
+    def maps(self) -> tuple[MapMethod, ...]:
+        return (self.method,)
+
+    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        with timed(timings, "threshold"):
+            return labels_from_maps(inputs.maps[self.method], inputs.labels, self.threshold)
+
+
+@dataclass(frozen=True, eq=False)
+class DenseCRF(Thresholded):
+    """One method's maps as soft unaries (psa's background rule) of the fully-connected CRF."""
+
+    grid: ClassVar[tuple[float, ...]] = CRF_GRID
+
+    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        with timed(timings, "crf"):
+            refined = dense_crf(inputs.image, soft_probabilities(inputs.maps[self.method], self.threshold))
+        return _to_labels(inputs.labels, np.argmax(refined, axis=0))
+
+
+@dataclass(frozen=True, eq=False)
+class PipelineB(Segmenter):
     """CAM enhanced by objectness, averaged with the DCSM saliency, decided per superpixel by an ILP."""
-    from wsseg.fusion.ilp import solve_labels
-    from wsseg.fusion.objectness import border_contrast
-    from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 
-    with timed(timings, "superpixels"):
-        superpixels = slic_superpixels(image)
-        objectness = border_contrast(image, superpixels)
-    with timed(timings, "ilp"):
-        enhanced = maps["cam"] * (0.5 + 0.5 * objectness)[None]
-        enhanced = enhanced / np.maximum(enhanced.reshape(len(labels), -1).max(axis=1), 1e-12)[:, None, None]
-        combined = 0.5 * enhanced + 0.5 * maps["dcsm"]
-        choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels), threshold)
-    return np.array([0, *labels], np.uint8)[choice][superpixels]
+    cam: CAM = CAM()
+    dcsm: DCSM = DCSM()
+    grid: ClassVar[tuple[float, ...]] = CRF_GRID
+
+    @property
+    def maps(self) -> tuple[MapMethod, ...]:
+        return (self.cam, self.dcsm)
+
+    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        with timed(timings, "superpixels"):
+            superpixels = slic_superpixels(inputs.image)
+            objectness = border_contrast(inputs.image, superpixels)
+        with timed(timings, "ilp"):
+            enhanced = inputs.maps[self.cam] * (0.5 + 0.5 * objectness)[None]
+            enhanced = enhanced / np.maximum(enhanced.reshape(len(enhanced), -1).max(axis=1), 1e-12)[:, None, None]
+            combined = 0.5 * enhanced + 0.5 * inputs.maps[self.dcsm]
+            choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels),
+                                  self.threshold)
+        return _to_labels(inputs.labels, choice)[superpixels]
 
 
-PIPELINE_A_PIXELS_PER_SUPERPIXEL = 200
-
-
-def pipeline_a_fusion(image: np.ndarray, maps: dict[str, np.ndarray], labels: list[int], threshold: float,
-                      timings: dict[str, float], **extras) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class PipelineA(Segmenter):
     """DCSM per superpixel weighted by the mi-SVM's class probabilities on zoom-out features,
     refined by a CRF over the superpixel graph."""
-    from wsseg.fusion.spcrf import contrast_weights, mean_field
-    from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
-    from wsseg.fusion.zoomout import zoomout
 
-    if extras.get("misvm") is None:
-        raise WssegError("pipeline-a needs a trained mi-SVM: run `wsseg train-misvm --run RUN --data ROOT` first")
-    with timed(timings, "superpixels"):
-        superpixels = slic_superpixels(image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
-        descriptors = zoomout(extras["features"], superpixels)
-    with timed(timings, "svm"):
-        probabilities = extras["misvm"].probabilities(descriptors)[:, [label - 1 for label in labels]]  # [P, K]
-    with timed(timings, "superpixel crf"):
-        # as pipeline B's objectness: the mi-SVM can halve a superpixel's saliency, never create it
-        unified = superpixel_means(maps["dcsm"], superpixels) * (0.5 + 0.5 * probabilities)
-        unary = soft_probabilities(unified.T[:, :, None], threshold)[:, :, 0].T  # [P, K + 1]
-        refined = mean_field(unary, contrast_weights(image, superpixels))
-    return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=1)][superpixels]
+    misvm: MiSVM
+    dcsm: DCSM = DCSM()
+    needs_features: ClassVar[bool] = True
+    grid: ClassVar[tuple[float, ...]] = CRF_GRID
 
+    @property
+    def maps(self) -> tuple[MapMethod, ...]:
+        return (self.dcsm,)
 
-@dataclass(frozen=True)
-class SegmentMethod:
-    name: str
-    maps: tuple[str, ...]  # the wsseg.maps methods it needs
-    fusion: Callable[..., np.ndarray]
-    threshold: float  # default background threshold on the prepared maps (in [0, 1])
-    description: str
-    needs_features: bool = False  # zoom-out features from the classifier's layers (pipeline A)
+    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+        with timed(timings, "superpixels"):
+            superpixels = slic_superpixels(inputs.image, PIXELS_PER_SUPERPIXEL)
+            descriptors = zoomout(inputs.features, superpixels)
+        with timed(timings, "svm"):
+            probabilities = self.misvm.probabilities(descriptors)[:, [label - 1 for label in inputs.labels]]  # [P, K]
+        with timed(timings, "superpixel crf"):
+            # as pipeline B's objectness: the mi-SVM can halve a superpixel's saliency, never create it
+            unified = superpixel_means(inputs.maps[self.dcsm], superpixels) * (0.5 + 0.5 * probabilities)
+            unary = soft_probabilities(unified.T[:, :, None], self.threshold)[:, :, 0].T  # [P, K + 1]
+            refined = mean_field(unary, contrast_weights(inputs.image, superpixels))
+        return _to_labels(inputs.labels, np.argmax(refined, axis=1))[superpixels]
 
 
-SEGMENT_METHODS: dict[str, SegmentMethod] = {m.name: m for m in (
-    SegmentMethod("cam", ("cam",), threshold_fusion, 0.15,
-                  "class activation maps, background below 0.15 (IRN's threshold)"),
-    SegmentMethod("cam-crf", ("cam",), crf_fusion, 0.15, "CAM as soft unaries of the dense CRF"),
-    SegmentMethod("gradcam", ("gradcam",), threshold_fusion, 0.15, "Grad-CAM baseline"),
-    SegmentMethod("gradient", ("gradient",), threshold_fusion, 0.15,
-                  "input-gradient saliency baseline (Simonyan et al.)"),
-    SegmentMethod("guided", ("guided",), threshold_fusion, 0.15, "guided back-propagation saliency baseline"),
-    SegmentMethod("dcsm", ("dcsm",), threshold_fusion, 0.5,
-                  "distinct class-specific saliency maps, background below half their range"),
-    SegmentMethod("dcsm-crf", ("dcsm",), crf_fusion, 0.5,
-                  "DCSM as unary potentials of the dense CRF (the ECCV paper)"),
-    SegmentMethod("pipeline-a", ("dcsm",), pipeline_a_fusion, 0.5,
-                  "DCSM weighted by a mi-SVM on zoom-out superpixel features, refined by a superpixel CRF "
-                  "(the poster's A)",
-                  needs_features=True),
-    SegmentMethod("pipeline-b", ("cam", "dcsm"), pipeline_b_fusion, 0.5,
-                  "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)"),
-)}
+def _misvm(run: Path | None) -> MiSVM:
+    if run is None:
+        raise WssegError("pipeline-a needs a trained mi-SVM: build it from a run folder (build_segmenter(name, run))"
+                         " after `wsseg train-misvm --run RUN --data ROOT`")
+    return MiSVM.load(run / MISVM_FILE)
 
 
-def get_method(name: str) -> SegmentMethod:
-    if name not in SEGMENT_METHODS:
-        raise WssegError(f"unknown segmentation method {name!r}; choose from {', '.join(SEGMENT_METHODS)}")
-    return SEGMENT_METHODS[name]
+Scales = tuple[float, ...] | None
+# name -> segmenter from (threshold, scales, run folder); the names are wsseg.registry's
+BUILDERS: dict[str, Callable[[float, Scales, Path | None], Segmenter]] = {
+    "cam": lambda t, s, run: Thresholded(CAM().with_scales(s), threshold=t),
+    "cam-crf": lambda t, s, run: DenseCRF(CAM().with_scales(s), threshold=t),
+    "gradcam": lambda t, s, run: Thresholded(GradCAM(), threshold=t),
+    "gradient": lambda t, s, run: Thresholded(Gradient(), threshold=t),
+    "guided": lambda t, s, run: Thresholded(Guided(), threshold=t),
+    "dcsm": lambda t, s, run: Thresholded(DCSM().with_scales(s), threshold=t),
+    "dcsm-crf": lambda t, s, run: DenseCRF(DCSM().with_scales(s), threshold=t),
+    "pipeline-a": lambda t, s, run: PipelineA(_misvm(run), DCSM().with_scales(s), threshold=t),
+    "pipeline-b": lambda t, s, run: PipelineB(CAM().with_scales(s), DCSM().with_scales(s), threshold=t),
+}
+if list(BUILDERS) != list(SEGMENT_METHODS):
+    raise ImportError("wsseg.pipelines.BUILDERS and wsseg.registry.SEGMENT_METHODS list different methods")
 
 
-def prepared_maps(model: FCNClassifier, batch: torch.Tensor, classes: Sequence[Sequence[int]], method: str,
-                  scales: Sequence[float] | None = None) -> np.ndarray:
-    """Class maps of one wsseg.maps method, brought to [0, 1] as the fusion steps expect them."""
-    options = {"scales": tuple(scales)} if scales is not None and method in ("dcsm", "cam") else {}
-    raw = class_maps(model, batch, classes, method, **options)
-    return (unsaturate_dcsm(raw) if method == "dcsm" else normalize_maps(raw)).cpu().numpy()
+def build_segmenter(name: str, run: str | Path | None = None, threshold: float | None = None,
+                    scales: Sequence[float] | None = None) -> Segmenter:
+    """The registry's method ``name``: trained artefacts it needs loaded from ``run``; ``threshold``
+    (default: the method's) and ``scales`` (input scales of its dcsm and cam maps) as given."""
+    info = method_info(name)
+    return BUILDERS[name](info.threshold if threshold is None else threshold,
+                          None if scales is None else tuple(scales), None if run is None else Path(run))
+
+
+def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
+                   segmenter: Segmenter, timings: dict[str, float]) -> list[SegmentInput]:
+    """One :class:`SegmentInput` per equally sized RGB image, with the maps and features ``segmenter``
+    declares; ``classes`` are 0-based classifier outputs per image."""
+    batch = batch_tensor(images, next(model.parameters()).device)
+    prepared = {}
+    for method in segmenter.maps:
+        with timed(timings, f"maps ({method.name})"):
+            prepared[method] = method.normalize(method(model, batch, classes)).cpu().numpy()
+    features: list[np.ndarray | None] = [None] * len(images)
+    if segmenter.needs_features:
+        with timed(timings, "features"):
+            features = layer_features(model, batch, zoomout_layers(model))
+    return [SegmentInput(image, [c + 1 for c in per_image],
+                         {method: values[n, : len(per_image)] for method, values in prepared.items()}, features[n])
+            for n, (image, per_image) in enumerate(zip(images, classes))]
+
+
+def _segmenter(method: Segmenter | str) -> Segmenter:
+    return build_segmenter(method) if isinstance(method, str) else method
 
 
 def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
-                   method: str, threshold: float | None = None, scales: Sequence[float] | None = None,
-                   timings: dict[str, float] | None = None, misvm=None) -> list[np.ndarray]:
+                   method: Segmenter | str, timings: dict[str, float] | None = None) -> list[np.ndarray]:
     """Label maps for equally sized RGB images; ``classes`` are 0-based classifier outputs per image.
 
-    ``misvm`` (a :class:`wsseg.fusion.misvm.MiSVM`) is needed by pipeline A only.
+    ``method``: a segmenter, or a registry name with its defaults (``build_segmenter``).
     """
-    spec = get_method(method)
-    threshold = check_threshold(spec.threshold if threshold is None else threshold)
+    segmenter = _segmenter(method)
     timings = timings if timings is not None else defaultdict(float)
-    batch = batch_tensor(images, next(model.parameters()).device)
-    all_maps = {}
-    for map_method in spec.maps:
-        with timed(timings, f"maps ({map_method})"):
-            all_maps[map_method] = prepared_maps(model, batch, classes, map_method, scales)
-    features: list[np.ndarray | None] = [None] * len(images)
-    if spec.needs_features:
-        from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features
-
-        with timed(timings, "features"):
-            features = layer_features(model, batch, DEFAULT_LAYERS)
-    results = []
-    for n, (image, per_image) in enumerate(zip(images, classes)):
-        labels = [c + 1 for c in per_image]
-        if not labels:
-            results.append(np.zeros(image.shape[:2], np.uint8))
-            continue
-        maps = {name: values[n, : len(labels)] for name, values in all_maps.items()}
-        results.append(spec.fusion(image, maps, labels, threshold, timings, features=features[n], misvm=misvm))
-    return results
+    return [segmenter(inputs, timings) for inputs in segment_inputs(model, images, classes, segmenter, timings)]
 
 
-def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: str | Path, labels: str = "gt",
-                  threshold: float | None = None, scales: Sequence[float] | None = None, batch_size: int = 8,
-                  label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
-                  ids: Sequence[str] | None = None, misvm=None) -> dict:
+def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
+                  labels: str = "gt", batch_size: int = 8, label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
+                  ids: Sequence[str] | None = None) -> dict:
     """Write ``out/<id>.png`` (VOC palette) for every image not done yet; returns counts and timings.
 
     ``ids`` (default: the split) are cut into fixed blocks of ``batch_size`` (see ``iter_batches``):
     give a rank whole blocks and its outputs are the bytes a single process would write.
     """
-    from tqdm import tqdm
-
-    get_method(method)
+    segmenter = _segmenter(method)
     if labels not in ("gt", "predicted"):
         raise WssegError(f"--labels must be gt or predicted, not {labels!r}")
     out = Path(out)
@@ -204,7 +263,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
 
     done_before = sum(map(is_done, wanted))
     report: dict = {"written": 0, "skipped_bad": 0, "already_done": done_before, "timings": defaultdict(float)}
-    bar = tqdm(total=len(wanted) - done_before, desc=f"segment ({method})", unit="img", disable=not progress)
+    bar = tqdm(total=len(wanted) - done_before, desc="segment", unit="img", disable=not progress)
 
     def skipped(_image_id: str) -> None:
         report["skipped_bad"] += 1
@@ -213,8 +272,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: str, out: s
     for batch in iter_batches(dataset, wanted, batch_size, skip_bad, labels == "gt", skipped, is_done):
         images = [item.image for item in batch]
         classes = batch_classes(model, batch, labels, label_threshold)
-        for item, label_map in zip(batch, segment_images(model, images, classes, method, threshold, scales,
-                                                         report["timings"], misvm=misvm)):
+        for item, label_map in zip(batch, segment_images(model, images, classes, segmenter, report["timings"])):
             if item.done:
                 continue
             write_label_png(out / f"{item.id}.png", label_map)

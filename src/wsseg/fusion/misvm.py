@@ -13,8 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
+from tqdm import tqdm
 
+from wsseg.data.transforms import batch_tensor
 from wsseg.errors import WssegError
+from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
+from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
+from wsseg.io import atomic_write
+from wsseg.maps import CAM
+from wsseg.maps.export import iter_batches
+
+MISVM_FILE = "misvm.npz"
+# the instances' size: pipeline A must cut its superpixels as the mi-SVM was trained on them
+PIXELS_PER_SUPERPIXEL = 200
 
 
 @dataclass
@@ -32,14 +44,9 @@ class MiSVM:
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """[P, D] -> [P, C] calibrated class probabilities."""
-        z = self.scores(features) * self.platt[:, 0] + self.platt[:, 1]
-        from scipy.special import expit
-
-        return expit(z)
+        return expit(self.scores(features) * self.platt[:, 0] + self.platt[:, 1])
 
     def save(self, path: str | Path) -> None:
-        from wsseg.io import atomic_write
-
         with atomic_write(path) as handle:
             np.savez(handle, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias, platt=self.platt)
 
@@ -106,7 +113,6 @@ def train_misvm(features: np.ndarray, bags: np.ndarray, bag_labels: Sequence[Seq
     """features [I, D] of all instances, bags [I] bag index per instance, bag_labels: 0-based classes per bag;
     ``seeds`` [I, C] optional initial instance scores in [0, 1] per class."""
     from sklearn.linear_model import LogisticRegression
-    from tqdm import tqdm
 
     mean = features.mean(0)
     scale = features.std(0) + 1e-6
@@ -131,26 +137,13 @@ def train_misvm(features: np.ndarray, bags: np.ndarray, bag_labels: Sequence[Seq
     return MiSVM(mean.astype(np.float32), scale.astype(np.float32), weights, bias, platt)
 
 
-MISVM_FILE = "misvm.npz"
-
-
 def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, skip_bad: bool = False,
                          progress: bool = True, seed: int = 0) -> dict:
     """Zoom-out features of every superpixel of the split, one mi-SVM per class, saved in RUN."""
-    from tqdm import tqdm
-
-    from wsseg.data.transforms import batch_tensor
-    from wsseg.fusion.superpixels import slic_superpixels
-    from wsseg.fusion.zoomout import DEFAULT_LAYERS, layer_features, zoomout
-    from wsseg.maps.export import iter_batches
-    from wsseg.pipelines import PIPELINE_A_PIXELS_PER_SUPERPIXEL
-
-    from wsseg.fusion.superpixels import superpixel_means
-    from wsseg.maps import cam_maps, normalize_maps
-
     descriptors, bags, bag_labels, seeds, skipped = [], [], [], [], [0]
     bar = tqdm(total=len(dataset), desc="zoom-out features", unit="img", disable=not progress)
     device = next(model.parameters()).device
+    cam_method, layers = CAM(), zoomout_layers(model)
 
     def count_skip(_image_id: str) -> None:
         skipped[0] += 1
@@ -159,9 +152,9 @@ def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, s
     for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, count_skip):
         images = batch_tensor([item.image for item in batch], device)
         every_class = [list(range(dataset.num_classes))] * len(batch)
-        cams = normalize_maps(cam_maps(model, images, every_class)).cpu().numpy()
-        for item, features, cam in zip(batch, layer_features(model, images, DEFAULT_LAYERS), cams):
-            superpixels = slic_superpixels(item.image, PIPELINE_A_PIXELS_PER_SUPERPIXEL)
+        cams = cam_method.normalize(cam_method(model, images, every_class)).cpu().numpy()
+        for item, features, cam in zip(batch, layer_features(model, images, layers), cams):
+            superpixels = slic_superpixels(item.image, PIXELS_PER_SUPERPIXEL)
             instance = zoomout(features, superpixels)
             descriptors.append(instance)
             seeds.append(superpixel_means(cam, superpixels))

@@ -2,7 +2,8 @@
 
 For each superpixel and each of several layers, the layer's feature maps (bilinearly
 up-sampled to the image) averaged over four nested extents: the superpixel, it and its
-neighbours, everything within two neighbour steps, and the whole image.
+neighbours, everything within two neighbour steps, and the whole image. The layers are the
+backbone's feature taps, the deepest one at each stride (early, middle and late features).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from scipy import sparse
 
 from wsseg.maps.hooks import capture_outputs, inference_state, prepare_inputs
 
-# early, middle and late stages of EfficientNet-Lite0 (40 + 112 + 320 channels)
-DEFAULT_LAYERS = ("backbone.blocks.4", "backbone.blocks.10", "backbone.blocks.15")
+
+def zoomout_layers(model: torch.nn.Module) -> list[str]:
+    """The deepest of the model's feature taps at each stride (EfficientNet-Lite0: blocks 4, 10
+    and 15, 40 + 112 + 320 channels; VGG16: the inputs of conv3_3, conv4_3 and conv5_3)."""
+    deepest = {tap.stride: tap.module for tap in model.feature_taps}  # taps are in forward order
+    return list(deepest.values())
 
 
 def layer_features(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[str]) -> list[np.ndarray]:

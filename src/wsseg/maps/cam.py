@@ -21,7 +21,7 @@ def _gather(per_class: torch.Tensor, classes: Sequence[Sequence[int]]) -> torch.
 
 
 def cam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],
-             scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+             scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """CAM (Zhou et al. 2016): ReLU(w_c . features), bilinearly up-sampled and summed over scales.
 
     The classifier's bias is left out, as in torchcam and IRN.
@@ -34,13 +34,9 @@ def cam_maps(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[
             inputs = prepare_inputs(images if scale == 1.0 else F.interpolate(
                 images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False),
                 requires_grad=False)
-            views = [inputs, inputs.flip(-1)] if flip else [inputs]
-            for view_index, view in enumerate(views):
-                cams = F.relu(F.conv2d(model.features(view), model.classifier.weight))
-                if view_index == 1:
-                    cams = cams.flip(-1)
-                cams = F.interpolate(cams, size=list(size), mode="bilinear", align_corners=False)
-                total = cams if total is None else total + cams
+            cams = F.relu(F.conv2d(model.features(inputs), model.classifier.weight))
+            cams = F.interpolate(cams, size=list(size), mode="bilinear", align_corners=False)
+            total = cams if total is None else total + cams
     return _gather(total, classes)
 
 

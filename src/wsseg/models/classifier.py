@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wsseg.errors import WssegError
-from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, FeatureTap, build_backbone
 
 POOLINGS = ("gmp", "gap", "lse")
 # Smallest input side the backbones take (smaller images are stretched up to it).
@@ -67,9 +68,14 @@ class FCNClassifier(nn.Module):
         return [f"backbone.{name}" for name in self.backbone.layer_names]
 
     @property
+    def feature_taps(self) -> list[FeatureTap]:
+        """The backbone's declared taps, named in ``self.named_modules()``, in forward order."""
+        return [dataclasses.replace(tap, module=f"backbone.{tap.module}") for tap in self.backbone.feature_taps]
+
+    @property
     def saliency_layers(self) -> list[str]:
-        """Default layers whose derivatives make the DCSM saliency maps."""
-        return [f"backbone.{name}" for name in self.backbone.saliency_layers]
+        """Default layers whose derivatives make the DCSM saliency maps: every feature tap."""
+        return [tap.module for tap in self.feature_taps]
 
     @property
     def score_layer(self) -> str:

@@ -25,8 +25,11 @@ from wsseg.data.images import read_label_png, voc_palette, write_image
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_text_atomic
+from wsseg.data.transforms import batch_tensor
+from wsseg.maps import DCSM
 from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run
+from wsseg.registry import SEGMENT_METHODS
 from wsseg.report.plots import colour_labels, plot_training_curve
 
 REPORT_DIR = "report"
@@ -51,8 +54,6 @@ table.grid .caption { font-size: 0.75em; color: #555; }
 
 def method_order(names: Sequence[str]) -> list[str]:
     """The baseline first, then the registry's order, then anything else alphabetically."""
-    from wsseg.pipelines import SEGMENT_METHODS
-
     known = [BASELINE, *SEGMENT_METHODS]
     return [n for n in known if n in names] + sorted(n for n in names if n not in known)
 
@@ -79,8 +80,6 @@ def _percent(value: float | None) -> str:
 
 
 def results_table(scores: dict[str, dict], class_names: Sequence[str]) -> str:
-    from wsseg.pipelines import SEGMENT_METHODS
-
     best = max((s["miou"] for s in scores.values() if s["miou"] is not None), default=None)
     head = "".join(f"<th>{html.escape(name)}</th>" for name in class_names)
     rows = []
@@ -117,12 +116,10 @@ def example_ids(ids: Sequence[str], count: int) -> list[str]:
 
 def _dcsm_overlays(model, image: np.ndarray, labels: Sequence[int]) -> list[np.ndarray]:
     """The DCSM map of each class (1..C) as the fusion step sees it, in jet colours over the image."""
-    from wsseg.data.transforms import batch_tensor
-    from wsseg.pipelines import prepared_maps
-
     if model is None or not labels:
         return []
-    maps = prepared_maps(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]], "dcsm")[0]
+    method = DCSM()
+    maps = method.normalize(method(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]]))[0]
     return [heat_overlay(image, maps[k]) for k in range(len(labels))]
 
 

@@ -1,0 +1,169 @@
+"""Class-map methods as typed objects: options in the constructor, one call, their own normalisation.
+
+    method = DCSM(scales=(1.0,), variant="matconvnet")
+    raw = method(model, images, classes)  # [N, K, H, W], unnormalised
+    prepared = method.normalize(raw)       # [0, 1], as the fusion steps expect
+
+Every method has the same call signature (as captum's ``attribute``), so they swap in one line;
+the objects are frozen dataclasses, hashable, so a segmenter can key the maps it needs by them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from wsseg.errors import WssegError
+from wsseg.maps.cam import cam_maps, gradcam_maps
+from wsseg.maps.distinct import DCSMResult, dcsm
+from wsseg.maps.gradient import gradient_maps, guided_maps
+from wsseg.maps.layers import layer_maps
+from wsseg.maps.normalize import normalize_maps
+from wsseg.registry import MAP_METHOD_NAMES
+
+Classes = Sequence[Sequence[int]]  # per image, the 0-based classes to explain
+
+
+@dataclass(frozen=True)
+class MapMethod:
+    """Base of the map methods: ``name`` is the registry key of ``wsseg maps --method``."""
+
+    name: ClassVar[str]
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        raise NotImplementedError
+
+    def with_extras(self, model: nn.Module, images: torch.Tensor,
+                    classes: Classes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The maps and any by-products worth storing beside them (per image, [N, ...])."""
+        return self(model, images, classes), {}
+
+    def normalize(self, maps: torch.Tensor) -> torch.Tensor:
+        """Raw maps -> [0, 1]: each map divided by its maximum (negatives clipped)."""
+        return normalize_maps(maps)
+
+    def with_scales(self, scales: Sequence[float] | None) -> MapMethod:
+        """The same method at other input scales; methods without scales ignore them."""
+        return self
+
+
+@dataclass(frozen=True)
+class Gradient(MapMethod):
+    """Input-gradient saliency (Simonyan et al. 2014); any classifier returning [N, C] logits."""
+
+    name: ClassVar[str] = "gradient"
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return gradient_maps(model, images, classes)
+
+
+@dataclass(frozen=True)
+class Guided(MapMethod):
+    """Guided back-propagation saliency at the input (Springenberg et al. 2015)."""
+
+    name: ClassVar[str] = "guided"
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return guided_maps(model, images, classes)
+
+
+@dataclass(frozen=True)
+class Layers(MapMethod):
+    """Non-distinct BP saliency summed over layers (default: the backbone's feature taps)."""
+
+    name: ClassVar[str] = "layers"
+    layers: tuple[str, ...] | None = None
+    guided: bool = True
+    target: str = "map"
+    absolute: bool = True
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return layer_maps(model, images, classes, self.layers, self.guided, self.target, self.absolute)
+
+
+@dataclass(frozen=True)
+class _Scaled(MapMethod):
+    scales: tuple[float, ...] | None = None
+
+    def with_scales(self, scales: Sequence[float] | None) -> MapMethod:
+        return self if scales is None else dataclasses.replace(self, scales=tuple(scales))
+
+
+@dataclass(frozen=True)
+class CAM(_Scaled):
+    """Class activation maps (Zhou et al. 2016) summed over input scales."""
+
+    name: ClassVar[str] = "cam"
+    scales: tuple[float, ...] | None = (1.0,)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return cam_maps(model, images, classes, self.scales or (1.0,))
+
+
+@dataclass(frozen=True)
+class GradCAM(MapMethod):
+    """Grad-CAM (Selvaraju et al. 2017) at ``layer`` (default: the backbone's output)."""
+
+    name: ClassVar[str] = "gradcam"
+    layer: str | None = None
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return gradcam_maps(model, images, classes, self.layer)
+
+
+@dataclass(frozen=True)
+class DCSM(_Scaled):
+    """Distinct class-specific saliency maps (see :func:`wsseg.maps.distinct.dcsm` for the options);
+    ``scales=None`` is the variant's default (matconvnet 0.8, 1, 1.2; caffe 1)."""
+
+    name: ClassVar[str] = "dcsm"
+    variant: str = "matconvnet"
+    layers: tuple[str, ...] | None = None
+    threshold: float = 0.5
+    min_candidates: int | None = None
+    sharpness: float = 3.0
+    fold_bn: bool = True
+
+    def result(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> DCSMResult:
+        """The full :class:`DCSMResult` (class-agnostic map, candidates, scores)."""
+        return dcsm(model, images, classes, self.scales, self.layers, self.variant, self.threshold,
+                    self.min_candidates, self.sharpness, self.fold_bn)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
+        return self.result(model, images, classes).maps
+
+    def with_extras(self, model: nn.Module, images: torch.Tensor,
+                    classes: Classes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        result = self.result(model, images, classes)
+        return result.maps, {"agnostic": result.agnostic}
+
+    def normalize(self, maps: torch.Tensor) -> torch.Tensor:
+        """Undo DCSM's final tanh(3x) and stretch each map to [0, 1].
+
+        The authors' final maps saturate (tanh(3x) > 0.76 wherever x > 1/4 of the maximum), and
+        their sums carry a pedestal over the whole image, so thresholds on them would sit close
+        to 1. In the linear, min-max stretched domain a threshold is a fraction of the map's range.
+        """
+        linear = torch.atanh(maps.clamp(0.0, 1.0 - 1e-6)) / self.sharpness
+        return normalize_maps(linear, "minmax")
+
+
+MAP_METHODS: dict[str, type[MapMethod]] = {cls.name: cls for cls in (Gradient, Guided, Layers, DCSM, CAM, GradCAM)}
+if tuple(MAP_METHODS) != MAP_METHOD_NAMES:
+    raise ImportError("wsseg.maps.MAP_METHODS and wsseg.registry.MAP_METHOD_NAMES list different methods")
+
+
+def map_method(name: str, **options) -> MapMethod:
+    """The method called ``name`` with ``options`` (its constructor's keywords)."""
+    if name not in MAP_METHODS:
+        raise WssegError(f"unknown map method {name!r}; choose from {', '.join(MAP_METHODS)}")
+    hashable = {key: tuple(value) if isinstance(value, list) else value for key, value in options.items()}
+    try:
+        return MAP_METHODS[name](**hashable)
+    except TypeError as exc:
+        raise WssegError(f"map method {name!r}: {exc}") from None
