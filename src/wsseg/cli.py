@@ -120,7 +120,7 @@ def _oracle(pred_dir: Path) -> bool:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsseg.train import train
+    from wsseg.train import best_record, train
 
     val_split = None if args.val_split.lower() == "none" else args.val_split
     options = TrainOptions(
@@ -132,8 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
         max_side=args.max_side, device=args.device, progress=not args.quiet)
     history = train(options)
-    best = next((record for record in history if record.get("best")), history[-1] if history else None)
-    if best and "val_map" in best:
+    best = best_record(history) if history else {}
+    if "val_map" in best:
         print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
               f"model in {args.out}/model.pt, last epoch in {args.out}/last.pt")
     return 0

@@ -22,7 +22,7 @@ from wsseg.models.run import load_run
 from wsseg.pipelines import build_segmenter, segment_split
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report import build_report
-from wsseg.train import TrainOptions, train
+from wsseg.train import TrainOptions, best_record, train
 
 QUICK = SynthConfig(train=60, val=20, size=96)
 FULL = SynthConfig()
@@ -77,10 +77,11 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
         results[name] = {"miou": result.confusion.miou(), "seconds_per_image": seconds}
     print("[demo] 5/5 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
-    last = history[-1] if history else json.loads((run / "history.json").read_text())[-1]
+    history = history or json.loads((run / "history.json").read_text())
+    best, last = best_record(history), history[-1]
     print()
-    print(f"classifier: val mAP {last.get('val_map', float('nan')):.3f}, F1 {last.get('val_f1', float('nan')):.3f} "
-          f"after {last['epoch']} epochs ({last['elapsed']:.0f} s)")
+    print(f"classifier: val mAP {best.get('val_map', float('nan')):.3f}, F1 {best.get('val_f1', float('nan')):.3f} "
+          f"at epoch {best['epoch']} of {last['epoch']} ({last['elapsed']:.0f} s)")
     print(f"{'method':<20} {'val mIoU':>9} {'s/img':>8}   (val, labels predicted by the classifier)")
     for name, row in results.items():
         seconds = "-" if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.4f}"

@@ -270,15 +270,13 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
     history: list[dict] = []
-    resume_state = None
-    last = out / "last.pt" if (out / "last.pt").exists() else out / "model.pt"  # runs before last.pt
-    if options.resume and last.exists():
+    resume_state = _resume_checkpoint(out) if options.resume else None
+    if resume_state is not None:
         previous = RunConfig.load(out)
         changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
         if changed:
             raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                              "differ); use another --out for a new run")
-        resume_state = read_checkpoint(last)
         history = _read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
@@ -316,6 +314,18 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
                     start_epoch=len(history), steps_per_epoch=math.ceil(per_rank / options.batch_size))
 
 
+def _resume_checkpoint(out: Path) -> dict | None:
+    """The state to resume from: last.pt, or the model.pt of a run from before last.pt existed
+    (it carried the optimiser). A model.pt alone without it (killed before the first last.pt)
+    is only a best-epoch snapshot: such a run starts afresh."""
+    if (out / "last.pt").exists():
+        return read_checkpoint(out / "last.pt")
+    if (out / "model.pt").exists():
+        state = read_checkpoint(out / "model.pt")
+        return state if "optimizer" in state else None
+    return None
+
+
 def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
     """The run's record of what was trained: every option it shares a name with."""
     recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
@@ -344,7 +354,7 @@ def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
             if stopped_early(_broadcast_history(session, group), patience):
                 if group.is_main:
                     print(f"[train] stopping early: val mAP has not improved for {patience} epochs; "
-                          f"model.pt keeps epoch {_best_epoch(session.history)}", flush=True)
+                          f"model.pt keeps epoch {best_record(session.history)['epoch']}", flush=True)
                 break
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
@@ -361,8 +371,9 @@ def _broadcast_history(session: _Session, group: ProcessGroup) -> list[dict]:
     return [{"val_map": value} for value in shared[0]]
 
 
-def _best_epoch(history: list[dict]) -> int:
-    return next((record["epoch"] for record in history if record.get("best")), len(history))
+def best_record(history: list[dict]) -> dict:
+    """The epoch record whose weights RUN/model.pt holds (the last one for runs of older versions)."""
+    return next((record for record in history if record.get("best")), history[-1])
 
 
 def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:

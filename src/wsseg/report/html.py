@@ -31,6 +31,7 @@ from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report.plots import colour_labels, plot_training_curve
+from wsseg.train import best_record
 
 REPORT_DIR = "report"
 BASELINE = "background-only"
@@ -187,11 +188,11 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
         history = json.loads(history_path.read_text())
         if history:
             plot_training_curve(history, out / "training_curve.png")
-            last = history[-1]
+            best, last = best_record(history), history[-1]
             parts += ["<h2>Classifier training</h2>",
                       '<img id="training-curve" src="training_curve.png" alt="training loss and validation mAP">',
-                      f'<p class="muted">{last["epoch"]} epochs, {last.get("elapsed", 0):.0f} s; final val mAP '
-                      f'{last.get("val_map") or float("nan"):.3f}.</p>']
+                      f'<p class="muted">{last["epoch"]} epochs, {last.get("elapsed", 0):.0f} s; the model used '
+                      f'is epoch {best["epoch"]}, val mAP {best.get("val_map") or float("nan"):.3f}.</p>']
     chosen = example_ids(dataset.ids, examples)
     model = load_run(run)[0] if (run / "model.pt").is_file() else None
     methods = [m for m in scores if m != BASELINE and (folder / "predictions" / m).is_dir()]
