@@ -65,6 +65,8 @@ def main() -> None:
         _run("Training speed", [python, str(HERE / "train_speed.py")]),
         _run("Class-map speed", [python, str(HERE / "maps_speed.py")]),
         _run("Segmentation speed", [python, str(HERE / "segment_speed.py")]),
+        _run("Segmentation speed at VOC sizes (every image its own size)",
+             [python, str(HERE / "segment_speed.py"), "--voc-sizes", "--methods", "cam,dcsm,dcsm-crf"]),
         _run("Segmentation memory (100 vs 1,000 images)", [python, str(HERE / "segment_memory.py")]),
     ]
     with tempfile.TemporaryDirectory() as scratch:

@@ -3,6 +3,7 @@
 Uses the default backbone with 20 classes (as PASCAL VOC), 2 classes per image, batches of 8
 natural-looking images (crops of the bundled photographs). Usage:
     .venv/bin/python benchmarks/segment_speed.py [--size 224] [--images 16] [--scales 1]
+    .venv/bin/python benchmarks/segment_speed.py --voc-sizes --methods cam,dcsm,dcsm-crf
 """
 
 from __future__ import annotations
@@ -31,12 +32,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--scales", default="1", help="DCSM/CAM scales, comma-separated (default 1: one scale)")
+    parser.add_argument("--voc-sizes", action="store_true",
+                        help="images of PASCAL VOC's shapes (longer side 500, shorter 281-500, either orientation), "
+                             "each of its own size, so each is its own batch as in `wsseg segment`")
+    parser.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
     args = parser.parse_args()
     scales = tuple(float(s) for s in args.scales.split(","))
     torch.manual_seed(0)
     model = build_classifier(20).eval()
     photos = load_backgrounds()
-    images = [resize(photos[i % len(photos)], args.size, args.size) for i in range(args.images)]
+    shapes = [(args.size, args.size)] * args.images
+    if args.voc_sizes:
+        rng_sizes = np.random.default_rng(1)
+        shorter = rng_sizes.choice([375, 333, 281, 300, 353, 400, 500], size=args.images)
+        shapes = [(500, int(s)) if i % 3 == 0 else (int(s), 500) for i, s in enumerate(shorter)]
+    images = [resize(photos[i % len(photos)], *shape) for i, shape in enumerate(shapes)]
     classes = [[i % 20, (i + 7) % 20] for i in range(args.images)]
     # pipeline A's scorer: random weights of the right shape (this measures time, not quality)
     rng = np.random.default_rng(0)
@@ -44,25 +54,37 @@ def main() -> None:
     run = Path(tempfile.mkdtemp())
     MiSVM(np.zeros(dims, np.float32), np.ones(dims, np.float32), rng.normal(0, 0.01, (20, dims)).astype(np.float32),
           np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1))).save(run / MISVM_FILE)
-    segment_images(model, images[:2], classes[:2], build_segmenter("dcsm-crf", scales=scales))  # warm-up
+    segment_images(model, images[:1], classes[:1], build_segmenter("dcsm-crf", scales=scales))  # warm-up
     rows = []
-    for name in SEGMENT_METHODS:
+    for name in args.methods.split(",") if args.methods else SEGMENT_METHODS:
         segmenter = build_segmenter(name, run, scales=scales)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        for first in range(0, args.images, args.batch):
-            segment_images(model, images[first:first + args.batch], classes[first:first + args.batch], segmenter,
-                           timings)
+        for first, last in _equal_shape_batches(shapes, args.batch):
+            segment_images(model, images[first:last], classes[first:last], segmenter, timings)
         total = (time.perf_counter() - started) / args.images
         rows.append((name, total, {k: v / args.images for k, v in timings.items()}))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {args.size} px, "
-          f"{args.images} images in batches of {args.batch}, 2 classes each, scales {scales}")
+    sizes = "VOC-like sizes (longer side 500), one image per batch" if args.voc_sizes else f"{args.size} px"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {sizes}, "
+          f"{args.images} images in blocks of {args.batch}, 2 classes each, scales {scales}")
     stage_names = sorted({stage for _, _, stages in rows for stage in stages})
     print("| method | s/img | " + " | ".join(stage_names) + " |")
     print("|---|---:|" + "---:|" * len(stage_names))
     for name, total, stages in rows:
         cells = [f"{stages[k]:.4f}" if k in stages else "" for k in stage_names]
         print(f"| {name} | {total:.4f} | " + " | ".join(cells) + " |")
+
+
+def _equal_shape_batches(shapes: list[tuple[int, int]], batch: int) -> list[tuple[int, int]]:
+    """(first, last) index ranges: runs of equal shape inside fixed blocks, as `wsseg segment` batches."""
+    ranges = []
+    for start in range(0, len(shapes), batch):
+        first = start
+        for index in range(start + 1, min(start + batch, len(shapes)) + 1):
+            if index == min(start + batch, len(shapes)) or shapes[index] != shapes[first]:
+                ranges.append((first, index))
+                first = index
+    return ranges
 
 
 if __name__ == "__main__":
