@@ -63,6 +63,8 @@ def main() -> None:
     python = sys.executable
     sections = [
         _run("Training speed", [python, str(HERE / "train_speed.py")]),
+        _run("Training recipe search (from benchmarks/train_recipe.json; rerun with train_recipe.py, ~2 h)",
+             [python, str(HERE / "train_recipe.py"), "--table"]),
         _run("Class-map speed", [python, str(HERE / "maps_speed.py")]),
         _run("Segmentation speed", [python, str(HERE / "segment_speed.py")]),
         _run("Segmentation speed at VOC sizes (every image its own size)",

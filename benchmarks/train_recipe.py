@@ -6,6 +6,7 @@ recipe by it is no oracle for segmentation). Results accumulate in a JSON file, 
 (benchmark, train size, recipe), so the search can be stopped and continued.
 
     python benchmarks/train_recipe.py --work /tmp/recipe --recipes old,new --benchmarks shapes,glyphs
+    python benchmarks/train_recipe.py --table
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from wsseg.data import SynthConfig, VOCDataset, write_synthetic_dataset
 from wsseg.io import write_json_atomic, write_text_atomic
 from wsseg.train import TrainOptions, train
 
+HERE = Path(__file__).resolve().parent
 # each recipe: TrainOptions fields that differ from the current defaults
 RECIPES: dict[str, dict] = {
     # the defaults before this search: keep the last of 10 epochs, no colour jitter
@@ -39,17 +41,25 @@ def benchmark(work: Path, kind: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("build/recipe"))
+    parser.add_argument("--work", type=Path, default=Path("build/recipe"), help="datasets and runs")
+    parser.add_argument("--results", type=Path, default=HERE / "train_recipe.json",
+                        help="results file, kept in the repository (default benchmarks/train_recipe.json)")
     parser.add_argument("--benchmarks", default="shapes,glyphs")
     parser.add_argument("--sizes", default="300,full")
     parser.add_argument("--recipes", default="old,new")
     parser.add_argument("--set", action="append", default=[], metavar="NAME:JSON",
                         help="define a recipe on the command line, e.g. 'lr3e-4:{\"lr\": 3e-4}'")
+    parser.add_argument("--table", action="store_true", help="print the results as a markdown table and exit")
+    parser.add_argument("--patience", type=int, nargs="*", default=[4, 5, 6, 8],
+                        help="for --table: where early stopping with these patiences would have stopped")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(args.results.read_text()), args.patience)
+        return
     for definition in args.set:
         name, body = definition.split(":", 1)
         RECIPES[name] = json.loads(body)
-    results_path = args.work / "results.json"
+    results_path = args.results
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for kind in args.benchmarks.split(","):
         root = benchmark(args.work, kind)
@@ -73,6 +83,34 @@ def main() -> None:
                 write_json_atomic(results_path, results)
                 print(f"{key:<28} best {maps[best]:.3f} (epoch {best + 1}/{len(maps)}), last {maps[-1]:.3f}, "
                       f"{results[key]['seconds']:.0f} s", flush=True)
+
+
+def stop_epoch(maps: list[float], patience: int) -> int:
+    """The epoch (1-based) at which ``--patience`` would have ended this run: runs stopped early
+    are the same run cut short (the schedule depends on --epochs only), so one full run shows
+    every patience's outcome exactly."""
+    best = 0
+    for epoch, value in enumerate(maps):
+        if value > maps[best]:
+            best = epoch
+        if epoch - best >= patience:
+            return epoch + 1
+    return len(maps)
+
+
+def print_table(results: dict, patiences: list[int]) -> None:
+    print("| benchmark | train images | recipe | epochs run | best val mAP (epoch) | last val mAP | "
+          + " | ".join(f"patience {p}: stop, kept mAP" for p in patiences) + " | minutes |")
+    print("|---|---|---|---:|---:|---:|" + "---:|" * len(patiences) + "---:|")
+    for key, row in results.items():
+        kind, size, recipe = key.split("/")
+        maps = row["val_map"]
+        cells = []
+        for patience in patiences:
+            stop = stop_epoch(maps, patience)
+            cells.append(f"{stop}, {max(maps[:stop]):.3f}")
+        print(f"| {kind} | {size} | {recipe} | {len(maps)} | {row['best_map']:.3f} ({row['best_epoch']}) | "
+              f"{row['last_map']:.3f} | " + " | ".join(cells) + f" | {row['seconds'] / 60:.1f} |")
 
 
 if __name__ == "__main__":

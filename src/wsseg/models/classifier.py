@@ -105,7 +105,7 @@ class FCNClassifier(nn.Module):
         return self.pool(self.score_maps(images))
 
 
-def build_classifier(num_classes: int, backbone: str = "efficientnet-lite0", pooling: str = "gmp",
+def build_classifier(num_classes: int, backbone: str = "efficientnet-lite0", pooling: str = "gap",
                      pretrained: bool = True, weights: str | Path | None = None, output_stride: int = 16,
                      lse_r: float = 5.0, dropout: float = 0.0) -> FCNClassifier:
     """A classifier with ``num_classes`` outputs on the named backbone.
