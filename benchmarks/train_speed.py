@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from wsseg.data import SynthConfig, write_synthetic_dataset
-from wsseg.train import TrainOptions, train
+from wsseg.train import TrainOptions, best_record, train
 
 
 def main() -> None:
@@ -45,7 +45,9 @@ def main() -> None:
     print("| metric | value |")
     print("|---|---:|")
     print(f"| training images/s (mean over epochs) | {speed:.1f} |")
-    print(f"| final val mAP | {history[-1].get('val_map', float('nan')):.3f} |")
+    best = best_record(history)
+    print(f"| val mAP of the kept model (epoch {best['epoch']} of {len(history)}) | "
+          f"{best.get('val_map', float('nan')):.3f} |")
     if reached:
         print(f"| time to val mAP >= {args.target:.2f} | {reached['elapsed']:.0f} s (epoch {reached['epoch']}) |")
     else:
