@@ -12,7 +12,7 @@ from wsseg.data.images import DEFAULT_MAX_SIDE
 class TrainOptions:
     """What ``wsseg train`` is asked to do; the one source of the training defaults (the CLI and
     RunConfig take theirs from here). The recipe was chosen on the train/val splits of both
-    synthetic benchmarks, full and with 300 training images (docs/method.md, "Training recipe")."""
+    synthetic benchmarks, full and with 300 training images (docs/method.md, section 1.1)."""
 
     data: str
     out: str
@@ -28,7 +28,7 @@ class TrainOptions:
     lse_r: float = 5.0
     image_size: int | None = None  # None: the median longer side of the split, rounded up to 32
     output_stride: int = 16
-    epochs: int = 30  # the search's best epochs fell between 7 and 22 of 30 (docs/method.md 1.1)
+    epochs: int = 30  # the chosen recipe peaked at epochs 22-23 of 30 on all four settings (docs/method.md 1.1)
     batch_size: int = 16
     lr: float = 1e-3  # the pretrained backbone's; the new head learns head_lr_scale times faster
     head_lr_scale: float = 10.0
