@@ -20,17 +20,6 @@ def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Scale the longer side to ``size`` and pad to a square; returns the image and its content size."""
-    height, width = rgb.shape[:2]
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    canvas = np.empty((size, size, 3), np.uint8)
-    canvas[:] = PAD_COLOUR
-    canvas[:new_h, :new_w] = resize(rgb, new_h, new_w)
-    return canvas, (new_h, new_w)
-
-
 def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
                            scale_range: tuple[float, float] = (0.7, 1.3)) -> np.ndarray:
     """Training augmentation: random rescale, random size x size crop (padding if needed), h-flip."""
