@@ -232,8 +232,7 @@ class _Session:
     net: torch.nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     base_lrs: list[float]
-    history: list[dict]
-    start_epoch: int
+    history: list[dict]  # one record per finished epoch: the next epoch is len(history)
     steps_per_epoch: int
 
     @property
@@ -311,7 +310,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         config.save(out)
     per_rank = math.ceil(len(train_set) / group.world_size)
     return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
-                    start_epoch=len(history), steps_per_epoch=math.ceil(per_rank / options.batch_size))
+                    steps_per_epoch=math.ceil(per_rank / options.batch_size))
 
 
 def _resume_checkpoint(out: Path) -> dict | None:
@@ -344,14 +343,14 @@ def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
     run_started = time.perf_counter()
     try:
         last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
-        for epoch in range(session.start_epoch, last_epoch):
+        patience = options.patience if session.val_set is not None else None
+        for epoch in range(len(session.history), last_epoch):
             record = _train_one_epoch(session, group, epoch)
             if group.is_main:
                 record["elapsed"] = elapsed_before + time.perf_counter() - run_started
                 _validate_and_checkpoint(session, group, epoch, record)
             group.barrier()
-            patience = options.patience if session.val_set is not None else None
-            if stopped_early(_broadcast_history(session, group), patience):
+            if patience is not None and stopped_early(_broadcast_history(session, group), patience):
                 if group.is_main:
                     print(f"[train] stopping early: val mAP has not improved for {patience} epochs; "
                           f"model.pt keeps epoch {best_record(session.history)['epoch']}", flush=True)
