@@ -41,8 +41,9 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
         for item, inputs in zip(batch, segment_inputs(model, [item.image for item in batch], classes, segmenter,
                                                       timings)):
             truth = dataset.load_mask(item.id)
+            prepared = segmenter.prepare(inputs, timings) if inputs.labels else None  # shared by the thresholds
             for matrix, candidate in zip(matrices, candidates):
-                matrix.update(candidate(inputs, timings), truth)
+                matrix.update(candidate(inputs, timings, prepared), truth)
             bar.update(1)
     bar.close()
     return [{"threshold": t, "miou": m.miou()} for t, m in zip(grid, matrices)]
