@@ -260,3 +260,76 @@ def test_run_folders_that_do_not_fit(data: Path, tiny_run: Path, tmp_path: Path,
     assert main([*_commands(data, run, out)["train"], "--weights", str(vgg_layout)]) == 2
     _assert_one_line_error(capsys, "train", str(vgg_layout), "not for the efficientnet-lite0 backbone")
     _assert_nothing_partial(out)
+
+
+def _padded_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """A valid JPEG followed by 3 MiB of zeros (a sparse file: the disk holds no zeros)."""
+    Image.fromarray(rgb).save(path, format="JPEG")
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size + 3 * 2 ** 20)
+
+
+def test_oversized_files_are_refused_unread(data: Path, tiny_run: Path, tmp_path: Path, capsys,
+                                            monkeypatch) -> None:
+    """--max-file-size refuses from the file's size (item 7 of the hostile-user issue: a 64 px
+    JPEG padded to 3 GB was read whole); a PDF given to --image names the file, not a buffer."""
+    victim = _victim(data)
+    path = _replace_image(data, victim, _padded_jpeg)
+    read_sizes: list[int] = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read_sizes.append(self.stat().st_size) or real_read(self))
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for name, args in commands.items():
+        assert main([*args, "--max-file-size", "2"]) == 2, name
+        _assert_one_line_error(capsys, name, str(path), "larger than --max-file-size 2 MiB")
+    assert not [size for size in read_sizes if size > 2 ** 20], "a refused file was read whole"
+    assert main([*commands["segment"], "--max-file-size", "4"]) == 0  # under the bound: a valid JPEG
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + b"0" * 500)
+    single = ["segment", "--run", str(tiny_run), "--image", str(pdf), "--labels", "predicted", "--method", "cam",
+              "--out", str(tmp_path / "single.png"), "--quiet"]
+    assert main(single) == 2
+    captured = capsys.readouterr()
+    assert str(pdf) in captured.err and "BytesIO" not in captured.err and "BufferedReader" not in captured.err
+
+
+def test_symlinked_class_list_and_split_file_are_refused(data: Path, tiny_run: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    """Item 8: list files symlinked out of the root are refused like images, and no message
+    quotes more than a short excerpt of a file it does not understand."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("".join(f"line{n}:x:{n}:{n}:{'-' * 40} private line of a file that is not ours\n"
+                              for n in range(20)))
+    split = data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt"
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for link in (data / "classes.txt", split):
+        saved = link.read_bytes()
+        link.unlink()
+        link.symlink_to(secret)
+        for name, args in commands.items():
+            assert main(args) == 2, name
+            _assert_one_line_error(capsys, name, str(link), "outside the dataset root")
+        link.unlink()
+        link.write_bytes(saved)
+    split.write_text(secret.read_text())  # inside the root, but not a split file
+    assert main(commands["segment"]) == 2
+    message = capsys.readouterr().err
+    assert "private" not in message and "line1:" not in message and len(message) < 300
+
+
+def test_byte_order_marks_and_ids_with_spaces(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 10: a UTF-8 BOM (as Windows editors write) is not part of the first id or class; an
+    id with a space is refused with its line number instead of being cut at the space."""
+    split = data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt"
+    ids = split.read_text().split()
+    split.write_text("\ufeff" + "".join(f"{i}\n" for i in ids))
+    classes = data / "classes.txt"
+    classes.write_text("\ufeff" + classes.read_text())
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    assert main(commands["segment"]) == 0
+    assert sorted(p.stem for p in (tmp_path / "out" / "segment").glob("*.png")) == sorted(ids)
+    split.write_text(f"{ids[0]}\n{ids[1]} copy\n")
+    assert main(commands["maps"]) == 2
+    _assert_one_line_error(capsys, "maps", str(split), "line 2", "spaces are not supported")
+    split.write_text(f"{ids[0]}  1\n{ids[1]} -1\n")  # VOC's ImageSets/Main format: id and flag
+    assert main(commands["maps"]) == 0

@@ -38,17 +38,21 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
 
 
 def _add_max_side(parser: argparse.ArgumentParser) -> None:
-    from wsseg.data.images import DEFAULT_MAX_SIDE
+    from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 
     parser.add_argument("--max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
                         help=f"refuse images whose longer side exceeds this, before decoding them "
                              f"(default {DEFAULT_MAX_SIDE})")
+    parser.add_argument("--max-file-size", type=_positive_int, default=DEFAULT_MAX_FILE_SIZE // 2 ** 20,
+                        metavar="MIB", help="refuse image and mask files larger than this many MiB, unread "
+                                            f"(default {DEFAULT_MAX_FILE_SIZE // 2 ** 20})")
 
 
 def _dataset(args: argparse.Namespace):
     from wsseg.data.voc import VOCDataset
 
-    return VOCDataset(args.data, args.split, masks=args.masks, max_side=args.max_side)
+    return VOCDataset(args.data, args.split, masks=args.masks, max_side=args.max_side,
+                      max_file_size=args.max_file_size * 2 ** 20)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +134,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
         scale_range=args.scale_range, jitter=args.jitter, patience=args.patience, seed=args.seed,
         workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
-        max_side=args.max_side, device=args.device, progress=not args.quiet)
+        max_side=args.max_side, max_file_size=args.max_file_size * 2 ** 20, device=args.device,
+        progress=not args.quiet)
     history = train(options)
     best = best_record(history) if history else {}
     if "val_map" in best:
@@ -292,7 +297,7 @@ def _segment_one_image(args: argparse.Namespace, model, config) -> int:
     from wsseg.maps.export import predict_labels
     from wsseg.pipelines import build_segmenter, label_overlay, segment_images
 
-    image = read_image(args.image, args.max_side)
+    image = read_image(args.image, args.max_side, args.max_file_size * 2 ** 20)
     device = next(model.parameters()).device
     classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
     threshold, _tuned = _background_threshold(args)

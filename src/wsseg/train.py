@@ -258,13 +258,14 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     """Datasets, model, optimiser and, with ``--resume``, the state of the last finished epoch;
     None when the run being resumed has nothing left to do (finished or stopped early)."""
     out = Path(options.out)
-    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side)
+    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                           max_file_size=options.max_file_size)
     if len(train_set) == 0:
         raise WssegError(f"{options.data}: split {options.split!r} is empty")
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
-                             max_side=options.max_side)
+                             max_side=options.max_side, max_file_size=options.max_file_size)
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)

@@ -113,5 +113,7 @@ def load_run(run: str | Path, map_location: str | torch.device = "cpu") -> tuple
 def check_same_classes(config: RunConfig, classes: ClassList, run: str | Path, data: str | Path) -> None:
     """Refuse to apply a model to a dataset with another class list (labels would be shuffled)."""
     if tuple(config.classes) != classes.foreground:
-        raise WssegError(f"{run}: the model was trained for classes {config.classes[:4]}... but {data} has "
-                         f"{list(classes.foreground[:4])}...; class lists must match")
+        def first(names) -> str:  # short and escaped: a class list may be any file
+            return ", ".join(repr(str(name)[:20]) for name in list(names)[:4]) + ", ..."
+        raise WssegError(f"{run}: the model was trained for classes {first(config.classes)} but {data} has "
+                         f"{first(classes.foreground)}; class lists must match")
