@@ -333,3 +333,56 @@ def test_byte_order_marks_and_ids_with_spaces(data: Path, tiny_run: Path, tmp_pa
     _assert_one_line_error(capsys, "maps", str(split), "line 2", "spaces are not supported")
     split.write_text(f"{ids[0]}  1\n{ids[1]} -1\n")  # VOC's ImageSets/Main format: id and flag
     assert main(commands["maps"]) == 0
+
+
+@pytest.mark.parametrize("extra", [["--lr", "nan"], ["--lr", "inf"], ["--weight-decay", "-1"], ["--seed", "-1"],
+                                   ["--stop-after", "-1"], ["--stop-after", "0"], ["--batch-size", "0"],
+                                   ["--image-size", "1048576"], ["--lse-r", "nan"], ["--jitter", "inf"]])
+def test_bad_training_arguments_are_one_line_errors(extra: list[str], data: Path, tmp_path: Path, capsys) -> None:
+    """Item 5: each of these ended in a traceback, trained to NaN, or trained nothing with exit 0."""
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert _exit_code(main, [*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and extra[0] in err, err
+    assert not (tmp_path / "out" / "train" / "model.pt").exists()
+
+
+def _exit_code(function, args: list[str]) -> int:
+    """main's return value, or the code argparse exits with on a bad argument."""
+    try:
+        return function(args)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("command,extra", [("segment", ["--batch-size", "0"]), ("maps", ["--batch-size", "0"]),
+                                           ("maps", ["--scales", "inf"]), ("maps", ["--scales", "nan"]),
+                                           ("segment", ["--label-threshold", "nan"])])
+def test_bad_map_arguments_are_one_line_errors(command: str, extra: list[str], data: Path, tiny_run: Path,
+                                               tmp_path: Path, capsys) -> None:
+    assert _exit_code(main, [*_commands(data, tiny_run, tmp_path / "out")[command], *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and extra[0] in err and "Traceback" not in err, err
+
+
+def test_seeds_out_of_range_are_refused_before_any_work(tmp_path: Path, tiny_run: Path, data: Path, capsys) -> None:
+    assert _exit_code(main, ["synth", str(tmp_path / "d"), "--seed", "-1", "--quiet"]) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert _exit_code(main, ["train-misvm", "--run", str(tiny_run), "--data", str(data), "--seed", "-1",
+                             "--quiet"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_a_diverging_loss_stops_training_with_a_message(data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--lr huge enough to overflow: the run stops at the first non-finite loss (it used to save
+    a NaN model with exit 0)."""
+    import wsseg.train as training
+
+    real_bce = training.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits",
+                        lambda logits, targets: real_bce(logits, targets) * float("inf"))
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "--lr" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "train" / "model.pt").exists()

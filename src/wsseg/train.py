@@ -175,8 +175,20 @@ def _check_options(options: TrainOptions) -> None:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
     if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
         raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.image_size is not None and options.image_size > MAX_IMAGE_SIZE:
+        raise WssegError(f"--image-size {options.image_size}: at most {MAX_IMAGE_SIZE} (a batch of 16 crops of "
+                         f"{MAX_IMAGE_SIZE} px already needs tens of GB; IRN trains VOC at 512)")
+    for name in ("lr", "head_lr_scale", "weight_decay", "lse_r", "jitter"):
+        if not math.isfinite(getattr(options, name)):
+            raise WssegError(f"--{name.replace('_', '-')} must be a finite number")
     if options.lr <= 0 or options.head_lr_scale <= 0:
         raise WssegError("--lr and --head-lr-scale must be positive")
+    if options.weight_decay < 0:
+        raise WssegError("--weight-decay must not be negative")
+    if not 0 <= options.seed < 2 ** 32:
+        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
+    if options.stop_after is not None and options.stop_after < 1:
+        raise WssegError(f"--stop-after {options.stop_after}: must be at least 1")
     if options.patience is not None and options.patience < 1:
         raise WssegError("--patience must be at least 1 (or 'none')")
     low, high = options.scale_range
@@ -185,6 +197,9 @@ def _check_options(options: TrainOptions) -> None:
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 
+
+# the largest --image-size accepted: beyond it one batch would not fit in memory
+MAX_IMAGE_SIZE = 1024
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
@@ -402,6 +417,9 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
             continue
         logits = session.net(inputs.to(group.device).contiguous(memory_format=torch.channels_last))
         loss = F.binary_cross_entropy_with_logits(logits, targets.to(group.device))
+        if not torch.isfinite(loss):  # nothing after this would be worth keeping
+            raise WssegError(f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                             f"lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         session.optimizer.step()
