@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from wsseg.cli import main
+from wsseg.errors import WssegError
 from wsseg.data.images import read_label_png, write_label_png
 from wsseg.models.run import CHECKPOINT_FORMAT
 
@@ -386,3 +387,90 @@ def test_a_diverging_loss_stops_training_with_a_message(data: Path, tmp_path: Pa
     err = capsys.readouterr().err
     assert "training diverged" in err and "--lr" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "train" / "model.pt").exists()
+
+
+def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+CONFIG_TAMPERING = {
+    "a list": lambda config: [1, 2],
+    "null": lambda config: None,
+    "classes not a list": lambda config: {**config, "classes": "circle"},
+    "lse_r a string": lambda config: {**config, "lse_r": "five"},
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_TAMPERING))
+def test_tampered_run_config(case: str, data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 6: each of these ended in a traceback."""
+    run = _run_copy(tiny_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(CONFIG_TAMPERING[case](config)))
+    assert main(_commands(data, run, tmp_path / "out")["segment"]) == 2
+    _assert_one_line_error(capsys, "segment", str(run / "config.json"))
+
+
+@pytest.mark.parametrize("entry,value,problem", [("model", torch.zeros(3), "'model'"), ("epoch", "two", "'epoch'")])
+def test_tampered_checkpoint_on_resume(entry: str, value, problem: str, data: Path, tmp_path: Path, capsys) -> None:
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 0
+    checkpoint = tmp_path / "out" / "train" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state[entry] = value
+    torch.save(state, checkpoint)
+    assert main([*args, "--resume"]) == 2
+    _assert_one_line_error(capsys, "train", str(checkpoint), problem)
+
+
+def test_damaged_history_and_scores(data: Path, tmp_path: Path, capsys) -> None:
+    from wsseg.report.html import load_scores
+
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 0
+    history = tmp_path / "out" / "train" / "history.json"
+    history.write_text("{oops")
+    assert main([*args, "--resume"]) == 2
+    _assert_one_line_error(capsys, "train", str(history), "unreadable training history")
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "cam.json").write_text(json.dumps({"miou": "high", "iou": {"background": 0.5}}))
+    with pytest.raises(WssegError, match="damaged scores"):
+        load_scores(scores)
+
+
+@pytest.mark.parametrize("content,problem", [([1, 2], "must map method names"),
+                                              ({"cam": {"threshold": "low", "split": "train"}}, "damaged")])
+def test_tampered_background_choice(content, problem: str, data: Path, tiny_run: Path, tmp_path: Path,
+                                    capsys) -> None:
+    run = _run_copy(tiny_run, tmp_path)
+    (run / "background.json").write_text(json.dumps(content))
+    args = _commands(data, run, tmp_path / "out")["segment"]
+    assert main([*args[:args.index("--method") + 1], "cam", *args[args.index("--method") + 2:]]) == 2
+    _assert_one_line_error(capsys, "segment", str(run / "background.json"), problem)
+
+
+def test_stale_or_damaged_misvm(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """A truncated misvm.npz, one left over from a classifier with other classes, and one from a
+    version that did not record its class list: each refused naming the file (no IndexError)."""
+    from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+
+    run = _run_copy(tiny_run, tmp_path)
+    args = _commands(data, run, tmp_path / "out")["segment"]
+    args = [*args[:args.index("--method") + 1], "pipeline-a", *args[args.index("--method") + 2:]]
+    assert main(["train-misvm", "--run", str(run), "--data", str(data), "--split", "train", "--quiet"]) == 0
+    path = run / MISVM_FILE
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    assert main(args) == 2
+    _assert_one_line_error(capsys, "segment", str(path), "unreadable mi-SVM")
+    path.write_bytes(good)
+    svm = MiSVM.load(path)
+    for classes, problem in ((("circle", "square", "cat", "dog", "star", "moon"), "other classes"),
+                             ((), "retrain it")):
+        np.savez(path, mean=svm.mean, scale=svm.scale, weights=svm.weights, bias=svm.bias, platt=svm.platt,
+                 **({"classes": np.array(classes)} if classes else {}))
+        assert main(args) == 2
+        _assert_one_line_error(capsys, "segment", str(path), problem)

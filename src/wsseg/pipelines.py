@@ -40,6 +40,7 @@ from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.maps.export import batch_classes, iter_batches
 from wsseg.models.classifier import FCNClassifier
+from wsseg.models.run import RunConfig
 from wsseg.registry import SEGMENT_METHODS, method_info
 
 # saturating maps need thresholds close to 1; a CRF moves slowly with the threshold, so a coarse grid
@@ -234,7 +235,7 @@ def _misvm(run: Path | None) -> MiSVM:
     if run is None:
         raise WssegError("pipeline-a needs a trained mi-SVM: build it from a run folder (build_segmenter(name, run))"
                          " after `wsseg train-misvm --run RUN --data ROOT`")
-    return MiSVM.load(run / MISVM_FILE)
+    return MiSVM.load(run / MISVM_FILE, RunConfig.load(run).classes)
 
 
 Scales = tuple[float, ...] | None

@@ -29,7 +29,7 @@ from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import remove_stale_temporaries, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
-from wsseg.models.run import RunConfig, read_checkpoint, save_checkpoint
+from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
 
 
@@ -232,7 +232,7 @@ def train(options: TrainOptions) -> list[dict]:
     with process_group(options.device) as group:
         session = _setup(options, group)
         if session is None:
-            return _read_history(Path(options.out))
+            return read_history(Path(options.out))
         return _fit(session, group)
 
 
@@ -253,11 +253,6 @@ class _Session:
     @property
     def out(self) -> Path:
         return Path(self.options.out)
-
-
-def _read_history(out: Path) -> list[dict]:
-    path = out / "history.json"
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def stopped_early(history: list[dict], patience: int | None) -> bool:
@@ -292,7 +287,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         if changed:
             raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                              "differ); use another --out for a new run")
-        history = _read_history(out)[:int(resume_state["epoch"]) + 1]
+        history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
             if group.is_main:
@@ -312,9 +307,13 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     optimizer = _optimizer(model, options.lr, options.weight_decay, options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            model.load_state_dict(resume_state["model"])
+            if "optimizer" in resume_state:
+                optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise WssegError(f"{out}: the checkpoint to resume does not fit this run's model "
+                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
     # channels-last: CPU convolutions (depthwise ones above all) run markedly faster so
     model.to(group.device, memory_format=torch.channels_last)
     net: torch.nn.Module = model
