@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from wsseg.evaluate import ConfusionMatrix
 from wsseg.fusion.crf import IRN, PSA, CRFParams
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
 from wsseg.fusion.zoomout import layer_features, zoomout_layers
-from wsseg.io import write_json_atomic
+from wsseg.io import atomic_write, write_json_atomic
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.maps.export import batch_classes, iter_batches
 from wsseg.models.run import load_run
@@ -224,6 +225,19 @@ def search(benchmarks: list[Benchmark]) -> dict:
     return out
 
 
+def cached_records(path: Path, benchmark: Benchmark, labels: str) -> list[Record]:
+    """The split's records, kept in ``path`` (a pickle of our own making) so that scoring other
+    defaults later does not compute the maps again."""
+    if path.exists():
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    records = collect(benchmark.model, benchmark.dataset, benchmark.dataset.ids, labels, pipelines_of(benchmark))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        pickle.dump(records, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return records
+
+
 def quality(benchmarks: list[Benchmark], labels: str) -> dict:
     """mIoU of every registry method at its defaults (and of all-background) per benchmark."""
     result = {}
@@ -285,6 +299,8 @@ def main() -> None:
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS))
     parser.add_argument("--images", type=int, default=150, help="search: the first N train images of each")
     parser.add_argument("--search-results", type=Path, default=HERE / "segment_defaults.json")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="quality: compute and cache the maps (WORK/cache), score nothing yet")
     parser.add_argument("--quality-results", type=Path, default=HERE / "segment_quality.json")
     args = parser.parse_args()
     if args.command == "table":
@@ -304,10 +320,12 @@ def main() -> None:
             table[split] = {}
             for kind in kinds:
                 b = open_benchmark(args.work, kind, args.recipe, split)
-                b.records = collect(b.model, b.dataset, b.dataset.ids, labels, pipelines_of(b))
-                table[split].update(quality([b], labels))
+                b.records = cached_records(args.work / "cache" / f"{kind}-{split}-{labels}.pkl", b, labels)
+                if not args.collect_only:
+                    table[split].update(quality([b], labels))
                 b.records.clear()
-        write_json_atomic(args.quality_results, table)
+        if not args.collect_only:
+            write_json_atomic(args.quality_results, table)
     print_tables(args.search_results, args.quality_results)
 
 
