@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import IO, Any
 
 
+# the temporaries of atomic_write are named .<name>.<random>.wsseg.tmp: the cleanup of a killed
+# run removes those and nothing else
+TEMPORARY_SUFFIX = ".wsseg.tmp"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
     except OSError as exc:
         raise _about(exc, target) from None
     try:
@@ -59,7 +64,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.glob(".*.tmp"):
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):  # ours only: a user's .x.tmp is left alone
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed += 1
