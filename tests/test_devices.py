@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wsseg.data.loading import EpochShards, LabelledImages, auto_workers, cpus_per_rank, loader_settings
 from wsseg.distributed import rank_device
 from wsseg.errors import WssegError
+from wsseg.train import precision_name, resolve_workers, training_autocast
 
 
 @pytest.mark.parametrize("requested", [None, "auto", "cuda", "CUDA"])
@@ -36,3 +38,92 @@ def test_more_processes_than_gpus_or_no_gpu_is_one_clear_error() -> None:
         rank_device("cuda", 0, 1, cuda_count=0)
     with pytest.raises(WssegError, match="not a device"):
         rank_device("gpu0", 0, 1, cuda_count=1)
+
+
+# -- loader workers ----------------------------------------------------------------------------
+
+
+def test_auto_workers_is_none_on_cpu_and_cores_but_one_up_to_eight_on_cuda() -> None:
+    assert [auto_workers("cpu", n) for n in (1, 2, 64)] == [0, 0, 0]
+    assert [auto_workers("cuda", n) for n in (1, 2, 4, 9, 10, 64)] == [0, 1, 3, 8, 8, 8]
+
+
+def test_cores_are_shared_among_the_ranks_of_a_machine(monkeypatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [cpus_per_rank(n) for n in (1, 2, 4, 32)] == [16, 8, 4, 1]
+    assert resolve_workers(None, torch.device("cuda", 1), local_world_size=4) == 3
+    assert resolve_workers(None, torch.device("cpu"), local_world_size=1) == 0
+    assert resolve_workers(5, torch.device("cpu")) == 5
+    with pytest.raises(WssegError, match="--workers -1"):
+        resolve_workers(-1, torch.device("cpu"))
+
+
+def test_cuda_loaders_pin_memory_and_workers_persist() -> None:
+    assert loader_settings(torch.device("cpu"), 0) == {"num_workers": 0, "pin_memory": False}
+    assert loader_settings(torch.device("cuda", 0), 3) == {"num_workers": 3, "pin_memory": True,
+                                                           "persistent_workers": True}
+
+
+def test_persistent_workers_give_the_in_process_batches_of_every_epoch(tiny_bench) -> None:
+    from torch.utils.data import DataLoader
+
+    from wsseg.data.voc import VOCDataset
+
+    images = LabelledImages(VOCDataset(tiny_bench, "train"), 64, seed=3, augment=True, jitter=0.4)
+
+    def epochs(workers: int) -> list[list[torch.Tensor]]:
+        sampler = EpochShards(len(images), seed=3, rank=1, world_size=3)
+        loader = DataLoader(images, batch_size=2, sampler=sampler, **loader_settings(torch.device("cpu"), workers))
+        seen = []
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            seen.append([batch[0] for batch in loader])
+        return seen
+
+    in_process, with_workers = epochs(0), epochs(2)
+    assert len(in_process[0]) == 2  # 8 images over 3 ranks: 3 each (padded), in batches of 2
+    for a, b in zip(in_process, with_workers):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(in_process[0][0], in_process[1][0])  # the epoch reached the persistent workers
+
+
+def test_epoch_shards_cover_the_split_once_per_epoch_over_all_ranks() -> None:
+    shards = [EpochShards(10, seed=1, rank=r, world_size=4) for r in range(4)]
+    for epoch in (0, 5):
+        for shard in shards:
+            shard.set_epoch(epoch)
+        keys = [key for shard in shards for key in shard]
+        assert {e for e, _ in keys} == {epoch} and len(keys) == 12 and {i for _, i in keys} == set(range(10))
+    assert [list(s) for s in shards] != [list(EpochShards(10, seed=2, rank=r, world_size=4)) for r in range(4)]
+
+
+# -- mixed precision ---------------------------------------------------------------------------
+
+def test_autocast_is_off_on_cpu_and_bf16_where_the_gpu_has_it() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert training_autocast(cpu, "auto") is None and training_autocast(cpu, "fp32") is None
+    assert training_autocast(gpu, "auto", bf16_supported=True) == torch.bfloat16
+    assert training_autocast(gpu, "auto", bf16_supported=False) == torch.float16
+    assert training_autocast(gpu, "fp16", bf16_supported=True) == torch.float16
+    assert training_autocast(gpu, "fp32", bf16_supported=True) is None
+    with pytest.raises(WssegError, match="mixed precision is for CUDA"):
+        training_autocast(cpu, "bf16")
+    with pytest.raises(WssegError, match="no native bfloat16"):
+        training_autocast(gpu, "bf16", bf16_supported=False)
+    assert precision_name(torch.float16) == "fp16 autocast + grad scaler"
+
+
+def test_cpu_training_records_fp32_and_refuses_gpu_precision(tiny_bench, tmp_path, capsys) -> None:
+    from wsseg.cli import main
+    from wsseg.train import TrainOptions, train
+
+    history = train(TrainOptions(data=str(tiny_bench), out=str(tmp_path / "run"), epochs=1, image_size=64,
+                                 batch_size=4, val_split=None, progress=False))
+    assert history[0]["precision"] == "fp32"
+    args = ["train", "--data", str(tiny_bench), "--out", str(tmp_path / "bf16"), "--precision", "bf16",
+            "--device", "cpu", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mixed precision is for CUDA" in err[0]

@@ -27,6 +27,7 @@ class ProcessGroup:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1  # processes on this machine (they share its CPU cores and GPUs)
 
     @property
     def is_main(self) -> bool:
@@ -144,6 +145,6 @@ def process_group(device: str | None = None) -> Iterator[ProcessGroup]:
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     try:
-        yield ProcessGroup(rank, world_size, local_rank, chosen)
+        yield ProcessGroup(rank, world_size, local_rank, chosen, local_world_size)
     finally:
         dist.destroy_process_group()
