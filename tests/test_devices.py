@@ -127,3 +127,17 @@ def test_cpu_training_records_fp32_and_refuses_gpu_precision(tiny_bench, tmp_pat
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mixed precision is for CUDA" in err[0]
+
+
+def test_maps_run_in_true_float32_and_restore_the_tf32_flags() -> None:
+    from wsseg.maps.hooks import inference_state
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        model = torch.nn.Linear(2, 2)
+        with inference_state(model):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 and model.training
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
