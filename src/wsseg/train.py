@@ -406,12 +406,14 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     session.sampler.set_epoch(epoch)
     session.net.train()
     started = time.perf_counter()
-    losses, seen, skipped = [], 0, 0
+    losses: list[torch.Tensor] = []
+    seen, skipped, first_step_seconds = 0, 0, 0.0
+    waits: list[float] = []
     total_steps = session.steps_per_epoch * options.epochs
     device = group.device
     bar = tqdm(session.loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
                disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(_timed_batches(bar, waits)):
         inputs, targets, bad = _drop_bad(batch, options.skip_bad)
         skipped += bad
         _poly(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
@@ -425,13 +427,37 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
         session.scaler.scale(loss).backward()
         session.scaler.step(session.optimizer)
         session.scaler.update()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         seen += len(inputs)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if not first_step_seconds:  # worker start-up, first batch, allocations: the warm-up
+            _synchronize(device)
+            first_step_seconds = time.perf_counter() - started
+        if step % 10 == 0:  # reading the loss waits for the GPU: not at every step
+            bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
+    mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
     seconds = time.perf_counter() - started
-    return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped,
-            "precision": precision_name(session.autocast_dtype)}
+    return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
+            "seconds": seconds, "skipped": skipped, "precision": precision_name(session.autocast_dtype),
+            "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(waits))}
+
+
+def _timed_batches(batches, waits: list[float]):
+    """The batches of a loader, appending to ``waits`` how long each took to arrive: time the
+    training step spent waiting for data (too many seconds here: raise --workers)."""
+    iterator = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        waits.append(time.perf_counter() - asked)
+        yield batch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
@@ -441,11 +467,13 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
     was written after it is simply written again, with the same bytes."""
     options, out = session.options, session.out
     if session.val_set is not None:
+        validation_started = time.perf_counter()
         scores, targets, val_skipped = predict_scores(session.model, session.val_set, options.image_size,
                                                       device=group.device, workers=session.workers,
                                                       skip_bad=options.skip_bad)
         metrics = classification_metrics(scores, targets)
-        record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped)
+        record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped,
+                      val_seconds=time.perf_counter() - validation_started)
         earlier = [r["val_map"] for r in session.history if r.get("val_map") is not None]
         is_best = not earlier or metrics["map"] > max(earlier)
     else:
@@ -464,4 +492,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
         summary += f", val mAP {record['val_map']:.3f}, F1 {record['val_f1']:.3f}" + (" (best)" if is_best else "")
     summary += f" ({record['images_per_second']:.1f} img/s"
     summary += f", {record['skipped']} bad images skipped)" if record["skipped"] else ")"
+    waiting = record["loader_wait_seconds"] / max(record["seconds"], 1e-9)
+    if waiting > 0.2:
+        summary += f"; {100 * waiting:.0f}% of the epoch waiting for data (--workers {session.workers}: raise it)"
     print(summary, flush=True)
