@@ -249,6 +249,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="write everything here and keep it (default: a temporary folder)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         work = args.keep or Path(scratch)
         root = work / "VOC2012"
@@ -258,7 +259,8 @@ def main() -> None:
         stages = rehearse(root, work, splits, args.device, args.batch_size)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; device {args.device}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; device {args.device}; load average "
+          f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other processes share the cores)")
     print(f"VOC-shaped data: {args.train_aug} train_aug ({len(splits['train'])} of them train) + {args.val} val, "
           f"written in {generated:.0f} s")
     print_table(stages, TrainOptions.epochs)
