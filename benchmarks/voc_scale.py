@@ -1,22 +1,22 @@
 """A PASCAL VOC 2012-shaped rehearsal: what a full VOC run costs on this machine, per stage.
 
-Writes a dataset with VOC + SBD's exact shape (the 20 VOC class names and no classes.txt; ids
-such as 2008_000123; JPEGs with a longer side of 500 and a shorter one of 281-500, mostly 375
-or 333, in either orientation; XML annotations with VOC's fields; SegmentationClass for train
-and val, SegmentationClassAug for train_aug and val; ImageSets/Segmentation/{train_aug, train,
-val}.txt, train a subset of train_aug as VOC's 1,464 are of SBD's 10,582). The content is the
-glyphs benchmark (`wsseg synth --kind glyphs --size 500`), renamed and resized to VOC's shapes:
-any content will do for timing. Then, each command in its own process as a user runs it:
+Writes a dataset with VOC + SBD's exact shape (wsseg.data.voc_shaped: the 20 VOC class names
+and no classes.txt; ids such as 2008_000123; JPEGs with a longer side of 500 and a shorter one
+of 281-500, mostly 375 or 333, in either orientation; XML annotations with VOC's fields;
+SegmentationClass for train and val, SegmentationClassAug for train_aug and val;
+ImageSets/Segmentation/{train_aug, train, val}.txt). The content is the glyphs benchmark
+(`wsseg synth --kind glyphs --size 500`), renamed and resized to VOC's shapes: any content will
+do for timing. Then, each command in its own process as a user runs it:
 
-    train     2 epochs of train_aug (the first one is the warm-up; the second is timed), val each epoch
+    train     1 epoch of train_aug, timed after its first step (the warm-up), then validation on val
     maps      dcsm on train (ground-truth labels)
     segment   cam and dcsm-crf on train (ground-truth labels: pseudo-labels), dcsm-crf on val (predicted)
     evaluate  each segmentation
 
 and prints per stage images/s, the process's peak RSS and the time the stage would take on
 full VOC (10,582 train_aug, 1,464 train, 1,449 val) on this machine: extrapolated from the
-measured rate, not measured. mIoU here is no quality number (two epochs on glyphs). Usage:
-    .venv/bin/python benchmarks/voc_scale.py [--train-aug 320] [--val 80] [--keep DIR] [--device auto]
+measured rate, not measured. mIoU here is no quality number (one epoch on glyphs). Usage:
+    .venv/bin/python benchmarks/voc_scale.py [--train-aug 240] [--val 40] [--keep DIR] [--device auto]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,81 +33,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
-from wsseg.data.classes import VOC_CLASS_LIST, VOID
-from wsseg.data.images import read_label_png, write_image, write_label_png
-from wsseg.data.scene import annotation_xml
-from wsseg.data.synth import SynthConfig, write_synthetic_dataset
+from wsseg.data.voc_shaped import FULL_VOC, write_voc_shaped
 from wsseg.io import write_text_atomic
 from wsseg.train_options import TrainOptions
-
-# PASCAL VOC 2012 + SBD (IRN's split files): the sizes a full run works through
-FULL_VOC = {"train_aug": 10582, "train": 1464, "val": 1449}
-VOC_YEARS = (2007, 2008, 2009, 2010, 2011)
-
-
-def voc_shape(rng: np.random.Generator) -> tuple[int, int]:
-    """(height, width) as VOC's photos: longer side 500; shorter 375 or 333 most often, else 281-500;
-    about a quarter of them portrait."""
-    draw = rng.random()
-    shorter = 375 if draw < 0.55 else 333 if draw < 0.8 else int(rng.integers(281, 501))
-    return (500, shorter) if rng.random() < 0.25 else (shorter, 500)
-
-
-def voc_ids(rng: np.random.Generator, count: int) -> list[str]:
-    """``count`` distinct VOC-style ids (year_number), sorted as VOC's split files are."""
-    ids: set[str] = set()
-    while len(ids) < count:
-        ids.add(f"{VOC_YEARS[int(rng.integers(len(VOC_YEARS)))]}_{int(rng.integers(1, 8000)):06d}")
-    return sorted(ids)
-
-
-def object_boxes(labels: np.ndarray) -> list[tuple[int, tuple[int, int, int, int]]]:
-    """(class, VOC box) per class present in a label map: its pixels' extent, 1-based inclusive."""
-    boxes = []
-    for label in sorted(int(v) for v in np.unique(labels) if v not in (0, VOID)):
-        rows, cols = np.nonzero(labels == label)
-        boxes.append((label, (int(cols.min()) + 1, int(rows.min()) + 1, int(cols.max()) + 1, int(rows.max()) + 1)))
-    return boxes
-
-
-def write_voc_shaped(root: Path, train_aug: int, val: int, seed: int = 0, progress: bool = True) -> dict[str, list[str]]:
-    """Write the VOC-shaped dataset under ``root``; returns split name -> ids."""
-    source = write_synthetic_dataset(root.with_name(root.name + "-glyphs"),
-                                     SynthConfig(kind="glyphs", train=train_aug, val=val, size=500, seed=seed),
-                                     progress=progress)
-    rng = np.random.default_rng([seed, 2012])
-    new_ids = voc_ids(rng, train_aug + val)
-    order = rng.permutation(len(new_ids))  # VOC's val ids are interleaved with train_aug's
-    aug_ids = sorted(new_ids[i] for i in order[:train_aug])
-    splits = {"train_aug": aug_ids,
-              "train": sorted(rng.choice(aug_ids, max(1, round(train_aug * FULL_VOC["train"] / FULL_VOC["train_aug"])),
-                                         replace=False).tolist()),
-              "val": sorted(new_ids[i] for i in order[train_aug:])}
-    old_ids = [f"train_{i:06d}" for i in range(train_aug)] + [f"val_{i:06d}" for i in range(val)]
-    with_plain_masks = set(splits["train"]) | set(splits["val"])
-    for old, new in tqdm(list(zip(old_ids, splits["train_aug"] + splits["val"])), desc="VOC shapes", unit="img",
-                         disable=not progress):
-        height, width = voc_shape(rng)
-        with Image.open(source / "JPEGImages" / f"{old}.jpg") as image:
-            rgb = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
-        labels = read_label_png(source / "SegmentationClass" / f"{old}.png", VOC_CLASS_LIST.num_classes)
-        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
-        write_image(root / "JPEGImages" / f"{new}.jpg", rgb)
-        write_label_png(root / "SegmentationClassAug" / f"{new}.png", labels)
-        if new in with_plain_masks:
-            write_label_png(root / "SegmentationClass" / f"{new}.png", labels)
-        write_text_atomic(root / "Annotations" / f"{new}.xml",
-                          annotation_xml(new, height, width, object_boxes(labels), VOC_CLASS_LIST, folder="VOC2012"))
-    for name, ids in splits.items():
-        write_text_atomic(root / "ImageSets" / "Segmentation" / f"{name}.txt", "".join(f"{i}\n" for i in ids))
-    shutil.rmtree(source)
-    return splits
-
 
 @dataclass
 class Stage:
@@ -242,8 +171,8 @@ def print_table(stages: list[Stage], epochs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-aug", type=int, default=320, help="train_aug images (default 320)")
-    parser.add_argument("--val", type=int, default=80, help="val images (default 80)")
+    parser.add_argument("--train-aug", type=int, default=240, help="train_aug images (default 240)")
+    parser.add_argument("--val", type=int, default=40, help="val images (default 40)")
     parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
