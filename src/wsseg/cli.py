@@ -140,8 +140,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _workers(text: str) -> int | None:
-    """--workers: a count, or 'auto' (None) for the device's policy."""
-    return None if text.lower() == "auto" else _positive_int(text)
+    """--workers: a count (0: load in the training process), or 'auto' (None) for the device's policy."""
+    if text.lower() == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or auto")
+    return value
 
 
 def _patience(text: str) -> int | None:
