@@ -9,7 +9,6 @@ continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import remove_stale_temporaries, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
-from wsseg.models.run import RunConfig, read_checkpoint, save_checkpoint
+from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
 
 
@@ -134,8 +133,20 @@ def _check_options(options: TrainOptions) -> None:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
     if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
         raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.image_size is not None and options.image_size > MAX_IMAGE_SIZE:
+        raise WssegError(f"--image-size {options.image_size}: at most {MAX_IMAGE_SIZE} (a batch of 16 crops of "
+                         f"{MAX_IMAGE_SIZE} px already needs tens of GB; IRN trains VOC at 512)")
+    for name in ("lr", "head_lr_scale", "weight_decay", "lse_r", "jitter"):
+        if not math.isfinite(getattr(options, name)):
+            raise WssegError(f"--{name.replace('_', '-')} must be a finite number")
     if options.lr <= 0 or options.head_lr_scale <= 0:
         raise WssegError("--lr and --head-lr-scale must be positive")
+    if options.weight_decay < 0:
+        raise WssegError("--weight-decay must not be negative")
+    if not 0 <= options.seed < 2 ** 32:
+        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
+    if options.stop_after is not None and options.stop_after < 1:
+        raise WssegError(f"--stop-after {options.stop_after}: must be at least 1")
     if options.patience is not None and options.patience < 1:
         raise WssegError("--patience must be at least 1 (or 'none')")
     low, high = options.scale_range
@@ -146,6 +157,9 @@ def _check_options(options: TrainOptions) -> None:
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 
+
+# the largest --image-size accepted: beyond it one batch would not fit in memory
+MAX_IMAGE_SIZE = 1024
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
@@ -178,7 +192,7 @@ def train(options: TrainOptions) -> list[dict]:
     with process_group(options.device) as group:
         session = _setup(options, group)
         if session is None:
-            return _read_history(Path(options.out))
+            return read_history(Path(options.out))
         return _fit(session, group)
 
 
@@ -206,11 +220,6 @@ class _Session:
         return Path(self.options.out)
 
 
-def _read_history(out: Path) -> list[dict]:
-    path = out / "history.json"
-    return json.loads(path.read_text()) if path.exists() else []
-
-
 def stopped_early(history: list[dict], patience: int | None) -> bool:
     """Whether val mAP has not improved for ``patience`` epochs (the run's last epochs)."""
     maps = [record.get("val_map") for record in history]
@@ -224,13 +233,14 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     """Datasets, model, optimiser and, with ``--resume``, the state of the last finished epoch;
     None when the run being resumed has nothing left to do (finished or stopped early)."""
     out = Path(options.out)
-    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side)
+    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                           max_file_size=options.max_file_size)
     if len(train_set) == 0:
         raise WssegError(f"{options.data}: split {options.split!r} is empty")
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
-                             max_side=options.max_side)
+                             max_side=options.max_side, max_file_size=options.max_file_size)
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
@@ -242,7 +252,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         if changed:
             raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                              "differ); use another --out for a new run")
-        history = _read_history(out)[:int(resume_state["epoch"]) + 1]
+        history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
             if group.is_main:
@@ -262,9 +272,13 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     optimizer = _optimizer(model, options.lr, options.weight_decay, options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            model.load_state_dict(resume_state["model"])
+            if "optimizer" in resume_state:
+                optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise WssegError(f"{out}: the checkpoint to resume does not fit this run's model "
+                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
     # channels-last: CPU convolutions (depthwise ones above all) run markedly faster so
     model.to(group.device, memory_format=torch.channels_last)
     net: torch.nn.Module = model
@@ -423,6 +437,9 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
         with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
             logits = session.net(inputs)
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(device, non_blocking=True))
+        if not torch.isfinite(loss):  # nothing after this would be worth keeping
+            raise WssegError(f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                             f"lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
         session.optimizer.zero_grad(set_to_none=True)
         session.scaler.scale(loss).backward()
         session.scaler.step(session.optimizer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsseg.data.images import DEFAULT_MAX_SIDE
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 
 
 @dataclass
@@ -44,5 +44,6 @@ class TrainOptions:
     stop_after: int | None = None  # finish this run after that epoch; the schedule still spans `epochs`
     skip_bad: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE  # longer image sides beyond this are refused unread
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
     device: str | None = None
     progress: bool = True
