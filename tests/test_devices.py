@@ -141,3 +141,19 @@ def test_maps_run_in_true_float32_and_restore_the_tf32_flags() -> None:
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 and model.training
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_colour_jitter_in_place_gives_the_bytes_of_its_formula() -> None:
+    import numpy as np
+
+    from wsseg.data.transforms import colour_jitter
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for seed in range(5):
+        b, c, s = np.random.default_rng(seed).uniform(0.6, 1.4, size=3)
+        image = rgb.astype(np.float32) * b
+        image = (image - image.mean()) * c + image.mean()
+        grey = image @ np.array([0.299, 0.587, 0.114], np.float32)
+        expected = np.clip(np.round(grey[..., None] + (image - grey[..., None]) * s), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(colour_jitter(rgb, np.random.default_rng(seed), 0.4), expected)
+    assert colour_jitter(rgb, np.random.default_rng(0), 0.0) is rgb
