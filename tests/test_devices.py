@@ -157,3 +157,19 @@ def test_colour_jitter_in_place_gives_the_bytes_of_its_formula() -> None:
         expected = np.clip(np.round(grey[..., None] + (image - grey[..., None]) * s), 0, 255).astype(np.uint8)
         np.testing.assert_array_equal(colour_jitter(rgb, np.random.default_rng(seed), 0.4), expected)
     assert colour_jitter(rgb, np.random.default_rng(0), 0.0) is rgb
+
+
+def test_train_cli_takes_auto_or_a_count_of_workers_and_a_precision(capsys) -> None:
+    from wsseg.cli import build_parser
+
+    parser = build_parser()
+    base = ["train", "--data", "d", "--out", "o"]
+    defaults = parser.parse_args(base)
+    assert defaults.workers is None and defaults.precision == "auto"  # None: the device's policy
+    assert parser.parse_args(base + ["--workers", "0"]).workers == 0
+    assert parser.parse_args(base + ["--workers", "AUTO", "--precision", "fp16"]).workers is None
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(base + ["--workers", "-1"])
+    assert stop.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+    train_help = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "default auto: 0 on a CPU" in train_help and "min(8, CPU cores per process - 1)" in train_help
