@@ -66,6 +66,9 @@ def main() -> None:
         _run("Training speed", [python, str(HERE / "train_speed.py")]),
         _run("Training recipe search (from benchmarks/train_recipe.json; rerun with train_recipe.py, ~2 h)",
              [python, str(HERE / "train_recipe.py"), "--table"]),
+        _run("Segmentation defaults search and quality on both benchmarks (from benchmarks/segment_defaults.json "
+             "and segment_quality.json; rerun with segment_defaults.py search / quality, ~1.5 h)",
+             [python, str(HERE / "segment_defaults.py"), "table"]),
         _run("Class-map speed", [python, str(HERE / "maps_speed.py")]),
         _run("Segmentation speed", [python, str(HERE / "segment_speed.py")]),
         _run("Segmentation speed at VOC sizes (every image its own size)",
