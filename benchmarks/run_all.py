@@ -1,4 +1,5 @@
-"""Run every benchmark (training, maps, segmentation speed and memory, quality) and write benchmarks/RESULTS.md.
+"""Run every benchmark (training, maps, segmentation speed and memory, data loading, the VOC-scale
+rehearsal, quality) and write benchmarks/RESULTS.md.
 
 Quality is the demo's table: the default benchmark, the default training, every method on val
 with predicted labels. Usage:
@@ -73,6 +74,8 @@ def main() -> None:
         _run("Segmentation speed at VOC sizes (every image its own size)",
              [python, str(HERE / "segment_speed.py"), "--voc-sizes", "--methods", "cam,dcsm,dcsm-crf"]),
         _run("Segmentation memory (100 vs 1,000 images)", [python, str(HERE / "segment_memory.py")]),
+        _run("Data loading per worker (VOC-sized JPEGs)", [python, str(HERE / "loader_speed.py")]),
+        _run("PASCAL VOC-scale rehearsal (full-VOC times extrapolated)", [python, str(HERE / "voc_scale.py")]),
     ]
     with tempfile.TemporaryDirectory() as scratch:
         sections.append(_run("Quality (wsseg demo)", [python, "-m", "wsseg", "demo", "--out", scratch, "--quiet"])

@@ -169,15 +169,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
         scale_range=args.scale_range, jitter=args.jitter, patience=args.patience, seed=args.seed,
-        workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
-        max_side=args.max_side, max_file_size=args.max_file_size * 2 ** 20, device=args.device,
-        progress=not args.quiet)
+        workers=args.workers, precision=args.precision, resume=args.resume, stop_after=args.stop_after,
+        skip_bad=args.skip_bad, max_side=args.max_side, max_file_size=args.max_file_size * 2 ** 20,
+        device=args.device, progress=not args.quiet)
     history = train(options)
     best = best_record(history) if history else {}
     if "val_map" in best:
         print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
               f"model in {args.out}/model.pt, last epoch in {args.out}/last.pt")
     return 0
+
+
+def _workers(text: str) -> int | None:
+    """--workers: a count (0: load in the training process), or 'auto' (None) for the device's policy."""
+    if text.lower() == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or auto")
+    return value
 
 
 def _patience(text: str) -> int | None:
@@ -433,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--jitter", type=_non_negative, default=_TRAIN_DEFAULTS.jitter,
                        help=f"colour jitter strength, 0 to turn it off (default {_TRAIN_DEFAULTS.jitter:g})")
     train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in-process)")
+    train.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                       help="data-loading processes per training process (default auto: 0 on a CPU, where the "
+                            "training process uses every core; on CUDA min(8, CPU cores per process - 1), with "
+                            "pinned memory and workers kept between epochs)")
+    train.add_argument("--precision", default=_TRAIN_DEFAULTS.precision, choices=["auto", "bf16", "fp16", "fp32"],
+                       help="training forward pass (default auto: bf16 autocast on a CUDA GPU that has it, fp16 "
+                            "with a gradient scaler on older GPUs, fp32 on a CPU); maps and segmentation are "
+                            "always fp32")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
     train.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
