@@ -102,7 +102,7 @@ def collect(model: torch.nn.Module, dataset: VOCDataset, ids: Sequence[str], lab
         for n, item in enumerate(batch):
             count = len(classes[n])
             record = Record(item.image, [c + 1 for c in classes[n]], dataset.load_mask(item.id),
-                            {name: maps[n, :count] for name, maps in raw.items()}, {})
+                            {name: maps[n, :count].clone() for name, maps in raw.items()}, {})
             inputs = SegmentInput(item.image, record.labels, {}, None if features is None else features[n])
             record.prepared = {name: segmenter.prepare(inputs, {}) for name, segmenter in pipelines.items()}
             records.append(record)
