@@ -6,6 +6,7 @@ Every user-facing failure (bad file, bad argument) ends as one line on stderr an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -96,21 +97,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from wsseg.train import best_record, train
 
-    val_split = None if args.val_split.lower() == "none" else args.val_split
-    options = TrainOptions(
-        data=str(args.data), out=str(args.out), split=args.split, val_split=val_split, masks=args.masks,
-        backbone=args.backbone, weights=args.weights, random_init=args.random_init, pooling=args.pooling,
-        lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
-        scale_range=args.scale_range, jitter=args.jitter, patience=args.patience, seed=args.seed,
-        workers=args.workers, resume=args.resume, stop_after=args.stop_after, skip_bad=args.skip_bad,
-        max_side=args.max_side, device=args.device, progress=not args.quiet)
-    history = train(options)
+    history = train(_train_options(args))
     best = best_record(history) if history else {}
     if "val_map" in best:
         print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
               f"model in {args.out}/model.pt, last epoch in {args.out}/last.pt")
     return 0
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    """``wsseg train``'s arguments as TrainOptions: every flag is the field of the same name."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainOptions)
+             if hasattr(args, field.name)}
+    val_split = None if args.val_split.lower() == "none" else args.val_split
+    return TrainOptions(**{**given, "data": str(args.data), "out": str(args.out), "val_split": val_split,
+                           "progress": not args.quiet})
 
 
 def _patience(text: str) -> int | None:

@@ -16,12 +16,12 @@ import numpy as np
 from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
-from wsseg.evaluate import evaluate_directory, load_result, save_result
+from wsseg.evaluate import load_result
 from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report import build_report
 from wsseg.runner import SplitSource
-from wsseg.segment import SegmentOptions, read_segment_record, segment_dataset
+from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
 from wsseg.train import TrainOptions, best_record, train
 from wsseg.train_misvm import train_misvm_from_run
 
@@ -76,10 +76,10 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
                                       progress=progress).written
         # Time per image actually segmented now, so a resumed method is not credited with skipped images.
         seconds = (time.perf_counter() - started) / written if written else None
-        result = evaluate_directory(pred_dir, val, progress=False)
-        oracle = bool((read_segment_record(pred_dir) or {}).get("tuned_on_ground_truth"))
-        save_result(score_path, result, {"seconds_per_image": seconds, "tuned_on_ground_truth": oracle})
-        results[name] = {"miou": result.confusion.miou(), "seconds_per_image": seconds}
+        scores = score_segmentations(pred_dir, data_root, "val", progress=False, json_path=score_path,
+                                     extra={"seconds_per_image": seconds})
+        if scores is not None:  # None only on a second rank, which the demo never has
+            results[name] = {"miou": scores.result.confusion.miou(), "seconds_per_image": seconds}
     print("[demo] 5/5 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
     history = history or json.loads((run / "history.json").read_text())

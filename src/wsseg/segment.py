@@ -221,9 +221,9 @@ class Scores:
 
 def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", masks: str = "SegmentationClass",
                         max_side: int = DEFAULT_MAX_SIDE, skip_bad: bool = False, progress: bool = True,
-                        json_path: str | Path | None = None) -> Scores | None:
+                        json_path: str | Path | None = None, extra: dict[str, Any] | None = None) -> Scores | None:
     """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
-    also saved as JSON when asked, on the main rank (None on the others)."""
+    also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
     dataset = VOCDataset(data, split, masks=masks, max_side=max_side)
     with process_group("cpu") as group:
         with group.together():
@@ -236,5 +236,6 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
     record = read_segment_record(pred) or {}
     oracle = bool(record.get("tuned_on_ground_truth"))
     if json_path is not None:
-        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle})
+        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle,
+                                        **(extra or {})})
     return Scores(result, oracle)
