@@ -121,6 +121,10 @@ def test_segment_refuses_stored_maps_made_another_way(tiny_run: Path, tiny_bench
         assert f"{maps / 'maps.json'}" in err or "--maps folder" in err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists() or not any(out.glob("*.png"))  # nothing written
+    image = tiny_bench / "JPEGImages" / f"{VOCDataset(tiny_bench, 'val').ids[0]}.jpg"
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--maps", str(maps),
+                 "--out", str(tmp_path / "one.png"), "--quiet"]) == 2
+    assert "--maps fuses the maps of a split" in capsys.readouterr().err and not (tmp_path / "one.png").exists()
     # resuming a maps folder with other options would mix two kinds of maps
     assert main(["maps", *common, "--method", "dcsm", "--out", str(maps)]) == 2
     assert "holds other maps" in capsys.readouterr().err

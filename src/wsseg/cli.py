@@ -163,6 +163,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from wsseg.segment import segment_dataset, segment_image_file
 
     if args.image is not None:
+        if args.maps:
+            raise WssegError("--maps fuses the maps of a split (--data); --image computes its own")
         one = segment_image_file(args.run, args.image, args.out, _segment_options(args), args.max_side, args.device)
         print(f"[segment] {args.image}: {', '.join(one.classes)} -> {one.label_png} and {one.overlay_png}")
         return 0
