@@ -92,6 +92,7 @@ class MapsRecord:
 
 
 def maps_record(method: MapMethod, labels: str, label_threshold: float, run: str | Path) -> MapsRecord:
+    """The record of maps made by ``method`` on these classes with the run's weights."""
     return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(run),
                       model_digest(run))
 

@@ -58,6 +58,8 @@ class SegmentOptions:
 
 @dataclass(frozen=True)
 class BackgroundThreshold:
+    """The background threshold a segmentation uses, and where it came from (recorded with it)."""
+
     value: float
     source: str  # "given" (--threshold), "tuned" (RUN/background.json) or "default" (the registry's)
     tuned_split: str | None = None  # the split whose ground truth chose it, when tuned
@@ -185,6 +187,8 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
 
 @dataclass(frozen=True)
 class OneImage:
+    """What ``wsseg segment --image`` wrote, and the classes it found."""
+
     label_png: Path
     overlay_png: Path
     classes: list[str]  # the predicted classes' names
@@ -215,6 +219,8 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
 
 @dataclass(frozen=True)
 class Scores:
+    """A split's scores, and whether the segmentations used an oracle threshold."""
+
     result: EvaluationResult
     oracle: bool  # the segmentations' threshold was tuned on ground truth
 
