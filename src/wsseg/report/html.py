@@ -130,12 +130,12 @@ class UsedMaps:
     stored: Path | None  # the `wsseg maps` folder it fused, when it read stored maps
 
     def describe(self) -> str:
-        options = ", ".join(f"{key} {value}" for key, value in method_options(self.method).items()
-                            if value is not None)
+        options = ", ".join(f"{key} {'default' if value is None else value}"
+                            for key, value in method_options(self.method).items())
         source = "ground-truth labels" if self.labels == "gt" else f"predicted labels (score > {self.label_threshold})"
-        used = f"the maps {self.segmenter} fused" if self.segmenter else "no segment.json found: defaults"
+        used = f"the maps {self.segmenter} fused" if self.segmenter else "no segment.json found, so the defaults"
         where = f", read from {self.stored}" if self.stored else ""
-        return f"{used}: {self.method.name} ({options or 'defaults'}), {source}{where}"
+        return f"{used}: {self.method.name} ({options}), {source}{where}"
 
 
 def used_maps(predictions_dir: Path, methods: Sequence[str]) -> UsedMaps:
