@@ -67,8 +67,12 @@ def test_maps_refuses_a_dataset_with_other_classes(tiny_run: Path, tiny_voc: Pat
 def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
                                                              capsys) -> None:
     import json
+    import shutil
 
-    common = ["--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--scales", "1", "--quiet"]
+    run = tmp_path / "run"  # a copy, to give it pipeline A's mi-SVM
+    shutil.copytree(tiny_run, run)
+    common = ["--run", str(run), "--data", str(tiny_bench), "--split", "val", "--scales", "1", "--quiet"]
+    assert main(["train-misvm", "--run", str(run), "--data", str(tiny_bench), "--quiet"]) == 0
     assert main(["maps", *common, "--method", "dcsm", "--out", str(tmp_path / "dcsm")]) == 0
     record = json.loads((tmp_path / "dcsm" / "maps.json").read_text())
     assert record["method"] == "dcsm" and record["options"]["scales"] == [1.0] and record["labels"] == "gt"
@@ -79,6 +83,7 @@ def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tin
         assert main(["segment", *common, "--method", "dcsm-crf", "--out", str(out), *extra]) == 0
         both = ["--maps", str(tmp_path / "cam"), "--maps", str(tmp_path / "dcsm")] if extra else []
         assert main(["segment", *common, "--method", "pipeline-b", "--out", str(out / "b"), *both]) == 0
+        assert main(["segment", *common, "--method", "pipeline-a", "--out", str(out / "a"), *extra]) == 0
         assert main(["evaluate", "--pred", str(out), "--data", str(tiny_bench), "--split", "val", "--quiet",
                      "--json", str(tmp_path / f"{name}.json")]) == 0
         scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["miou"]
@@ -88,7 +93,7 @@ def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tin
     assert scores["computed"] == scores["stored"]
     ids = VOCDataset(tiny_bench, "val").ids
     for image_id in ids:
-        for method in ("", "b/"):  # dcsm-crf, and pipeline-b from two folders
+        for method in ("", "b/", "a/"):  # dcsm-crf, pipeline-b from two folders, pipeline-a with its features
             assert (tmp_path / "computed" / f"{method}{image_id}.png").read_bytes() == (
                 tmp_path / "stored" / f"{method}{image_id}.png").read_bytes()
 
