@@ -133,3 +133,17 @@ def test_segment_refuses_stored_maps_made_another_way(tiny_run: Path, tiny_bench
     # resuming a maps folder with other options would mix two kinds of maps
     assert main(["maps", *common, "--method", "dcsm", "--out", str(maps)]) == 2
     assert "holds other maps" in capsys.readouterr().err
+
+
+def test_segment_refuses_to_resume_a_folder_made_with_other_options(tiny_run: Path, tiny_bench: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seg"
+    common = ["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+              "--out", str(out), "--quiet"]
+    assert main(common) == 0
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert main([*common, "--threshold", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'segment.json'}: this folder holds segmentations made with another threshold" in err
+    assert err.count("\n") == 1 and {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == written
+    assert main(common) == 0 and "0 written, 4 already done" in capsys.readouterr().out  # same options resume

@@ -97,15 +97,14 @@ def maps_record(method: MapMethod, labels: str, label_threshold: float, run: str
                       model_digest(run))
 
 
-def claim_folder(out: Path, record: MapsRecord) -> None:
-    """Write ``out/maps.json``; refuse a folder that holds maps made another way (resuming into it
-    would mix two kinds of maps)."""
+def check_folder(out: Path, record: MapsRecord) -> None:
+    """Refuse a folder that holds maps made another way (resuming into it would mix two kinds of
+    maps). Every rank checks, so that all stop together."""
     if (out / MAPS_RECORD).is_file():
         difference = MapsRecord.read(out).difference(record)
         if difference:
             raise WssegError(f"{out / MAPS_RECORD}: this folder holds other maps ({difference}); "
                              "write them to another --out")
-    write_json_atomic(out / MAPS_RECORD, record.to_json())
 
 
 def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMethod | str, out: str | Path,
@@ -149,9 +148,10 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
     check_label_source(labels)
     with open_split(source, device, batch_size, out) as split:
         record = maps_record(chosen, labels, label_threshold, source.run)
+        check_folder(out, record)
+        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
-            claim_folder(out, record)
-        split.group.barrier()
+            write_json_atomic(out / MAPS_RECORD, record.to_json())
         counts = compute_split_maps(split.model, split.dataset, chosen, out, labels, None, batch_size,
                                     label_threshold, skip_bad, progress and split.group.is_main, split.ids)
     counts.rank_tag = split.rank_tag

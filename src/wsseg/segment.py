@@ -114,16 +114,15 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
         return []
 
 
-def claim_output(out: Path, record: dict[str, Any]) -> None:
-    """Write ``out/segment.json``; refuse a folder holding segmentations made with other options
-    (resuming into it would mix them)."""
+def check_output(out: Path, record: dict[str, Any]) -> None:
+    """Refuse a folder holding segmentations made with other options (resuming into it would mix
+    them). Every rank checks, so that all stop together."""
     earlier = read_segment_record(out)
     if earlier is not None:
         changed = [key for key in _SHAPING if key in earlier and earlier[key] != record[key]]
         if changed:
             raise WssegError(f"{out / SEGMENT_RECORD}: this folder holds segmentations made with another "
                              f"{', '.join(changed)}; write to another --out")
-    write_json_atomic(out / SEGMENT_RECORD, record)
 
 
 def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
@@ -173,11 +172,13 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
         stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
                                  options.method) if maps else None
+        record = segment_record(options, segmenter, threshold, source.run, stored)
+        check_output(out, record)
+        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
             if threshold.oracle:
                 print(threshold.warning(options.method), file=sys.stderr)
-            claim_output(out, segment_record(options, segmenter, threshold, source.run, stored))
-        split.group.barrier()
+            write_json_atomic(out / SEGMENT_RECORD, record)
         counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
                                options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
                                stored)
