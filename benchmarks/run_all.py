@@ -1,4 +1,5 @@
-"""Run every benchmark (training, maps, segmentation speed and memory, quality) and write benchmarks/RESULTS.md.
+"""Run every benchmark (training, maps, segmentation speed and memory, data loading, the VOC-scale
+rehearsal, quality) and write benchmarks/RESULTS.md.
 
 Quality is the demo's table: the default benchmark, the default training, every method on val
 with predicted labels. Usage:
@@ -65,11 +66,16 @@ def main() -> None:
         _run("Training speed", [python, str(HERE / "train_speed.py")]),
         _run("Training recipe search (from benchmarks/train_recipe.json; rerun with train_recipe.py, ~2 h)",
              [python, str(HERE / "train_recipe.py"), "--table"]),
+        _run("Segmentation defaults search and quality on both benchmarks (from benchmarks/segment_defaults.json "
+             "and segment_quality.json; rerun with segment_defaults.py search / quality, ~1.5 h)",
+             [python, str(HERE / "segment_defaults.py"), "table"]),
         _run("Class-map speed", [python, str(HERE / "maps_speed.py")]),
         _run("Segmentation speed", [python, str(HERE / "segment_speed.py")]),
         _run("Segmentation speed at VOC sizes (every image its own size)",
              [python, str(HERE / "segment_speed.py"), "--voc-sizes", "--methods", "cam,dcsm,dcsm-crf"]),
         _run("Segmentation memory (100 vs 1,000 images)", [python, str(HERE / "segment_memory.py")]),
+        _run("Data loading per worker (VOC-sized JPEGs)", [python, str(HERE / "loader_speed.py")]),
+        _run("PASCAL VOC-scale rehearsal (full-VOC times extrapolated)", [python, str(HERE / "voc_scale.py")]),
     ]
     with tempfile.TemporaryDirectory() as scratch:
         sections.append(_run("Quality (wsseg demo)", [python, "-m", "wsseg", "demo", "--out", scratch, "--quiet"])

@@ -20,7 +20,9 @@ import torch
 
 from wsseg.data.synth import load_backgrounds
 from wsseg.data.transforms import resize
+from wsseg.data.classes import VOC_CLASSES
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+from wsseg.models.run import RunConfig
 from wsseg.models import build_classifier
 from wsseg.pipelines import build_segmenter, segment_images
 from wsseg.registry import SEGMENT_METHODS
@@ -52,8 +54,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     dims = 4 * (40 + 112 + 320)  # zoom-out levels x channels of the default layers
     run = Path(tempfile.mkdtemp())
+    class_names = tuple(VOC_CLASSES)
+    RunConfig(list(class_names)).save(run)
     MiSVM(np.zeros(dims, np.float32), np.ones(dims, np.float32), rng.normal(0, 0.01, (20, dims)).astype(np.float32),
-          np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1))).save(run / MISVM_FILE)
+          np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1)),
+          class_names).save(run / MISVM_FILE)
     segment_images(model, images[:1], classes[:1], build_segmenter("dcsm-crf", scales=scales))  # warm-up
     rows = []
     for name in args.methods.split(",") if args.methods else SEGMENT_METHODS:

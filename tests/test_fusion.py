@@ -19,7 +19,9 @@ from wsseg.maps import capture_outputs
 from wsseg.runner import predict_labels
 from wsseg.models import build_classifier
 from wsseg.models.run import RunConfig, build_from_config, load_run, save_checkpoint
-from wsseg.pipelines import build_segmenter, segment_images
+from wsseg.fusion.crf import PSA
+from wsseg.maps import CAM, DCSM
+from wsseg.pipelines import DenseCRF, PipelineA, PipelineB, SegmentInput, build_segmenter, segment_images
 
 
 def test_threshold_background_by_hand() -> None:
@@ -238,3 +240,46 @@ def test_pipeline_a_and_train_misvm_work_on_vgg16(tiny_bench: Path, tmp_path: Pa
     assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--split", "val", "--method", "pipeline-a",
                  "--scales", "1", "--out", str(out), "--quiet"]) == 0
     assert [png.shape for png in _read_pngs(out, VOCDataset(tiny_bench, "val").ids)] == [(64, 64)] * 4
+
+
+def _fusion_inputs(features: int = 0) -> SegmentInput:
+    """A 48 x 64 image of coloured blocks with two classes' blurry maps (and random features)."""
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 255, (6, 8, 3))
+    image = np.kron(blocks, np.ones((8, 8, 1))).astype(np.uint8)
+    yy, xx = np.mgrid[0:48, 0:64]
+    maps = np.stack([np.exp(-((yy - 16) ** 2 + (xx - 16) ** 2) / 200.0),
+                     np.exp(-((yy - 30) ** 2 + (xx - 45) ** 2) / 300.0)]).astype(np.float32)
+    cam, dcsm = CAM(), DCSM()
+    return SegmentInput(image, [2, 5], {cam: maps, dcsm: maps[::-1] * 0.5 + maps * 0.5},
+                        rng.normal(size=(features, 48, 64)).astype(np.float32) if features else None)
+
+
+def test_fusion_weights_change_the_segmentation_and_prepare_is_shared() -> None:
+    """Each tuned option of a segmenter reaches its output, and a search that prepares an image
+    once (superpixels, mi-SVM probabilities) gets the labels of a plain call."""
+    rng = np.random.default_rng(0)
+    inputs = _fusion_inputs(features=8)
+    misvm = MiSVM(np.zeros(32), np.ones(32), rng.normal(size=(6, 32)), np.zeros(6), np.tile([1.0, 0.0], (6, 1)))
+    cases = [(PipelineB(threshold=0.3), dict(objectness_weight=0.0), dict(objectness_weight=1.0)),
+             (PipelineB(threshold=0.3), dict(cam_weight=0.1), dict(cam_weight=0.9)),
+             (PipelineA(misvm, threshold=0.3), dict(misvm_weight=0.0), dict(misvm_weight=1.0)),
+             (DenseCRF(DCSM(), threshold=0.3), dict(crf=PSA), dict(crf=dataclasses.replace(PSA, bilateral_compat=0.0,
+                                                                                              gaussian_compat=30.0)))]
+    for segmenter, one, other in cases:
+        first, second = dataclasses.replace(segmenter, **one), dataclasses.replace(segmenter, **other)
+        assert (first(inputs) != second(inputs)).any(), (type(segmenter).__name__, one, other)
+        prepared = segmenter.prepare(inputs, {})
+        np.testing.assert_array_equal(second(inputs, prepared=prepared), second(inputs))
+
+
+def test_dcsm_normalisations() -> None:
+    """linear-minmax removes the pedestal and the tanh, linear-max only the tanh, saturated neither."""
+    linear = torch.tensor([[[[0.2, 0.6, 1.0]]]])  # one map with a pedestal of 0.2
+    saturated = torch.tanh(3 * linear)
+    np.testing.assert_allclose(DCSM().normalize(saturated), [[[[0.0, 0.5, 1.0]]]], atol=1e-4)
+    np.testing.assert_allclose(DCSM(normalization="linear-max").normalize(saturated), linear, atol=1e-4)
+    np.testing.assert_allclose(DCSM(normalization="saturated").normalize(saturated), saturated / saturated.max(),
+                               atol=1e-6)
+    with pytest.raises(WssegError, match="normalisation"):
+        DCSM(normalization="sigmoid")

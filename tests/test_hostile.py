@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from wsseg.cli import main
+from wsseg.errors import WssegError
 from wsseg.data.images import read_label_png, write_label_png
 from wsseg.models.run import CHECKPOINT_FORMAT
 
@@ -260,3 +261,216 @@ def test_run_folders_that_do_not_fit(data: Path, tiny_run: Path, tmp_path: Path,
     assert main([*_commands(data, run, out)["train"], "--weights", str(vgg_layout)]) == 2
     _assert_one_line_error(capsys, "train", str(vgg_layout), "not for the efficientnet-lite0 backbone")
     _assert_nothing_partial(out)
+
+
+def _padded_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """A valid JPEG followed by 3 MiB of zeros (a sparse file: the disk holds no zeros)."""
+    Image.fromarray(rgb).save(path, format="JPEG")
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size + 3 * 2 ** 20)
+
+
+def test_oversized_files_are_refused_unread(data: Path, tiny_run: Path, tmp_path: Path, capsys,
+                                            monkeypatch) -> None:
+    """--max-file-size refuses from the file's size (item 7 of the hostile-user issue: a 64 px
+    JPEG padded to 3 GB was read whole); a PDF given to --image names the file, not a buffer."""
+    victim = _victim(data)
+    path = _replace_image(data, victim, _padded_jpeg)
+    read_sizes: list[int] = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read_sizes.append(self.stat().st_size) or real_read(self))
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for name, args in commands.items():
+        assert main([*args, "--max-file-size", "2"]) == 2, name
+        _assert_one_line_error(capsys, name, str(path), "larger than --max-file-size 2 MiB")
+    assert not [size for size in read_sizes if size > 2 ** 20], "a refused file was read whole"
+    assert main([*commands["segment"], "--max-file-size", "4"]) == 0  # under the bound: a valid JPEG
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n" + b"0" * 500)
+    single = ["segment", "--run", str(tiny_run), "--image", str(pdf), "--labels", "predicted", "--method", "cam",
+              "--out", str(tmp_path / "single.png"), "--quiet"]
+    assert main(single) == 2
+    captured = capsys.readouterr()
+    assert str(pdf) in captured.err and "BytesIO" not in captured.err and "BufferedReader" not in captured.err
+
+
+def test_symlinked_class_list_and_split_file_are_refused(data: Path, tiny_run: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    """Item 8: list files symlinked out of the root are refused like images, and no message
+    quotes more than a short excerpt of a file it does not understand."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("".join(f"line{n}:x:{n}:{n}:{'-' * 40} private line of a file that is not ours\n"
+                              for n in range(20)))
+    split = data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt"
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    for link in (data / "classes.txt", split):
+        saved = link.read_bytes()
+        link.unlink()
+        link.symlink_to(secret)
+        for name, args in commands.items():
+            assert main(args) == 2, name
+            _assert_one_line_error(capsys, name, str(link), "outside the dataset root")
+        link.unlink()
+        link.write_bytes(saved)
+    split.write_text(secret.read_text())  # inside the root, but not a split file
+    assert main(commands["segment"]) == 2
+    message = capsys.readouterr().err
+    assert "private" not in message and "line1:" not in message and len(message) < 300
+
+
+def test_byte_order_marks_and_ids_with_spaces(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 10: a UTF-8 BOM (as Windows editors write) is not part of the first id or class; an
+    id with a space is refused with its line number instead of being cut at the space."""
+    split = data / "ImageSets" / "Segmentation" / f"{SPLIT}.txt"
+    ids = split.read_text().split()
+    split.write_text("\ufeff" + "".join(f"{i}\n" for i in ids))
+    classes = data / "classes.txt"
+    classes.write_text("\ufeff" + classes.read_text())
+    commands = _commands(data, tiny_run, tmp_path / "out")
+    assert main(commands["segment"]) == 0
+    assert sorted(p.stem for p in (tmp_path / "out" / "segment").glob("*.png")) == sorted(ids)
+    split.write_text(f"{ids[0]}\n{ids[1]} copy\n")
+    assert main(commands["maps"]) == 2
+    _assert_one_line_error(capsys, "maps", str(split), "line 2", "spaces are not supported")
+    split.write_text(f"{ids[0]}  1\n{ids[1]} -1\n")  # VOC's ImageSets/Main format: id and flag
+    assert main(commands["maps"]) == 0
+
+
+@pytest.mark.parametrize("extra", [["--lr", "nan"], ["--lr", "inf"], ["--weight-decay", "-1"], ["--seed", "-1"],
+                                   ["--stop-after", "-1"], ["--stop-after", "0"], ["--batch-size", "0"],
+                                   ["--image-size", "1048576"], ["--lse-r", "nan"], ["--jitter", "inf"]])
+def test_bad_training_arguments_are_one_line_errors(extra: list[str], data: Path, tmp_path: Path, capsys) -> None:
+    """Item 5: each of these ended in a traceback, trained to NaN, or trained nothing with exit 0."""
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert _exit_code(main, [*args, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and extra[0] in err, err
+    assert not (tmp_path / "out" / "train" / "model.pt").exists()
+
+
+def _exit_code(function, args: list[str]) -> int:
+    """main's return value, or the code argparse exits with on a bad argument."""
+    try:
+        return function(args)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize("command,extra", [("segment", ["--batch-size", "0"]), ("maps", ["--batch-size", "0"]),
+                                           ("maps", ["--scales", "inf"]), ("maps", ["--scales", "nan"]),
+                                           ("segment", ["--label-threshold", "nan"])])
+def test_bad_map_arguments_are_one_line_errors(command: str, extra: list[str], data: Path, tiny_run: Path,
+                                               tmp_path: Path, capsys) -> None:
+    assert _exit_code(main, [*_commands(data, tiny_run, tmp_path / "out")[command], *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and extra[0] in err and "Traceback" not in err, err
+
+
+def test_seeds_out_of_range_are_refused_before_any_work(tmp_path: Path, tiny_run: Path, data: Path, capsys) -> None:
+    assert _exit_code(main, ["synth", str(tmp_path / "d"), "--seed", "-1", "--quiet"]) == 2
+    assert "--seed" in capsys.readouterr().err and not (tmp_path / "d").exists()
+    assert _exit_code(main, ["train-misvm", "--run", str(tiny_run), "--data", str(data), "--seed", "-1",
+                             "--quiet"]) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_a_diverging_loss_stops_training_with_a_message(data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--lr huge enough to overflow: the run stops at the first non-finite loss (it used to save
+    a NaN model with exit 0)."""
+    import wsseg.train as training
+
+    real_bce = training.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits",
+                        lambda logits, targets: real_bce(logits, targets) * float("inf"))
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "--lr" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "train" / "model.pt").exists()
+
+
+def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+CONFIG_TAMPERING = {
+    "a list": lambda config: [1, 2],
+    "null": lambda config: None,
+    "classes not a list": lambda config: {**config, "classes": "circle"},
+    "lse_r a string": lambda config: {**config, "lse_r": "five"},
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_TAMPERING))
+def test_tampered_run_config(case: str, data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 6: each of these ended in a traceback."""
+    run = _run_copy(tiny_run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(CONFIG_TAMPERING[case](config)))
+    assert main(_commands(data, run, tmp_path / "out")["segment"]) == 2
+    _assert_one_line_error(capsys, "segment", str(run / "config.json"))
+
+
+@pytest.mark.parametrize("entry,value,problem", [("model", torch.zeros(3), "'model'"), ("epoch", "two", "'epoch'")])
+def test_tampered_checkpoint_on_resume(entry: str, value, problem: str, data: Path, tmp_path: Path, capsys) -> None:
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 0
+    checkpoint = tmp_path / "out" / "train" / "last.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state[entry] = value
+    torch.save(state, checkpoint)
+    assert main([*args, "--resume"]) == 2
+    _assert_one_line_error(capsys, "train", str(checkpoint), problem)
+
+
+def test_damaged_history_and_scores(data: Path, tmp_path: Path, capsys) -> None:
+    from wsseg.report.html import load_scores
+
+    args = _commands(data, Path("unused"), tmp_path / "out")["train"]
+    assert main(args) == 0
+    history = tmp_path / "out" / "train" / "history.json"
+    history.write_text("{oops")
+    assert main([*args, "--resume"]) == 2
+    _assert_one_line_error(capsys, "train", str(history), "unreadable training history")
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "cam.json").write_text(json.dumps({"miou": "high", "iou": {"background": 0.5}}))
+    with pytest.raises(WssegError, match="damaged scores"):
+        load_scores(scores)
+
+
+@pytest.mark.parametrize("content,problem", [([1, 2], "must map method names"),
+                                              ({"cam": {"threshold": "low", "split": "train"}}, "damaged")])
+def test_tampered_background_choice(content, problem: str, data: Path, tiny_run: Path, tmp_path: Path,
+                                    capsys) -> None:
+    run = _run_copy(tiny_run, tmp_path)
+    (run / "background.json").write_text(json.dumps(content))
+    args = _commands(data, run, tmp_path / "out")["segment"]
+    assert main([*args[:args.index("--method") + 1], "cam", *args[args.index("--method") + 2:]]) == 2
+    _assert_one_line_error(capsys, "segment", str(run / "background.json"), problem)
+
+
+def test_stale_or_damaged_misvm(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """A truncated misvm.npz, one left over from a classifier with other classes, and one from a
+    version that did not record its class list: each refused naming the file (no IndexError)."""
+    from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+
+    run = _run_copy(tiny_run, tmp_path)
+    args = _commands(data, run, tmp_path / "out")["segment"]
+    args = [*args[:args.index("--method") + 1], "pipeline-a", *args[args.index("--method") + 2:]]
+    assert main(["train-misvm", "--run", str(run), "--data", str(data), "--split", "train", "--quiet"]) == 0
+    path = run / MISVM_FILE
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    assert main(args) == 2
+    _assert_one_line_error(capsys, "segment", str(path), "unreadable mi-SVM")
+    path.write_bytes(good)
+    svm = MiSVM.load(path)
+    for classes, problem in ((("circle", "square", "cat", "dog", "star", "moon"), "other classes"),
+                             ((), "retrain it")):
+        np.savez(path, mean=svm.mean, scale=svm.scale, weights=svm.weights, bias=svm.bias, platt=svm.platt,
+                 **({"classes": np.array(classes)} if classes else {}))
+        assert main(args) == 2
+        _assert_one_line_error(capsys, "segment", str(path), problem)

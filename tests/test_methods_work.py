@@ -7,13 +7,15 @@ ground-truth image labels (pseudo-label mode) and DCSM/CAM at one scale. About 6
 cores. The margins below held over seeds 0, 1 and 2 (dataset and training seed), measured as
 val mIoU in points (all-background / weakest method / cam / dcsm-crf):
 
-    seed  all-background  weakest method         cam    dcsm-crf
-    0     11.29           gradient 16.38 (+5.1)  17.78  31.47 (+13.7 over cam)
-    1     11.29           cam-crf  17.06 (+5.8)  17.22  40.31 (+23.1)
-    2     11.70           guided   18.16 (+6.5)  18.40  35.24 (+16.8)
+    seed  all-background  weakest method            cam    dcsm-crf
+    0     11.29           gradient 13.43 (+2.1)     15.45  40.19 (+24.7 over cam)
+    1     11.29           cam/gradcam 16.95 (+5.7)  16.95  53.33 (+36.4)
+    2     11.70           gradient 15.29 (+3.6)     19.61  52.45 (+32.8)
 
-so the test asks for 4 points over all-background from every method and 10 points from dcsm-crf
-over cam (measured with OMP_NUM_THREADS=1; the slack covers other thread counts' rounding).
+(with the segmentation defaults searched on the train splits, docs/method.md 3.1; gradient's
+threshold 0.05 makes it the weakest), so the test asks for 1.5 points over all-background from
+every method and 15 points from dcsm-crf over cam (measured with OMP_NUM_THREADS=1; the slack
+covers other thread counts' rounding).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from wsseg.train_misvm import train_misvm_on_split
 SEED = 0
 FIXTURE = SynthConfig(train=64, val=16, size=96, seed=SEED)
 EPOCHS = 8
-MARGIN_OVER_BACKGROUND = 4.0  # mIoU points every method must add to the all-background prediction
-MARGIN_DCSM_CRF_OVER_CAM = 10.0  # mIoU points dcsm-crf must add to cam
+MARGIN_OVER_BACKGROUND = 1.5  # mIoU points every method must add to the all-background prediction
+MARGIN_DCSM_CRF_OVER_CAM = 15.0  # mIoU points dcsm-crf must add to cam
 
 
 @pytest.fixture(scope="session")

@@ -32,3 +32,29 @@ def test_outputs_follow_the_umask(tmp_path: Path, umask, mask: int) -> None:
     assert len(files) > 8
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_write_errors_name_the_real_file_not_a_temporary(tmp_path: Path, tiny_bench: Path, capsys,
+                                                         monkeypatch) -> None:
+    """A --json that is a folder, or a full disk, is reported for the path the user gave (item 10
+    of the hostile-user issue: the message named '.x.json.abc.tmp', or no path at all)."""
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for image_id in (tiny_bench / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        (pred / f"{image_id}.png").write_bytes((tiny_bench / "SegmentationClass" / f"{image_id}.png").read_bytes())
+    args = ["evaluate", "--pred", str(pred), "--data", str(tiny_bench), "--split", "val", "--quiet"]
+    assert main([*args, "--json", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: " in err and ".tmp" not in err and len(err.strip().splitlines()) == 1
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    target = tmp_path / "scores.json"
+    assert main([*args, "--json", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target}: No space left on device" in err and ".tmp" not in err
+    assert not target.exists() and not list(tmp_path.glob(".*.tmp"))

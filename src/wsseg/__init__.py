@@ -4,7 +4,7 @@ Data flows one way: dataset -> classifier -> class maps -> fusion -> label maps 
 and report. The package is layered in that order: a module imports only from its own layer and
 the layers listed before it (tests/test_layering.py parses every import and enforces it):
 
-    wsseg wsseg.errors wsseg.io wsseg.registry wsseg.distributed
+    wsseg wsseg.errors wsseg.io wsseg.outputs wsseg.registry wsseg.distributed
     wsseg.data
     wsseg.evaluate
     wsseg.models

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,10 +21,45 @@ _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the usual usage block replaced by one line saying what is wrong (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text}: a seed is a whole number from 0 to 2**32 - 1")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+        raise argparse.ArgumentTypeError(f"{text}: must not be negative")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
     return value
 
 
@@ -38,11 +74,14 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
 
 
 def _add_max_side(parser: argparse.ArgumentParser) -> None:
-    from wsseg.data.images import DEFAULT_MAX_SIDE
+    from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 
     parser.add_argument("--max-side", type=_positive_int, default=DEFAULT_MAX_SIDE,
                         help=f"refuse images whose longer side exceeds this, before decoding them "
                              f"(default {DEFAULT_MAX_SIDE})")
+    parser.add_argument("--max-file-size", type=_positive_int, default=DEFAULT_MAX_FILE_SIZE // 2 ** 20,
+                        metavar="MIB", help="refuse image and mask files larger than this many MiB, unread "
+                                            f"(default {DEFAULT_MAX_FILE_SIZE // 2 ** 20})")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +97,7 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="gt", choices=["gt", "predicted"],
                         help="classes per image: the image-level labels (gt, default: pseudo-labels) or the "
                              "classifier's (predicted)")
-    parser.add_argument("--label-threshold", type=float, default=0.5, help="score threshold for --labels predicted")
+    parser.add_argument("--label-threshold", type=_finite, default=0.5, help="score threshold for --labels predicted")
     parser.add_argument("--scales", type=_parse_numbers, default=None,
                         help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
 
@@ -83,7 +122,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from wsseg.segment import score_segmentations
 
     scores = score_segmentations(args.pred, args.data, args.split, args.masks, args.max_side, args.skip_bad,
-                                 not args.quiet, args.json)
+                                 not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20)
     if scores is None:  # another rank than the main one: it only scored its share
         return 0
     print(scores.result.table())
@@ -111,7 +150,17 @@ def _train_options(args: argparse.Namespace) -> TrainOptions:
              if hasattr(args, field.name)}
     val_split = None if args.val_split.lower() == "none" else args.val_split
     return TrainOptions(**{**given, "data": str(args.data), "out": str(args.out), "val_split": val_split,
-                           "progress": not args.quiet})
+                           "max_file_size": args.max_file_size * 2 ** 20, "progress": not args.quiet})
+
+
+def _workers(text: str) -> int | None:
+    """--workers: a count (0: load in the training process), or 'auto' (None) for the device's policy."""
+    if text.lower() == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or auto")
+    return value
 
 
 def _patience(text: str) -> int | None:
@@ -133,15 +182,15 @@ def _parse_numbers(text: str) -> tuple[float, ...]:
         numbers = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not numbers or any(n <= 0 for n in numbers):
-        raise argparse.ArgumentTypeError(f"{text!r}: the numbers must be positive")
+    if not numbers or any(not (0 < n < math.inf) for n in numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: the numbers must be positive and finite")
     return numbers
 
 
 def _source(args: argparse.Namespace):
     from wsseg.runner import SplitSource
 
-    return SplitSource(args.run, args.data, args.split, args.masks, args.max_side)
+    return SplitSource(args.run, args.data, args.split, args.masks, args.max_side, args.max_file_size * 2 ** 20)
 
 
 def _segment_options(args: argparse.Namespace):
@@ -165,7 +214,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.image is not None:
         if args.maps:
             raise WssegError("--maps fuses the maps of a split (--data); --image computes its own")
-        one = segment_image_file(args.run, args.image, args.out, _segment_options(args), args.max_side, args.device)
+        one = segment_image_file(args.run, args.image, args.out, _segment_options(args), args.max_side, args.device,
+                                 args.max_file_size * 2 ** 20)
         print(f"[segment] {args.image}: {', '.join(one.classes)} -> {one.label_png} and {one.overlay_png}")
         return 0
     if args.data is None:
@@ -218,7 +268,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from wsseg import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wsseg", description="Weakly-supervised semantic segmentation from image-level labels.")
     parser.add_argument("--version", action="version", version=f"wsseg {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -239,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=_positive_int,
                        help="image side (shapes, default 128) or longest possible side (glyphs, default 224; "
                             "500 gives VOC's scale)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    synth.add_argument("--seed", type=_seed, default=0, help="random seed; same seed, same bytes (default 0)")
     synth.add_argument("--force", action="store_true", help="write into a folder that is not empty")
 
     evaluate = command("evaluate", _cmd_evaluate, "score prediction PNGs with the PASCAL VOC protocol (mIoU)")
@@ -260,34 +310,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pooling", default=_TRAIN_DEFAULTS.pooling, choices=["gmp", "gap", "lse"],
                        help="global pooling of the class score maps: gap (default, trains fastest), gmp "
                             "(global max, the authors'), lse")
-    train.add_argument("--lse-r", type=float, default=5.0, help="sharpness r of lse pooling (default 5)")
+    train.add_argument("--lse-r", type=_positive, default=5.0, help="sharpness r of lse pooling (default 5)")
     train.add_argument("--image-size", type=int, default=None,
                        help="training crop side, a multiple of 32 (default: the split's median longer side "
                             "rounded up to 32, at most 512)")
     train.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32],
                        help="class map stride: lower gives finer maps, costs time (default 16)")
-    train.add_argument("--epochs", type=int, default=_TRAIN_DEFAULTS.epochs,
+    train.add_argument("--epochs", type=_positive_int, default=_TRAIN_DEFAULTS.epochs,
                        help=f"most epochs; the poly schedule spans them (default {_TRAIN_DEFAULTS.epochs})")
     train.add_argument("--patience", type=_patience, default=_TRAIN_DEFAULTS.patience,
                        help="stop when val mAP has not improved for this many epochs, or 'none' "
                             f"(default {_TRAIN_DEFAULTS.patience}); model.pt always keeps the best epoch")
-    train.add_argument("--batch-size", type=int, default=_TRAIN_DEFAULTS.batch_size)
-    train.add_argument("--lr", type=float, default=_TRAIN_DEFAULTS.lr,
+    train.add_argument("--batch-size", type=_positive_int, default=_TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--lr", type=_positive, default=_TRAIN_DEFAULTS.lr,
                        help=f"backbone learning rate (default {_TRAIN_DEFAULTS.lr:g})")
-    train.add_argument("--head-lr-scale", type=float, default=_TRAIN_DEFAULTS.head_lr_scale,
+    train.add_argument("--head-lr-scale", type=_positive, default=_TRAIN_DEFAULTS.head_lr_scale,
                        help=f"the new classifier head's learning rate is this times --lr "
                             f"(default {_TRAIN_DEFAULTS.head_lr_scale:g})")
-    train.add_argument("--weight-decay", type=float, default=_TRAIN_DEFAULTS.weight_decay)
+    train.add_argument("--weight-decay", type=_non_negative, default=_TRAIN_DEFAULTS.weight_decay)
     train.add_argument("--scale-range", type=_scale_range, default=_TRAIN_DEFAULTS.scale_range, metavar="LOW,HIGH",
                        help="random rescale of the image around --image-size (default "
                             f"{','.join(f'{v:g}' for v in _TRAIN_DEFAULTS.scale_range)})")
-    train.add_argument("--jitter", type=float, default=_TRAIN_DEFAULTS.jitter,
+    train.add_argument("--jitter", type=_non_negative, default=_TRAIN_DEFAULTS.jitter,
                        help=f"colour jitter strength, 0 to turn it off (default {_TRAIN_DEFAULTS.jitter:g})")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--workers", type=int, default=0, help="data loader processes (default 0: in-process)")
+    train.add_argument("--seed", type=_seed, default=0)
+    train.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                       help="data-loading processes per training process (default auto: 0 on a CPU, where the "
+                            "training process uses every core; on CUDA min(8, CPU cores per process - 1), with "
+                            "pinned memory and workers kept between epochs)")
+    train.add_argument("--precision", default=_TRAIN_DEFAULTS.precision, choices=["auto", "bf16", "fp16", "fp32"],
+                       help="training forward pass (default auto: bf16 autocast on a CUDA GPU that has it, fp16 "
+                            "with a gradient scaler on older GPUs, fp32 on a CPU); maps and segmentation are "
+                            "always fp32")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
-    train.add_argument("--stop-after", type=int, metavar="EPOCH",
+    train.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                        help="stop after this epoch (for time-limited jobs; continue later with --resume)")
     train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
 
@@ -310,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_method(segment)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
     _add_label_args(segment)
-    segment.add_argument("--threshold", type=float, default=None,
+    segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
     segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
     _add_max_side(segment)
@@ -319,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train pipeline A's mi-SVM on zoom-out superpixel features (image labels only)")
     _add_model_args(misvm)
     _add_dataset_args(misvm, split_default="train")
-    misvm.add_argument("--seed", type=int, default=0)
+    misvm.add_argument("--seed", type=_seed, default=0)
 
     tune = command("tune-background", _cmd_tune_background,
                    "choose a method's background threshold on a labelled split (an oracle choice)")

@@ -27,6 +27,7 @@ class ProcessGroup:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1  # processes on this machine (they share its CPU cores and GPUs)
 
     @property
     def is_main(self) -> bool:
@@ -83,12 +84,49 @@ class ProcessGroup:
                              "this rank's finished outputs are complete and a rerun resumes")
 
 
-def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
-    if requested and requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def rank_device(requested: str | None, local_rank: int = 0, local_world_size: int = 1,
+                cuda_count: int = 0) -> torch.device:
+    """The device of the process with ``local_rank`` among ``local_world_size`` on its machine.
+
+    ``auto`` (or None) and a bare ``cuda`` give each rank a GPU of its own, ``cuda:LOCAL_RANK``
+    (torchrun numbers the processes of a machine 0..n-1), so that n processes never pile onto
+    cuda:0; ``auto`` without a GPU is the CPU. An explicit ``cuda:N`` is one GPU for one process:
+    under torchrun with several processes per machine it is refused. A pure function of its
+    arguments, so the policy is tested without a GPU.
+    """
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        if cuda_count == 0:
+            return torch.device("cpu")
+        name = "cuda"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise WssegError(f"--device {requested!r}: not a device (auto, cpu, cuda or cuda:N)") from None
+    if device.type != "cuda":
+        return device
+    if cuda_count == 0:
+        raise WssegError(f"--device {requested}: no CUDA device is available here (torch {torch.__version__}); "
+                         "use --device cpu or auto")
+    if local_world_size > cuda_count:
+        raise WssegError(f"{local_world_size} processes on this machine but {cuda_count} GPU(s): give torchrun "
+                         f"--nproc_per_node {cuda_count} or less (one GPU per process)")
+    if device.index is None:
+        if local_rank >= cuda_count:
+            raise WssegError(f"LOCAL_RANK {local_rank} but {cuda_count} GPU(s) visible to this process")
+        return torch.device("cuda", local_rank)
+    if local_world_size > 1:
+        raise WssegError(f"--device {requested}: every one of the {local_world_size} processes would use that one "
+                         "GPU; give --device cuda (or auto) and each process takes cuda:LOCAL_RANK")
+    if device.index >= cuda_count:
+        raise WssegError(f"--device {requested}: there are only {cuda_count} GPU(s) (cuda:0..cuda:{cuda_count - 1})")
+    return device
+
+
+def pick_device(requested: str | None = None, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """:func:`rank_device` with this machine's GPU count."""
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return rank_device(requested, local_rank, local_world_size, cuda_count)
 
 
 @contextlib.contextmanager
@@ -97,7 +135,8 @@ def process_group(device: str | None = None) -> Iterator[ProcessGroup]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = pick_device(device, local_rank)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if world_size > 1 else 1
+    chosen = pick_device(device, local_rank, local_world_size)
     if world_size <= 1:
         yield ProcessGroup(device=chosen)
         return
@@ -106,6 +145,6 @@ def process_group(device: str | None = None) -> Iterator[ProcessGroup]:
     backend = "nccl" if chosen.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     try:
-        yield ProcessGroup(rank, world_size, local_rank, chosen)
+        yield ProcessGroup(rank, world_size, local_rank, chosen, local_world_size)
     finally:
         dist.destroy_process_group()

@@ -14,12 +14,20 @@ from typing import IO, Any
 from wsseg.errors import WssegError
 
 
+# the temporaries of atomic_write are named .<name>.<random>.wsseg.tmp: the cleanup of a killed
+# run removes those and nothing else
+TEMPORARY_SUFFIX = ".wsseg.tmp"
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent)
+    except OSError as exc:
+        raise _about(exc, target) from None
     try:
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode) as handle:
@@ -27,10 +35,17 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp_name):
+            raise _about(exc, target) from None  # a full disk, or a folder where the file should go
         raise
+
+
+def _about(error: OSError, target: Path) -> OSError:
+    """The error as the user should see it: about the file they asked for, not our temporary one."""
+    return OSError(error.errno, error.strerror or str(error), str(target))
 
 
 def current_umask() -> int:
@@ -52,7 +67,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     if not folder.is_dir():
         return 0
     removed = 0
-    for path in folder.glob(".*.tmp"):
+    for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):  # ours only: a user's .x.tmp is left alone
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed += 1

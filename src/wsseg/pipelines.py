@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from scipy import sparse
 
 from wsseg.data.images import voc_palette
 from wsseg.data.transforms import batch_tensor
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
-from wsseg.fusion.crf import dense_crf
+from wsseg.fusion.crf import PSA, CRFParams, dense_crf
 from wsseg.fusion.ilp import solve_labels
 from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, MiSVM
 from wsseg.fusion.objectness import border_contrast
@@ -36,11 +37,17 @@ from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpi
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.models.classifier import FCNClassifier
+from wsseg.models.run import RunConfig
 from wsseg.registry import SEGMENT_METHODS, method_info
 
 # saturating maps need thresholds close to 1; a CRF moves slowly with the threshold, so a coarse grid
 THRESHOLD_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.95, 19)) + (0.97, 0.98, 0.99, 0.995)
 CRF_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.85, 9))
+# the fusion defaults, chosen on the train splits of both synthetic benchmarks (docs/method.md 3.1)
+DEFAULT_CRF = PSA
+PIPELINE_A_MISVM_WEIGHT = 0.25  # the smallest tried above 0: without the mi-SVM (0) scored 1.6 points higher
+PIPELINE_B_OBJECTNESS_WEIGHT = 1.0
+PIPELINE_B_CAM_WEIGHT = 0.5
 
 
 @contextlib.contextmanager
@@ -79,15 +86,26 @@ class Segmenter:
         """The map methods whose normalised maps :meth:`fuse` reads."""
         raise NotImplementedError
 
-    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+    def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> object:
+        """What :meth:`fuse` needs from the image and features alone (superpixels, objectness, the
+        mi-SVM's probabilities), never from the maps, threshold or weights: segmenters that differ
+        only in those share it (a threshold or weight search prepares each image once)."""
+        return None
+
+    def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
         """The label map of an image with at least one class; stage times added to ``timings``."""
         raise NotImplementedError
 
-    def __call__(self, inputs: SegmentInput, timings: dict[str, float] | None = None) -> np.ndarray:
-        """H x W label map; all background when the image has no class to segment."""
+    def __call__(self, inputs: SegmentInput, timings: dict[str, float] | None = None,
+                 prepared: object = None) -> np.ndarray:
+        """H x W label map; all background when the image has no class to segment. ``prepared``:
+        :meth:`prepare`'s result for this image, when already computed."""
         if not inputs.labels:
             return np.zeros(inputs.image.shape[:2], np.uint8)
-        return self.fuse(inputs, timings if timings is not None else {})
+        timings = timings if timings is not None else {}
+        if prepared is None:
+            prepared = self.prepare(inputs, timings)
+        return self.fuse(inputs, prepared, timings)
 
 
 def _to_labels(labels: Sequence[int], choice: np.ndarray) -> np.ndarray:
@@ -105,7 +123,7 @@ class Thresholded(Segmenter):
     def maps(self) -> tuple[MapMethod, ...]:
         return (self.method,)
 
-    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+    def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "threshold"):
             return labels_from_maps(inputs.maps[self.method], inputs.labels, self.threshold)
 
@@ -114,46 +132,75 @@ class Thresholded(Segmenter):
 class DenseCRF(Thresholded):
     """One method's maps as soft unaries (psa's background rule) of the fully-connected CRF."""
 
+    crf: CRFParams = DEFAULT_CRF
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
 
-    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+    def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "crf"):
-            refined = dense_crf(inputs.image, soft_probabilities(inputs.maps[self.method], self.threshold))
+            refined = dense_crf(inputs.image, soft_probabilities(inputs.maps[self.method], self.threshold), self.crf)
         return _to_labels(inputs.labels, np.argmax(refined, axis=0))
+
+
+@dataclass(frozen=True)
+class _SuperpixelsB:
+    superpixels: np.ndarray  # H x W ids
+    objectness: np.ndarray  # H x W in [0, 1]
+    areas: np.ndarray  # [P]
 
 
 @dataclass(frozen=True, eq=False)
 class PipelineB(Segmenter):
-    """CAM enhanced by objectness, averaged with the DCSM saliency, decided per superpixel by an ILP."""
+    """CAM enhanced by objectness, averaged with the DCSM saliency, decided per superpixel by an ILP.
+
+    ``objectness_weight``: how much objectness may dim CAM (CAM x (1 - w + w objectness));
+    ``cam_weight``: CAM's share of the average with DCSM.
+    """
 
     cam: CAM = CAM()
     dcsm: DCSM = DCSM()
+    objectness_weight: float = PIPELINE_B_OBJECTNESS_WEIGHT
+    cam_weight: float = PIPELINE_B_CAM_WEIGHT
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
 
     @property
     def maps(self) -> tuple[MapMethod, ...]:
         return (self.cam, self.dcsm)
 
-    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+    def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> _SuperpixelsB:
         with timed(timings, "superpixels"):
             superpixels = slic_superpixels(inputs.image)
-            objectness = border_contrast(inputs.image, superpixels)
+            return _SuperpixelsB(superpixels, border_contrast(inputs.image, superpixels),
+                                 superpixel_areas(superpixels))
+
+    def fuse(self, inputs: SegmentInput, prepared: _SuperpixelsB, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "ilp"):
-            enhanced = inputs.maps[self.cam] * (0.5 + 0.5 * objectness)[None]
+            dimming = 1.0 - self.objectness_weight + self.objectness_weight * prepared.objectness
+            enhanced = inputs.maps[self.cam] * dimming[None]
             enhanced = enhanced / np.maximum(enhanced.reshape(len(enhanced), -1).max(axis=1), 1e-12)[:, None, None]
-            combined = 0.5 * enhanced + 0.5 * inputs.maps[self.dcsm]
-            choice = solve_labels(superpixel_means(combined, superpixels), superpixel_areas(superpixels),
-                                  self.threshold)
-        return _to_labels(inputs.labels, choice)[superpixels]
+            combined = self.cam_weight * enhanced + (1.0 - self.cam_weight) * inputs.maps[self.dcsm]
+            choice = solve_labels(superpixel_means(combined, prepared.superpixels), prepared.areas, self.threshold)
+        return _to_labels(inputs.labels, choice)[prepared.superpixels]
+
+
+@dataclass(frozen=True)
+class _SuperpixelsA:
+    superpixels: np.ndarray  # H x W ids
+    probabilities: np.ndarray  # [P, K] the mi-SVM's, for the image's classes
+    contrast: sparse.csr_matrix  # [P, P] the superpixel CRF's pairwise weights
 
 
 @dataclass(frozen=True, eq=False)
 class PipelineA(Segmenter):
     """DCSM per superpixel weighted by the mi-SVM's class probabilities on zoom-out features,
-    refined by a CRF over the superpixel graph."""
+    refined by a CRF over the superpixel graph.
+
+    ``misvm_weight``: how much the mi-SVM may dim a superpixel's saliency (DCSM x (1 - w + w p)):
+    like pipeline B's objectness, it can lower saliency, never create it.
+    """
 
     misvm: MiSVM
     dcsm: DCSM = DCSM()
+    misvm_weight: float = PIPELINE_A_MISVM_WEIGHT
     needs_features: ClassVar[bool] = True
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
 
@@ -161,25 +208,31 @@ class PipelineA(Segmenter):
     def maps(self) -> tuple[MapMethod, ...]:
         return (self.dcsm,)
 
-    def fuse(self, inputs: SegmentInput, timings: dict[str, float]) -> np.ndarray:
+    def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> _SuperpixelsA:
+        if inputs.features is None:
+            raise ValueError("pipeline-a needs the image's zoom-out source features (SegmentInput.features)")
         with timed(timings, "superpixels"):
             superpixels = slic_superpixels(inputs.image, PIXELS_PER_SUPERPIXEL)
             descriptors = zoomout(inputs.features, superpixels)
+            contrast = contrast_weights(inputs.image, superpixels)
         with timed(timings, "svm"):
             probabilities = self.misvm.probabilities(descriptors)[:, [label - 1 for label in inputs.labels]]  # [P, K]
+        return _SuperpixelsA(superpixels, probabilities, contrast)
+
+    def fuse(self, inputs: SegmentInput, prepared: _SuperpixelsA, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "superpixel crf"):
-            # as pipeline B's objectness: the mi-SVM can halve a superpixel's saliency, never create it
-            unified = superpixel_means(inputs.maps[self.dcsm], superpixels) * (0.5 + 0.5 * probabilities)
+            dimming = 1.0 - self.misvm_weight + self.misvm_weight * prepared.probabilities
+            unified = superpixel_means(inputs.maps[self.dcsm], prepared.superpixels) * dimming
             unary = soft_probabilities(unified.T[:, :, None], self.threshold)[:, :, 0].T  # [P, K + 1]
-            refined = mean_field(unary, contrast_weights(inputs.image, superpixels))
-        return _to_labels(inputs.labels, np.argmax(refined, axis=1))[superpixels]
+            refined = mean_field(unary, prepared.contrast)
+        return _to_labels(inputs.labels, np.argmax(refined, axis=1))[prepared.superpixels]
 
 
 def _misvm(run: Path | None) -> MiSVM:
     if run is None:
         raise WssegError("pipeline-a needs a trained mi-SVM: build it from a run folder (build_segmenter(name, run))"
                          " after `wsseg train-misvm --run RUN --data ROOT`")
-    return MiSVM.load(run / MISVM_FILE)
+    return MiSVM.load(run / MISVM_FILE, RunConfig.load(run).classes)
 
 
 Scales = tuple[float, ...] | None

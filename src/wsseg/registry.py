@@ -26,17 +26,18 @@ class MethodInfo:
 
 
 SEGMENT_METHODS: dict[str, MethodInfo] = {info.name: info for info in (
-    MethodInfo("cam", "class activation maps, background below 0.15 (IRN's threshold)", 0.15),
-    MethodInfo("cam-crf", "CAM as soft unaries of the dense CRF", 0.15),
-    MethodInfo("gradcam", "Grad-CAM baseline", 0.15),
-    MethodInfo("gradient", "input-gradient saliency baseline (Simonyan et al.)", 0.15),
-    MethodInfo("guided", "guided back-propagation saliency baseline", 0.15),
-    MethodInfo("dcsm", "distinct class-specific saliency maps, background below half their range", 0.5),
-    MethodInfo("dcsm-crf", "DCSM as unary potentials of the dense CRF (the ECCV paper)", 0.5),
+    # thresholds chosen on the train splits of both synthetic benchmarks (docs/method.md, 3.1)
+    MethodInfo("cam", "class activation maps, background below 0.55 of each map's maximum", 0.55),
+    MethodInfo("cam-crf", "CAM as soft unaries of the dense CRF", 0.55),
+    MethodInfo("gradcam", "Grad-CAM baseline", 0.55),
+    MethodInfo("gradient", "input-gradient saliency baseline (Simonyan et al.)", 0.05),
+    MethodInfo("guided", "guided back-propagation saliency baseline", 0.05),
+    MethodInfo("dcsm", "distinct class-specific saliency maps, background below 0.75 of their range", 0.75),
+    MethodInfo("dcsm-crf", "DCSM as unary potentials of the dense CRF (the ECCV paper)", 0.65),
     MethodInfo("pipeline-a", "DCSM weighted by a mi-SVM on zoom-out superpixel features, refined by a superpixel "
-                             "CRF (the poster's A)", 0.5),
+                             "CRF (the poster's A)", 0.75),
     MethodInfo("pipeline-b", "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)",
-               0.5),
+               0.55),
 )}
 
 

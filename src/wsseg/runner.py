@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsseg.data.images import DEFAULT_MAX_SIDE
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
@@ -180,9 +180,11 @@ class SplitSource:
     split: str = "val"
     masks: str = "SegmentationClass"
     max_side: int = DEFAULT_MAX_SIDE
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
 
     def dataset(self) -> VOCDataset:
-        return VOCDataset(self.data, self.split, masks=self.masks, max_side=self.max_side)
+        return VOCDataset(self.data, self.split, masks=self.masks, max_side=self.max_side,
+                          max_file_size=self.max_file_size)
 
 
 @dataclass(frozen=True)

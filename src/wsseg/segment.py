@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from wsseg.data.images import DEFAULT_MAX_SIDE, read_image, write_label_png
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, write_label_png
 from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import pick_device, process_group
@@ -197,11 +197,11 @@ class OneImage:
 
 def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
                        options: SegmentOptions = SegmentOptions(), max_side: int = DEFAULT_MAX_SIDE,
-                       device: str = "auto") -> OneImage:
+                       device: str = "auto", max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> OneImage:
     """``wsseg segment --image``: one image with the classes the classifier predicts, written as a
     label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``."""
     model, config = load_run(run, map_location=pick_device(device))
-    image = read_image(image_path, max_side)
+    image = read_image(image_path, max_side, max_file_size)
     classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
                              options.label_threshold)
     threshold = choose_threshold(run, options.method, options.threshold)
@@ -228,10 +228,11 @@ class Scores:
 
 def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", masks: str = "SegmentationClass",
                         max_side: int = DEFAULT_MAX_SIDE, skip_bad: bool = False, progress: bool = True,
-                        json_path: str | Path | None = None, extra: dict[str, Any] | None = None) -> Scores | None:
+                        json_path: str | Path | None = None, extra: dict[str, Any] | None = None,
+                        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> Scores | None:
     """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
-    dataset = VOCDataset(data, split, masks=masks, max_side=max_side)
+    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
     with process_group("cpu") as group:
         with group.together():
             result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,

@@ -9,7 +9,6 @@ continues exactly as an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,60 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsseg.data.images import read_image_size
-from wsseg.data.transforms import colour_jitter, random_scale_crop_flip, resize_longer_side, to_tensor
-from wsseg.data.voc import VOCDataset, labels_to_vector
+from wsseg.data.loading import EpochShards, LabelledImages, auto_workers, cpus_per_rank, loader_settings
+from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import remove_stale_temporaries, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
-from wsseg.models.run import RunConfig, read_checkpoint, save_checkpoint
+from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
-
-
-class LabelledImages(Dataset):
-    """(image tensor, multi-hot labels, error text) for some images of a split.
-
-    ``indices`` point into ``dataset.ids``; augmentation is seeded by (seed, epoch, that index),
-    so sharding across processes never changes what an image looks like. Errors travel as text
-    so that a bad file read in a loader worker becomes one clear message in the main process.
-    Without augmentation an image is scaled to ``image_size`` on its longer side and not padded,
-    so images of different shapes come out in different sizes (see ``collate_as_list``).
-    """
-
-    def __init__(self, dataset: VOCDataset, indices: list[int], image_size: int, seed: int = 0,
-                 augment: bool = False, epoch: int = 0, scale_range: tuple[float, float] = (0.7, 1.3),
-                 jitter: float = 0.0) -> None:
-        self.dataset = dataset
-        self.indices = indices
-        self.image_size = image_size
-        self.seed = seed
-        self.augment = augment
-        self.epoch = epoch
-        self.scale_range = scale_range
-        self.jitter = jitter
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int):
-        split_index = self.indices[position]
-        image_id = self.dataset.ids[split_index]
-        try:
-            rgb = self.dataset.load_image(image_id)
-            labels = self.dataset.load_labels(image_id)
-        except DataError as exc:
-            return torch.zeros(3, self.image_size, self.image_size), torch.zeros(self.dataset.num_classes), str(exc)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, split_index])
-            rgb = random_scale_crop_flip(rgb, self.image_size, rng, self.scale_range)
-            rgb = colour_jitter(rgb, rng, self.jitter)
-        else:
-            rgb = resize_longer_side(rgb, self.image_size)
-        return to_tensor(rgb), torch.from_numpy(labels_to_vector(labels, self.dataset.num_classes)), ""
 
 
 def collate_as_list(items: list) -> list:
@@ -122,8 +79,9 @@ def predict_scores(model: FCNClassifier, dataset: VOCDataset, image_size: int, b
     one shape share a forward pass, so no padding ever enters the global pooling."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(LabelledImages(dataset, list(range(len(dataset))), image_size),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate_as_list)
+    device = torch.device(device)
+    loader = DataLoader(LabelledImages(dataset, image_size), batch_size=batch_size, num_workers=workers,
+                        pin_memory=device.type == "cuda", collate_fn=collate_as_list)
     scores, targets, skipped = [], [], 0
     try:
         for items in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
@@ -131,7 +89,7 @@ def predict_scores(model: FCNClassifier, dataset: VOCDataset, image_size: int, b
                 images, labels, bad = _drop_bad(_stack(run), skip_bad)
                 skipped += bad
                 if len(images):
-                    scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
+                    scores.append(torch.sigmoid(model(images.to(device, non_blocking=True))).cpu().numpy())
                     targets.append(labels.numpy())
     finally:
         model.train(was_training)
@@ -175,16 +133,33 @@ def _check_options(options: TrainOptions) -> None:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
     if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
         raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.image_size is not None and options.image_size > MAX_IMAGE_SIZE:
+        raise WssegError(f"--image-size {options.image_size}: at most {MAX_IMAGE_SIZE} (a batch of 16 crops of "
+                         f"{MAX_IMAGE_SIZE} px already needs tens of GB; IRN trains VOC at 512)")
+    for name in ("lr", "head_lr_scale", "weight_decay", "lse_r", "jitter"):
+        if not math.isfinite(getattr(options, name)):
+            raise WssegError(f"--{name.replace('_', '-')} must be a finite number")
     if options.lr <= 0 or options.head_lr_scale <= 0:
         raise WssegError("--lr and --head-lr-scale must be positive")
+    if options.weight_decay < 0:
+        raise WssegError("--weight-decay must not be negative")
+    if not 0 <= options.seed < 2 ** 32:
+        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
+    if options.stop_after is not None and options.stop_after < 1:
+        raise WssegError(f"--stop-after {options.stop_after}: must be at least 1")
     if options.patience is not None and options.patience < 1:
         raise WssegError("--patience must be at least 1 (or 'none')")
     low, high = options.scale_range
     if not 0 < low <= high:
         raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
+    if options.precision not in PRECISIONS:
+        raise WssegError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 
+
+# the largest --image-size accepted: beyond it one batch would not fit in memory
+MAX_IMAGE_SIZE = 1024
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
@@ -217,7 +192,7 @@ def train(options: TrainOptions) -> list[dict]:
     with process_group(options.device) as group:
         session = _setup(options, group)
         if session is None:
-            return _read_history(Path(options.out))
+            return read_history(Path(options.out))
         return _fit(session, group)
 
 
@@ -234,15 +209,15 @@ class _Session:
     base_lrs: list[float]
     history: list[dict]  # one record per finished epoch: the next epoch is len(history)
     steps_per_epoch: int
+    sampler: EpochShards  # this rank's share of each epoch; the loader's workers outlive epochs
+    loader: DataLoader
+    workers: int
+    autocast_dtype: torch.dtype | None  # mixed precision of the training forward pass (None: float32)
+    scaler: torch.amp.GradScaler  # enabled for float16 only
 
     @property
     def out(self) -> Path:
         return Path(self.options.out)
-
-
-def _read_history(out: Path) -> list[dict]:
-    path = out / "history.json"
-    return json.loads(path.read_text()) if path.exists() else []
 
 
 def stopped_early(history: list[dict], patience: int | None) -> bool:
@@ -258,13 +233,14 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     """Datasets, model, optimiser and, with ``--resume``, the state of the last finished epoch;
     None when the run being resumed has nothing left to do (finished or stopped early)."""
     out = Path(options.out)
-    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side)
+    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                           max_file_size=options.max_file_size)
     if len(train_set) == 0:
         raise WssegError(f"{options.data}: split {options.split!r} is empty")
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
-                             max_side=options.max_side)
+                             max_side=options.max_side, max_file_size=options.max_file_size)
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
@@ -276,7 +252,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         if changed:
             raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                              "differ); use another --out for a new run")
-        history = _read_history(out)[:int(resume_state["epoch"]) + 1]
+        history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
             if group.is_main:
@@ -296,9 +272,13 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     optimizer = _optimizer(model, options.lr, options.weight_decay, options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            model.load_state_dict(resume_state["model"])
+            if "optimizer" in resume_state:
+                optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise WssegError(f"{out}: the checkpoint to resume does not fit this run's model "
+                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
     # channels-last: CPU convolutions (depthwise ones above all) run markedly faster so
     model.to(group.device, memory_format=torch.channels_last)
     net: torch.nn.Module = model
@@ -308,9 +288,67 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out)
-    per_rank = math.ceil(len(train_set) / group.world_size)
+    sampler = EpochShards(len(train_set), options.seed, group.rank, group.world_size)
+    workers = resolve_workers(options.workers, group.device, group.local_world_size)
+    images = LabelledImages(train_set, options.image_size, options.seed, augment=True,
+                            scale_range=options.scale_range, jitter=options.jitter)
+    loader = DataLoader(images, batch_size=options.batch_size, sampler=sampler,
+                        **loader_settings(group.device, workers))
+    autocast_dtype = training_autocast(group.device, options.precision)
+    scaler = torch.amp.GradScaler(group.device.type, enabled=autocast_dtype == torch.float16)
+    if group.is_main and options.progress:
+        print(f"[train] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
+              f"{workers} loader worker(s) per process", flush=True)
     return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
-                    steps_per_epoch=math.ceil(per_rank / options.batch_size))
+                    steps_per_epoch=math.ceil(len(sampler) / options.batch_size), sampler=sampler, loader=loader,
+                    workers=workers, autocast_dtype=autocast_dtype, scaler=scaler)
+
+
+def resolve_workers(requested: int | None, device: torch.device, local_world_size: int = 1) -> int:
+    """``--workers``: the number given, or for ``auto`` (None) :func:`wsseg.data.loading.auto_workers`."""
+    if requested is not None:
+        if requested < 0:
+            raise WssegError(f"--workers {requested}: must be 0 or more (or auto)")
+        return requested
+    return auto_workers(device.type, cpus_per_rank(local_world_size))
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def training_autocast(device: torch.device, precision: str = "auto", bf16_supported: bool | None = None
+                      ) -> torch.dtype | None:
+    """The autocast dtype of the training forward pass, None for plain float32.
+
+    ``auto`` is bfloat16 on a GPU that has it natively (Ampere and later): float32's exponent
+    range, so no loss scaling and nothing to overflow, at half the memory traffic; fp16 with a
+    gradient scaler on older GPUs; float32 on a CPU, where autocast would make training slower
+    and no longer bit-reproducible. Maps and segmentation never autocast (docs/method.md)."""
+    if precision not in PRECISIONS:
+        raise WssegError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise WssegError(f"--precision {precision}: mixed precision is for CUDA devices; {device} trains in fp32")
+    if bf16_supported is None:
+        bf16_supported = _native_bf16(device)
+    if precision == "bf16" and not bf16_supported:
+        raise WssegError(f"--precision bf16: {device} has no native bfloat16; use fp16 or auto")
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch before 2.3 has no emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}[autocast_dtype]
 
 
 def _resume_checkpoint(out: Path) -> dict | None:
@@ -378,38 +416,65 @@ def best_record(history: list[dict]) -> dict:
 def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
     """One pass over this rank's share of the shuffled split; returns the epoch's record."""
     options = session.options
-    n = len(session.train_set)
-    per_rank = math.ceil(n / group.world_size)
     torch.manual_seed(options.seed * 100003 + epoch)
-    order = np.random.default_rng([options.seed, epoch]).permutation(n)
-    order = np.concatenate([order, order[: per_rank * group.world_size - n]])  # equal shards
-    mine = [int(i) for i in order[group.rank::group.world_size]]
-    images = LabelledImages(session.train_set, mine, options.image_size, options.seed, augment=True, epoch=epoch,
-                            scale_range=options.scale_range, jitter=options.jitter)
-    loader = DataLoader(images, batch_size=options.batch_size, shuffle=False, num_workers=options.workers)
+    session.sampler.set_epoch(epoch)
     session.net.train()
     started = time.perf_counter()
-    losses, seen, skipped = [], 0, 0
+    losses: list[torch.Tensor] = []
+    seen, skipped, first_step_seconds = 0, 0, 0.0
+    waits: list[float] = []
     total_steps = session.steps_per_epoch * options.epochs
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
+    device = group.device
+    bar = tqdm(session.loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
                disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(_timed_batches(bar, waits)):
         inputs, targets, bad = _drop_bad(batch, options.skip_bad)
         skipped += bad
         _poly(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
         if len(inputs) == 0:
             continue
-        logits = session.net(inputs.to(group.device).contiguous(memory_format=torch.channels_last))
-        loss = F.binary_cross_entropy_with_logits(logits, targets.to(group.device))
+        inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
+            logits = session.net(inputs)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(device, non_blocking=True))
+        if not torch.isfinite(loss):  # nothing after this would be worth keeping
+            raise WssegError(f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                             f"lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
         session.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        session.optimizer.step()
-        losses.append(float(loss.detach()))
+        session.scaler.scale(loss).backward()
+        session.scaler.step(session.optimizer)
+        session.scaler.update()
+        losses.append(loss.detach())
         seen += len(inputs)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if not first_step_seconds:  # worker start-up, first batch, allocations: the warm-up
+            _synchronize(device)
+            first_step_seconds = time.perf_counter() - started
+        if step % 10 == 0:  # reading the loss waits for the GPU: not at every step
+            bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
+    mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
     seconds = time.perf_counter() - started
-    return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped}
+    return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
+            "seconds": seconds, "skipped": skipped, "precision": precision_name(session.autocast_dtype),
+            "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(waits))}
+
+
+def _timed_batches(batches, waits: list[float]):
+    """The batches of a loader, appending to ``waits`` how long each took to arrive: time the
+    training step spent waiting for data (too many seconds here: raise --workers)."""
+    iterator = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        waits.append(time.perf_counter() - asked)
+        yield batch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
@@ -419,10 +484,13 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
     was written after it is simply written again, with the same bytes."""
     options, out = session.options, session.out
     if session.val_set is not None:
+        validation_started = time.perf_counter()
         scores, targets, val_skipped = predict_scores(session.model, session.val_set, options.image_size,
-                                                      device=group.device, skip_bad=options.skip_bad)
+                                                      device=group.device, workers=session.workers,
+                                                      skip_bad=options.skip_bad)
         metrics = classification_metrics(scores, targets)
-        record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped)
+        record.update(val_map=metrics["map"], val_f1=metrics["f1"], val_skipped=val_skipped,
+                      val_seconds=time.perf_counter() - validation_started)
         earlier = [r["val_map"] for r in session.history if r.get("val_map") is not None]
         is_best = not earlier or metrics["map"] > max(earlier)
     else:
@@ -441,4 +509,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
         summary += f", val mAP {record['val_map']:.3f}, F1 {record['val_f1']:.3f}" + (" (best)" if is_best else "")
     summary += f" ({record['images_per_second']:.1f} img/s"
     summary += f", {record['skipped']} bad images skipped)" if record["skipped"] else ")"
+    waiting = record["loader_wait_seconds"] / max(record["seconds"], 1e-9)
+    if waiting > 0.2:
+        summary += f"; {100 * waiting:.0f}% of the epoch waiting for data (--workers {session.workers}: raise it)"
     print(summary, flush=True)

@@ -7,6 +7,7 @@ mi-SVM (:mod:`wsseg.fusion.misvm`) is trained on all of them and saved in the ru
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def train_misvm_on_split(model: FCNClassifier, dataset: VOCDataset, run: str | P
     svm = train_misvm(np.concatenate(descriptors), bags, bag_labels, dataset.num_classes,
                       seed=seed, progress=progress, seeds=np.concatenate(seeds))
     path = Path(run) / MISVM_FILE
-    svm.save(path)
+    dataclasses.replace(svm, classes=dataset.classes.foreground).save(path)  # pipeline A checks them on load
     return MiSVMReport(len(bag_labels), int(sum(len(d) for d in descriptors)), counts.skipped_bad, path)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wsseg.data.images import DEFAULT_MAX_SIDE
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 
 
 @dataclass
@@ -37,10 +37,13 @@ class TrainOptions:
     jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation factors 1 +- jitter)
     patience: int | None = 8  # stop when val mAP has not improved for this many epochs (None: never)
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # loader processes; None (auto): 0 on a CPU, min(8, cores per rank - 1) on CUDA
+    # the training forward pass: auto = bf16 on a CUDA GPU that has it, else fp16; fp32 on a CPU
+    precision: str = "auto"
     resume: bool = False
     stop_after: int | None = None  # finish this run after that epoch; the schedule still spans `epochs`
     skip_bad: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE  # longer image sides beyond this are refused unread
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
     device: str | None = None
     progress: bool = True

@@ -40,8 +40,9 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
 
     def finish(item: ImageItem, inputs: SegmentInput) -> None:
         truth = dataset.load_mask(item.id)
+        prepared = segmenter.prepare(inputs, timings) if inputs.labels else None  # shared by the thresholds
         for matrix, candidate in zip(matrices, candidates):
-            matrix.update(candidate(inputs, timings), truth)
+            matrix.update(candidate(inputs, timings, prepared), truth)
 
     run_split(dataset, compute, finish, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc="tune")
     return [{"threshold": t, "miou": m.miou()} for t, m in zip(grid, matrices)]
@@ -74,6 +75,15 @@ def load_choices(run: str | Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: unreadable ({exc})") from None
+        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    if not isinstance(stored, dict):
+        raise WssegError(f"{path}: must map method names to tuned thresholds; delete it or tune again")
+    for method, choice in stored.items():
+        threshold = choice.get("threshold") if isinstance(choice, dict) else None
+        if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold < 1
+                and isinstance(choice.get("split"), str)):
+            raise WssegError(f"{path}: the entry of {method[:40]!r} is damaged (needs a threshold in (0, 1) and "
+                             "a split); delete it or tune again")
+    return stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,9 @@ def read_class_file(path: str | Path) -> ClassList:
     """Read ``classes.txt``: one foreground class per line; a leading 'background' line is allowed."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first class's name
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(path, f"cannot read class list ({exc.__class__.__name__}: {exc})") from None
+        raise DataError(path, f"cannot read class list ({exc.__class__.__name__})") from None
     names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if names and names[0].lower() in (BACKGROUND, "__background__"):
         names = names[1:]
@@ -69,7 +70,7 @@ def read_class_file(path: str | Path) -> ClassList:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise DataError(path, f"class {name!r} is listed twice")
+            raise DataError(path, f"class {name[:40]!r} is listed twice")
         if name.lower() == BACKGROUND:
             raise DataError(path, "'background' may only be the first line (it is always index 0)")
         seen.add(name)
@@ -79,9 +80,15 @@ def read_class_file(path: str | Path) -> ClassList:
 
 
 def load_class_list(root: str | Path) -> ClassList:
-    """``ROOT/classes.txt`` when present, else the 20 PASCAL VOC classes."""
+    """``ROOT/classes.txt`` when present, else the 20 PASCAL VOC classes. A classes.txt whose
+    real location (after symlinks) is outside the root is refused, as images are."""
     path = Path(root) / "classes.txt"
-    return read_class_file(path) if path.exists() else VOC_CLASS_LIST
+    if not path.exists():
+        return VOC_CLASS_LIST
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise DataError(path, "leads outside the dataset root (symlink?); refused")
+    return read_class_file(path)
 
 
 def write_class_file(path: str | Path, classes: ClassList) -> None:

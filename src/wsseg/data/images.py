@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import os
 import warnings
 from pathlib import Path
 
@@ -38,25 +38,39 @@ _VOC_PALETTE = voc_palette()
 DEFAULT_MAX_SIDE = 8192
 
 
-def _open(path: Path, what: str, max_side: int | None = None) -> Image.Image:
+# Largest image or mask file read by default (``--max-file-size``, MiB): VOC's JPEGs are ~100 KiB;
+# the bound stops a padded or runaway file from being read into memory at all.
+DEFAULT_MAX_FILE_SIZE = 512 * 2 ** 20
+
+
+def _open(path: Path, what: str, max_side: int | None = None,
+          max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> Image.Image:
+    """Open and decode an image file; its size on disk and its header are checked first, from
+    the open file, so a refused file is never read whole."""
     if not path.is_file():
         raise DataError(path, f"{what} file is missing")
-    if path.stat().st_size == 0:
-        raise DataError(path, f"{what} file is empty (0 bytes)")
     try:
-        data = path.read_bytes()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
-            if max_side is not None and max(image.size) > max_side:
-                raise DataError(path, f"{what} is {image.width}x{image.height}, larger than --max-side {max_side} "
-                                "(refused before decoding; raise --max-side to accept it)")
-            image.load()
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                raise DataError(path, f"{what} file is empty (0 bytes)")
+            if max_file_size is not None and size > max_file_size:
+                raise DataError(path, f"{what} file is {size / 2 ** 20:.0f} MiB, larger than --max-file-size "
+                                f"{max_file_size / 2 ** 20:.0f} MiB (refused unread; raise --max-file-size to accept it)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(handle)  # reads the header only: the size is known before decoding
+                if max_side is not None and max(image.size) > max_side:
+                    raise DataError(path, f"{what} is {image.width}x{image.height}, larger than --max-side "
+                                    f"{max_side} (refused before decoding; raise --max-side to accept it)")
+                image.load()
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         # Pillow's own pixel-count guard fires while reading the header, before --max-side is looked at
         raise DataError(path, f"{what} is too large to decode safely, refused before decoding ({exc})") from None
     except _DECODE_ERRORS as exc:
-        raise DataError(path, f"cannot decode {what} ({exc.__class__.__name__}: {exc})") from None
+        reason = f"{exc.__class__.__name__}: {exc}" if not isinstance(exc, UnidentifiedImageError) \
+            else "not an image format Pillow reads"
+        raise DataError(path, f"cannot decode {what} ({reason})") from None
     return image
 
 
@@ -87,13 +101,15 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
+def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE,
+               max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB, converting any colour mode.
 
-    Images whose longer side exceeds ``max_side`` are refused from their header, before decoding.
+    Files larger than ``max_file_size`` bytes are refused unread, images whose longer side
+    exceeds ``max_side`` from their header, before decoding.
     """
     path = Path(path)
-    image = _open(path, "image", max_side)
+    image = _open(path, "image", max_side, max_file_size)
     if image.width < 1 or image.height < 1:
         raise DataError(path, "image has no pixels")
     try:
@@ -102,13 +118,14 @@ def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE) -> np.
         raise DataError(path, f"cannot convert image to RGB ({exc})") from None
 
 
-def read_label_png(path: str | Path, num_classes: int, what: str = "mask") -> np.ndarray:
+def read_label_png(path: str | Path, num_classes: int, what: str = "mask",
+                   max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> np.ndarray:
     """Read a label map (palette or 8-bit index PNG; RGB in VOC colours) as H x W uint8.
 
     Values must be 0 (background), 1..num_classes, or 255 (void).
     """
     path = Path(path)
-    image = _open(path, what)
+    image = _open(path, what, max_file_size=max_file_size)
     if image.mode in ("P", "L"):
         labels = np.asarray(image, dtype=np.uint8)
     elif image.mode in ("I", "I;16", "I;16B", "I;16L"):

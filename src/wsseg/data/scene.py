@@ -87,10 +87,10 @@ def finish_scene(image: np.ndarray, owner: np.ndarray, object_labels: list[int]
 
 
 def annotation_xml(image_id: str, height: int, width: int, boxes: list[tuple[int, Box]],
-                   classes: ClassList) -> str:
+                   classes: ClassList, folder: str = "wsseg-synth") -> str:
     """A PASCAL VOC annotation: size, and one object (name, pose, truncated, difficult, bndbox) per box."""
     parts = [
-        "<annotation>\n\t<folder>wsseg-synth</folder>\n",
+        f"<annotation>\n\t<folder>{folder}</folder>\n",
         f"\t<filename>{image_id}.jpg</filename>\n",
         f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n",
         "\t<segmented>1</segmented>\n",

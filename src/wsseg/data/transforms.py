@@ -47,11 +47,21 @@ def colour_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) ->
     if strength <= 0:
         return rgb
     brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
-    image = rgb.astype(np.float32) * brightness
-    image = (image - image.mean()) * contrast + image.mean()
-    grey = image @ np.array([0.299, 0.587, 0.114], np.float32)
-    image = grey[..., None] + (image - grey[..., None]) * saturation
-    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+    # in place, in float64 (what float32 pixels times numpy's float64 factors give): the same
+    # bytes as the out-of-place formula, in half the time of a loader worker's busiest step
+    image = rgb.astype(np.float64)
+    image *= brightness
+    mean = image.mean()
+    image -= mean
+    image *= contrast
+    image += mean
+    grey = (image @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    image -= grey
+    image *= saturation
+    image += grey
+    np.round(image, out=image)
+    np.clip(image, 0, 255, out=image)
+    return image.astype(np.uint8)
 
 
 def resize_longer_side(rgb: np.ndarray, size: int) -> np.ndarray:

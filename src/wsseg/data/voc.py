@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.data.classes import VOID, ClassList, load_class_list
-from wsseg.data.images import DEFAULT_MAX_SIDE, read_image, read_label_png
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, read_label_png
 from wsseg.errors import DataError, WssegError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -35,30 +35,49 @@ class Sample:
     mask: np.ndarray | None  # H x W uint8: 0 background, 1..C classes, 255 void; None if absent
 
 
+def excerpt(text: str, limit: int = 40) -> str:
+    """A short, escaped quotation of untrusted text for an error message (never a file's contents)."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
 def check_id(image_id: str, where: str) -> str:
     """Refuse ids that could escape the dataset root (separators, '..', absolute paths)."""
     if not image_id or image_id in (".", "..") or ".." in image_id:
-        raise DataError(where, f"image id {image_id!r} is not allowed ('..' or empty)")
+        raise DataError(where, f"image id {excerpt(image_id)} is not allowed ('..' or empty)")
     if "/" in image_id or "\\" in image_id or os.sep in image_id or "\x00" in image_id:
-        raise DataError(where, f"image id {image_id!r} contains a path separator")
+        raise DataError(where, f"image id {excerpt(image_id)} contains a path separator")
     return image_id
 
 
+# VOC's ImageSets/Main files carry a second column: 1 (present), -1 (absent) or 0 (difficult)
+_MAIN_FLAGS = ("1", "-1", "0")
+
+
 def read_split_file(path: str | Path) -> list[str]:
-    """Ids listed in a split file, one per line (blank lines skipped), as strings."""
+    """Ids listed in a split file, one per line (blank lines skipped), as strings.
+
+    An id may not contain spaces (VOC's never do): a line with two fields is read as VOC's
+    ``ImageSets/Main`` format (id and a 1/-1/0 flag); any other line with spaces is refused, since
+    cutting it at the first space would silently name another image. A UTF-8 BOM is ignored.
+    """
     path = Path(path)
     if not path.is_file():
         raise WssegError(f"{path}: split file is missing")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: cannot read split file ({exc})") from None
+        raise WssegError(f"{path}: cannot read split file ({exc.__class__.__name__})") from None
     ids = []
-    for line in text.splitlines():
-        # VOC's ImageSets/Main files carry a second column (1/-1); the id is the first field.
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
-        if fields:
-            ids.append(check_id(fields[0], str(path)))
+        if not fields:
+            continue
+        if len(fields) == 2 and fields[1] in _MAIN_FLAGS:
+            fields = fields[:1]
+        if len(fields) != 1:
+            raise DataError(path, f"line {number}: {excerpt(line.strip())} is not one image id "
+                                  "(ids with spaces are not supported)")
+        ids.append(check_id(fields[0], f"{path}, line {number}"))
     if len(set(ids)) != len(ids):
         raise WssegError(f"{path}: split file lists some ids twice")
     return ids
@@ -75,9 +94,11 @@ class VOCDataset(Sequence[Sample]):
         classes: ClassList | None = None,
         ids: Sequence[str] | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
+        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
     ) -> None:
         self.root = Path(root)
         self.max_side = max_side
+        self.max_file_size = max_file_size
         if not self.root.is_dir():
             raise WssegError(f"{self.root}: dataset root is not a directory")
         self._real_root = os.path.realpath(self.root)
@@ -86,7 +107,8 @@ class VOCDataset(Sequence[Sample]):
         self.classes = classes if classes is not None else load_class_list(self.root)
         if ids is None:
             check_id(split, "--split")
-            ids = read_split_file(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
+            split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            ids = read_split_file(self._inside(split_file) if split_file.exists() else split_file)
         self.ids: list[str] = [check_id(i, "ids") for i in ids]
 
     def __len__(self) -> int:
@@ -131,7 +153,7 @@ class VOCDataset(Sequence[Sample]):
 
     # -- loading -----------------------------------------------------------------------------
     def load_image(self, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(image_id), self.max_side)
+        return read_image(self.image_path(image_id), self.max_side, self.max_file_size)
 
     def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
         path = self.mask_path(image_id)
@@ -140,7 +162,7 @@ class VOCDataset(Sequence[Sample]):
                 folder = self.root / (self.mask_dir or "SegmentationClass")
                 raise DataError(folder / f"{image_id}.png", "ground-truth mask is missing")
             return None
-        return read_label_png(path, self.num_classes)
+        return read_label_png(path, self.num_classes, max_file_size=self.max_file_size)
 
     def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
         """Image-level labels from the XML annotation, else from the classes in the mask."""
@@ -182,7 +204,7 @@ def read_annotation_labels(path: str | Path, classes: ClassList) -> tuple[int, .
             raise DataError(path, "an <object> has no <name>")
         label = classes.label_of(name)
         if label is None:
-            raise DataError(path, f"unknown class {name!r} (not in the class list)")
+            raise DataError(path, f"unknown class {excerpt(name)} (not in the class list)")
         labels.add(label)
     return tuple(sorted(labels))
 

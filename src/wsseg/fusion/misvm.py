@@ -9,6 +9,7 @@ the labels stop changing. Scores become probabilities by Platt scaling.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ class MiSVM:
     weights: np.ndarray  # [C, D]
     bias: np.ndarray  # [C]
     platt: np.ndarray  # [C, 2]: probability = sigmoid(a * score + b)
+    classes: tuple[str, ...] = ()  # the class list it was trained for (the run's)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale) @ self.weights.T + self.bias
@@ -44,18 +46,35 @@ class MiSVM:
 
     def save(self, path: str | Path) -> None:
         with atomic_write(path) as handle:
-            np.savez(handle, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias, platt=self.platt)
+            np.savez(handle, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias, platt=self.platt,
+                     classes=np.array(self.classes, dtype=str))
 
     @classmethod
-    def load(cls, path: str | Path) -> MiSVM:
+    def load(cls, path: str | Path, classes: Sequence[str] | None = None) -> MiSVM:
+        """Read ``misvm.npz``; with ``classes`` (the run's), one trained for another class list, or
+        by a version that did not record it, is refused: its columns would score the wrong classes."""
         path = Path(path)
         if not path.is_file():
             raise WssegError(f"{path}: no mi-SVM here; train one with `wsseg train-misvm --run RUN --data ROOT`")
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(*(data[key] for key in ("mean", "scale", "weights", "bias", "platt")))
-        except (OSError, KeyError, ValueError) as exc:
-            raise WssegError(f"{path}: unreadable mi-SVM ({exc})") from None
+                arrays = [data[key] for key in ("mean", "scale", "weights", "bias", "platt")]
+                stored = tuple(str(name) for name in data["classes"]) if "classes" in data.files else None
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise WssegError(f"{path}: unreadable mi-SVM ({exc.__class__.__name__}); train it again with "
+                             "`wsseg train-misvm`") from None
+        mean, scale, weights, bias, platt = arrays
+        if weights.ndim != 2 or weights.shape[1] != mean.shape[0] or len(bias) != len(weights) \
+                or platt.shape != (len(weights), 2) or scale.shape != mean.shape:
+            raise WssegError(f"{path}: damaged mi-SVM (its arrays do not fit together); train it again")
+        if classes is not None:
+            if stored is None:
+                raise WssegError(f"{path}: this mi-SVM does not record its class list (an older wsseg); retrain it "
+                                 "with `wsseg train-misvm`")
+            if stored != tuple(classes) or len(weights) != len(stored):
+                raise WssegError(f"{path}: this mi-SVM was trained for other classes than the run's model; "
+                                 "retrain it with `wsseg train-misvm`")
+        return cls(mean, scale, weights, bias, platt, stored or ())
 
 
 def _linear_svm(features: np.ndarray, labels: np.ndarray, seed: int):

@@ -99,8 +99,9 @@ def finish_matconvnet(sums: torch.Tensor, valid: torch.Tensor, sharpness: float 
     peak = sums.amax(dim=(-2, -1), keepdim=True)
     normalised = torch.where(peak > 0, sums / torch.where(peak > 0, peak, torch.ones_like(peak)),
                              torch.zeros_like(sums))
+    valid = valid.to(sums.device)  # the class lists are built on the CPU; the maps may be on a GPU
     normalised = normalised * valid[:, :, None, None]
-    agnostic = normalised.amax(dim=1) if normalised.shape[1] else torch.zeros(sums.shape[0], *sums.shape[2:])
+    agnostic = normalised.amax(dim=1) if normalised.shape[1] else sums.new_zeros(sums.shape[0], *sums.shape[2:])
     agnostic_peak = agnostic.amax(dim=(-2, -1), keepdim=True)
     agnostic = torch.tanh(sharpness * agnostic / torch.where(agnostic_peak > 0, agnostic_peak,
                                                              torch.ones_like(agnostic_peak)))
@@ -134,7 +135,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
         num_classes = scores.shape[2]
         targets = make_targets(classes, batch, num_classes)
         candidates, candidate_valid = choose_candidates(targets, scores, min(minimum, num_classes))
-        detected = torch.gather(scores, 2, candidates.unsqueeze(1).expand(-1, len(scales), -1)) > threshold
+        detected = torch.gather(scores, 2, candidates.to(scores.device).unsqueeze(1).expand(-1, len(scales), -1)) \
+            > threshold
         anywhere = detected.any(dim=1, keepdim=True)
         use_scale = detected | ~anywhere  # [N, S, J]
         candidate_targets = Targets(candidates, candidate_valid)
@@ -157,8 +159,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
     if caffe:
         peak = sums.amax(dim=(-2, -1), keepdim=True)
         maps = torch.where(peak > 0, sums / torch.where(peak > 0, peak, torch.ones_like(peak)), torch.zeros_like(sums))
-        maps = maps * targets.valid[:, :, None, None]
-        agnostic = maps.amax(dim=1) if maps.shape[1] else torch.zeros(batch, *size)
+        maps = maps * targets.valid.to(maps.device)[:, :, None, None]
+        agnostic = maps.amax(dim=1) if maps.shape[1] else maps.new_zeros(batch, *size)
     else:
         maps, agnostic = finish_matconvnet(sums, targets.valid, sharpness)
     return DCSMResult(maps, agnostic, candidates, candidate_valid, scores)

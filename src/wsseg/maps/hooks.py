@@ -48,19 +48,24 @@ def guided_activation(x: torch.Tensor, upper: float | None = None) -> torch.Tens
 
 @contextlib.contextmanager
 def inference_state(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients while maps are computed; both restored afterwards.
+    """Eval mode, no parameter gradients and true float32 while maps are computed; all restored afterwards.
 
     No parameter gradients means backward passes stop at the deepest layer asked for and
-    nothing is left in ``.grad``.
+    nothing is left in ``.grad``. On a GPU, TF32 convolutions and matrix products (cuDNN's
+    default on Ampere and later) keep 10 mantissa bits: too few for saliency maps, whose
+    differences between classes are small numbers, so they are turned off here.
     """
     modes = {module: module.training for module in model.modules()}
     flags = {param: param.requires_grad for param in model.parameters()}
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
         model.eval()
         for param in flags:
             param.requires_grad_(False)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         yield model
     finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         for module, mode in modes.items():
             module.training = mode
         for param, flag in flags.items():

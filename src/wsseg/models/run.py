@@ -65,10 +65,68 @@ class RunConfig:
             raise WssegError(f"{path}: run config is missing (is {run} a training run folder?)")
         try:
             data = json.loads(path.read_text())
-            known = {f.name for f in fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as exc:
-            raise WssegError(f"{path}: unreadable run config ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WssegError(f"{path}: unreadable run config ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+        if not isinstance(data, dict):
+            raise WssegError(f"{path}: run config must be a JSON object, not {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            problem = _field_problem(name, value)
+            if problem:
+                raise WssegError(f"{path}: {name!r} {problem}")
+        if "classes" not in values:
+            raise WssegError(f"{path}: 'classes' is missing")
+        return cls(**values)
+
+
+_NUMBERS = {"lse_r", "lr", "head_lr_scale", "weight_decay", "jitter"}
+_INTEGERS = {"image_size", "output_stride", "epochs", "batch_size", "seed"}
+_STRINGS = {"backbone", "pooling", "split", "data", "masks"}
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a config.json value (a tampered or hand-edited file), or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if name == "classes":
+        ok = isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)
+        return None if ok else "must be a non-empty list of class names"
+    if name in _NUMBERS:
+        return None if number(value) else "must be a number"
+    if name in _INTEGERS:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be a whole number"
+    if name in _STRINGS:
+        return None if isinstance(value, str) else "must be a string"
+    if name == "scale_range":
+        return None if isinstance(value, list) and len(value) == 2 and all(map(number, value)) else \
+            "must be a list of two numbers"
+    if name == "patience":
+        return None if value is None or (isinstance(value, int) and not isinstance(value, bool)) else \
+            "must be a whole number or null"
+    if name == "val_split":
+        return None if value is None or isinstance(value, str) else "must be a string or null"
+    if name == "extra":
+        return None if isinstance(value, dict) else "must be an object"
+    return None
+
+
+def read_history(run: str | Path) -> list[dict]:
+    """RUN/history.json (one record per finished epoch; [] when absent); a damaged file is refused
+    with its name, as --resume and the report must not guess."""
+    path = Path(run) / "history.json"
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__})") from None
+    if not isinstance(history, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r.get("epoch"), bool)
+            for r in history):
+        raise WssegError(f"{path}: not a training history (a list of epoch records)")
+    return history
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, epoch: int,
@@ -86,6 +144,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     state = load_weights_only(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "model" not in state:
         raise WssegError(f"{path}: not a wsseg checkpoint")
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise WssegError(f"{path}: damaged checkpoint ('model' is not a table of tensors)")
+    if not isinstance(state.get("epoch"), int) or isinstance(state.get("epoch"), bool):
+        raise WssegError(f"{path}: damaged checkpoint ('epoch' is not a whole number)")
+    if "optimizer" in state and not isinstance(state["optimizer"], dict):
+        raise WssegError(f"{path}: damaged checkpoint ('optimizer' is not an optimiser state)")
     return state
 
 
@@ -113,5 +178,7 @@ def load_run(run: str | Path, map_location: str | torch.device = "cpu") -> tuple
 def check_same_classes(config: RunConfig, classes: ClassList, run: str | Path, data: str | Path) -> None:
     """Refuse to apply a model to a dataset with another class list (labels would be shuffled)."""
     if tuple(config.classes) != classes.foreground:
-        raise WssegError(f"{run}: the model was trained for classes {config.classes[:4]}... but {data} has "
-                         f"{list(classes.foreground[:4])}...; class lists must match")
+        def first(names) -> str:  # short and escaped: a class list may be any file
+            return ", ".join(repr(str(name)[:20]) for name in list(names)[:4]) + ", ..."
+        raise WssegError(f"{run}: the model was trained for classes {first(config.classes)} but {data} has "
+                         f"{first(classes.foreground)}; class lists must match")

@@ -30,7 +30,7 @@ from wsseg.io import write_text_atomic
 from wsseg.map_folders import StoredMaps, method_options
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
-from wsseg.models.run import load_run
+from wsseg.models.run import load_run, read_history
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report.plots import colour_labels, plot_training_curve
 from wsseg.runner import ImageItem, batch_classes, run_split
@@ -73,11 +73,18 @@ def load_scores(scores_dir: Path) -> dict[str, dict]:
             raise DataError(path, f"cannot read scores ({exc})") from None
         if not isinstance(data, dict) or "iou" not in data or "miou" not in data:
             raise DataError(path, "not a wsseg evaluate result (no 'miou'/'iou')")
+        if not (_score_value(data["miou"]) and isinstance(data["iou"], dict)
+                and all(map(_score_value, data["iou"].values()))):
+            raise DataError(path, "damaged scores: 'miou' and 'iou' must hold numbers (or null)")
         found[path.stem] = data
     if not found:
         raise WssegError(f"{scores_dir}: no scores (*.json) to report; write them with "
                          "`wsseg evaluate --json DIR/scores/METHOD.json`")
     return {name: found[name] for name in method_order(list(found))}
+
+
+def _score_value(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _percent(value: float | None) -> str:
@@ -246,9 +253,8 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
              "<h2>Results</h2>", results_table(scores, class_names),
              '<p class="muted">mIoU and per-class IoU in % (PASCAL VOC protocol, void pixels ignored); '
              "seconds per image on the machine that ran it. Hover a method for what it does.</p>"]
-    history_path = run / "history.json"
-    if history_path.is_file():
-        history = json.loads(history_path.read_text())
+    if (run / "history.json").is_file():
+        history = read_history(run)
         if history:
             plot_training_curve(history, out / "training_curve.png")
             best, last = best_record(history), history[-1]

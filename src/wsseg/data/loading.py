@@ -1,0 +1,119 @@
+"""Feeding the classifier: labelled images with seeded augmentation, each rank's share of every
+epoch, and the loader settings that keep a GPU fed.
+
+Augmentation is seeded by (seed, epoch, split index) and the epoch's order by (seed, epoch), so
+what a batch holds depends neither on the number of loader workers nor on the number of ranks'
+shards it was cut from. The epoch travels in the sampler's keys (as DistributedSampler's
+``set_epoch``), which is what lets loader workers persist from one epoch to the next.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from wsseg.data.transforms import colour_jitter, random_scale_crop_flip, resize_longer_side, to_tensor
+from wsseg.data.voc import VOCDataset, labels_to_vector
+from wsseg.errors import DataError
+
+# More workers than this rarely help one GPU (the benchmark: benchmarks/loader_speed.py) and each
+# holds a copy of the dataset object and a prefetch queue.
+MAX_AUTO_WORKERS = 8
+
+
+class LabelledImages(Dataset):
+    """(image tensor, multi-hot labels, error text) by key: a split index, or ``(epoch, split index)``.
+
+    With ``augment`` the image is randomly rescaled, cropped, flipped and colour-jittered by a
+    generator seeded by (seed, epoch, split index); without, it is scaled to ``image_size`` on its
+    longer side and not padded, so images of different shapes come out in different sizes.
+    Errors travel as text, so that a bad file read in a loader worker becomes one clear message
+    in the main process.
+    """
+
+    def __init__(self, dataset: VOCDataset, image_size: int, seed: int = 0, augment: bool = False,
+                 scale_range: tuple[float, float] = (0.7, 1.3), jitter: float = 0.0) -> None:
+        self.dataset = dataset
+        self.image_size = image_size
+        self.seed = seed
+        self.augment = augment
+        self.scale_range = scale_range
+        self.jitter = jitter
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, split_index = key if isinstance(key, tuple) else (0, key)
+        image_id = self.dataset.ids[split_index]
+        try:
+            rgb = self.dataset.load_image(image_id)
+            labels = self.dataset.load_labels(image_id)
+        except DataError as exc:
+            return torch.zeros(3, self.image_size, self.image_size), torch.zeros(self.dataset.num_classes), str(exc)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, epoch, split_index])
+            rgb = random_scale_crop_flip(rgb, self.image_size, rng, self.scale_range)
+            rgb = colour_jitter(rgb, rng, self.jitter)
+        else:
+            rgb = resize_longer_side(rgb, self.image_size)
+        return to_tensor(rgb), torch.from_numpy(labels_to_vector(labels, self.dataset.num_classes)), ""
+
+
+class EpochShards(Sampler):
+    """This rank's share of each epoch's shuffled split, as ``(epoch, split index)`` keys.
+
+    The order of epoch e is a permutation seeded by (seed, e), padded with its own first items
+    to a multiple of ``world_size`` so every rank takes as many steps; rank r takes every
+    world_size-th item from position r. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.size = size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        order = np.concatenate([order, order[: len(self) * self.world_size - self.size]])
+        return iter([(self.epoch, int(i)) for i in order[self.rank::self.world_size]])
+
+
+def auto_workers(device_type: str, cpus_per_rank: int) -> int:
+    """Loader processes for ``--workers auto``: none on a CPU, where the training process already
+    keeps every core busy and workers would compete with it; on a GPU one per CPU core of this
+    rank but one (the training process needs its own), at most ``MAX_AUTO_WORKERS``."""
+    if device_type != "cuda":
+        return 0
+    return max(0, min(MAX_AUTO_WORKERS, cpus_per_rank - 1))
+
+
+def cpus_per_rank(local_world_size: int = 1) -> int:
+    """The CPU cores this process may use, shared among the ranks of its machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_world_size))
+
+
+def loader_settings(device: torch.device, workers: int) -> dict:
+    """DataLoader keywords for a device: pinned host memory on CUDA (asynchronous copies), and
+    workers kept alive between epochs rather than started again for each."""
+    settings: dict = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        settings["persistent_workers"] = True
+    return settings
