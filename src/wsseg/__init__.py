@@ -17,8 +17,8 @@ the layers listed before it (tests/test_layering.py parses every import and enfo
     wsseg.cli wsseg.__main__
 
 The first line is the bottom of the house, usable from every layer: errors, atomic file output,
-the torch-free table of method names (so ``wsseg --help`` lists them without torch) and the
-process group. Then datasets; scoring; the classifier; its training (``train_options``, the
+the output-folder rules, the torch-free table of method names (so ``wsseg --help`` lists them
+without torch) and the process group. Then datasets; scoring; the classifier; its training (``train_options``, the
 torch-free table of training defaults, sits with it because it reads a data default); class
 maps; fusion from maps to labels, per image, no split loops; the segmentation floor (the typed
 segmenters, the one split runner and its clients); the HTML report; the demo; the command line,
