@@ -44,7 +44,7 @@ from wsseg.fusion.misvm import MISVM_FILE, MiSVM
 from wsseg.fusion.zoomout import layer_features, zoomout_layers
 from wsseg.io import atomic_write, write_json_atomic
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
-from wsseg.maps.export import batch_classes, iter_batches
+from wsseg.runner import batch_classes, iter_batches
 from wsseg.models.run import load_run
 from wsseg.pipelines import (CRF_GRID, THRESHOLD_GRID, DenseCRF, PipelineA, PipelineB, SegmentInput, Segmenter,
                              Thresholded, build_segmenter)

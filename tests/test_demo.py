@@ -99,3 +99,38 @@ def test_report_renders_in_headless_chromium(quick_demo) -> None:
     for name in ("background", "circle", "square", "triangle", "star", "cross", "ring", "void"):
         assert name in legend
     assert screenshot.stat().st_size > 10_000
+
+
+def test_report_draws_the_maps_the_segmentations_used(quick_demo) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from wsseg.data import VOCDataset
+    from wsseg.data.transforms import batch_tensor
+    from wsseg.maps import DCSM
+    from wsseg.maps.export import heat_overlay
+    from wsseg.models.run import load_run
+    from wsseg.report.html import example_ids
+    from wsseg.runner import predict_labels
+
+    record = json.loads((quick_demo / "predictions" / "dcsm-crf" / "segment.json").read_text())
+    assert record["labels"] == "predicted" and record["label_threshold"] == 0.5 and record["scales"] == [1.0]
+    assert [entry["method"] for entry in record["maps"]] == ["dcsm"]
+    assert record["maps"][0]["options"]["scales"] == [1.0] and record["maps"][0]["options"]["variant"] == "matconvnet"
+    assert record["threshold"] == SEGMENT_METHODS["dcsm-crf"].threshold and record["threshold_source"] == "default"
+    assert record["tuned_on_ground_truth"] is False
+    page = (quick_demo / "report" / "index.html").read_text()
+    assert "scales [1.0]" in page and "predicted labels" in page
+    # the drawn map is DCSM at the demo's one scale on the predicted classes, not a recomputation at defaults
+    dataset = VOCDataset(quick_demo / "data", "val")
+    model, _ = load_run(quick_demo / "run")
+    image_id = example_ids(dataset.ids, 4)[0]
+    image = dataset.load_image(image_id)
+    (predicted,) = predict_labels(model, batch_tensor([image]))
+    drawn = np.asarray(Image.open(quick_demo / "report" / "images" / f"{image_id}_dcsm_{predicted[0] + 1}.png")
+                       .convert("RGB")).astype(int)
+    differences = []
+    for method in (DCSM(scales=(1.0,)), DCSM()):
+        maps = method.normalize(method(model, batch_tensor([image]), [predicted]))[0].numpy()
+        differences.append(int(np.abs(drawn - heat_overlay(image, maps[0])).max()))
+    assert differences[0] <= 1 < differences[1], differences

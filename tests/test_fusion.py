@@ -16,7 +16,7 @@ from wsseg.fusion import alpha_for_threshold, dense_crf, labels_from_maps, soft_
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
 from wsseg.fusion.zoomout import zoomout_layers
 from wsseg.maps import capture_outputs
-from wsseg.maps.export import predict_labels
+from wsseg.runner import predict_labels
 from wsseg.models import build_classifier
 from wsseg.models.run import RunConfig, build_from_config, load_run, save_checkpoint
 from wsseg.fusion.crf import PSA

@@ -10,7 +10,8 @@ from wsseg.cli import main
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.maps import CAM
-from wsseg.maps.export import predict_labels, read_maps
+from wsseg.maps.export import read_maps
+from wsseg.runner import predict_labels
 from wsseg.models.run import load_run
 
 
@@ -61,3 +62,88 @@ def test_maps_refuses_a_dataset_with_other_classes(tiny_run: Path, tiny_voc: Pat
     assert main(["maps", "--run", str(tiny_run), "--data", str(tiny_voc), "--split", "train",
                  "--out", str(tmp_path / "m"), "--quiet"]) == 2
     assert "class lists must match" in capsys.readouterr().err
+
+
+def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    import json
+    import shutil
+
+    run = tmp_path / "run"  # a copy, to give it pipeline A's mi-SVM
+    shutil.copytree(tiny_run, run)
+    common = ["--run", str(run), "--data", str(tiny_bench), "--split", "val", "--scales", "1", "--quiet"]
+    assert main(["train-misvm", "--run", str(run), "--data", str(tiny_bench), "--quiet"]) == 0
+    assert main(["maps", *common, "--method", "dcsm", "--out", str(tmp_path / "dcsm")]) == 0
+    record = json.loads((tmp_path / "dcsm" / "maps.json").read_text())
+    assert record["method"] == "dcsm" and record["options"]["scales"] == [1.0] and record["labels"] == "gt"
+    assert main(["maps", *common, "--method", "cam", "--out", str(tmp_path / "cam")]) == 0
+    scores = {}
+    for name, extra in (("computed", []), ("stored", ["--maps", str(tmp_path / "dcsm")])):
+        out = tmp_path / name
+        assert main(["segment", *common, "--method", "dcsm-crf", "--out", str(out), *extra]) == 0
+        both = ["--maps", str(tmp_path / "cam"), "--maps", str(tmp_path / "dcsm")] if extra else []
+        assert main(["segment", *common, "--method", "pipeline-b", "--out", str(out / "b"), *both]) == 0
+        assert main(["segment", *common, "--method", "pipeline-a", "--out", str(out / "a"), *extra]) == 0
+        assert main(["evaluate", "--pred", str(out), "--data", str(tiny_bench), "--split", "val", "--quiet",
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["miou"]
+    assert json.loads((tmp_path / "stored" / "segment.json").read_text())["stored_maps"] == {
+        "dcsm": str(tmp_path / "dcsm")}
+    # float32 files (float16 ones moved this mIoU by 8 points, see wsseg.maps.export): the same segmentations
+    assert scores["computed"] == scores["stored"]
+    ids = VOCDataset(tiny_bench, "val").ids
+    for image_id in ids:
+        for method in ("", "b/", "a/"):  # dcsm-crf, pipeline-b from two folders, pipeline-a with its features
+            assert (tmp_path / "computed" / f"{method}{image_id}.png").read_bytes() == (
+                tmp_path / "stored" / f"{method}{image_id}.png").read_bytes()
+
+
+def test_segment_refuses_stored_maps_made_another_way(tiny_run: Path, tiny_bench: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    import shutil
+
+    from wsseg.models.run import read_checkpoint
+
+    common = ["--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--quiet"]
+    maps = tmp_path / "dcsm"
+    assert main(["maps", *common, "--method", "dcsm", "--scales", "1", "--out", str(maps)]) == 0
+    capsys.readouterr()
+    other_run = tmp_path / "run"
+    shutil.copytree(tiny_run, other_run)
+    state = read_checkpoint(other_run / "model.pt")
+    state["model"] = {key: value + 1e-3 if value.is_floating_point() else value
+                      for key, value in state["model"].items()}
+    torch.save(state, other_run / "model.pt")
+    cases = [(["--method", "dcsm-crf"], "scales"),  # default three scales asked, one stored
+             (["--method", "dcsm-crf", "--scales", "1", "--labels", "predicted"], "--labels gt here, predicted"),
+             (["--method", "cam", "--scales", "1"], "dcsm maps, but cam reads cam maps"),
+             (["--method", "pipeline-b", "--scales", "1"], "give a --maps folder for cam too"),
+             (["--method", "dcsm-crf", "--scales", "1", "--run", str(other_run)], "made by the weights of")]
+    for n, (extra, message) in enumerate(cases):
+        out = tmp_path / f"seg{n}"
+        assert main(["segment", *common, *extra, "--maps", str(maps), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{maps / 'maps.json'}" in err or "--maps folder" in err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists() or not any(out.glob("*.png"))  # nothing written
+    image = tiny_bench / "JPEGImages" / f"{VOCDataset(tiny_bench, 'val').ids[0]}.jpg"
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--maps", str(maps),
+                 "--out", str(tmp_path / "one.png"), "--quiet"]) == 2
+    assert "--maps fuses the maps of a split" in capsys.readouterr().err and not (tmp_path / "one.png").exists()
+    # resuming a maps folder with other options would mix two kinds of maps
+    assert main(["maps", *common, "--method", "dcsm", "--out", str(maps)]) == 2
+    assert "holds other maps" in capsys.readouterr().err
+
+
+def test_segment_refuses_to_resume_a_folder_made_with_other_options(tiny_run: Path, tiny_bench: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seg"
+    common = ["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+              "--out", str(out), "--quiet"]
+    assert main(common) == 0
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert main([*common, "--threshold", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'segment.json'}: this folder holds segmentations made with another threshold" in err
+    assert err.count("\n") == 1 and {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == written
+    assert main(common) == 0 and "0 written, 4 already done" in capsys.readouterr().out  # same options resume

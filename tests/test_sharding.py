@@ -74,7 +74,7 @@ def test_batches_come_from_fixed_blocks_whatever_is_done(tmp_path: Path) -> None
     from conftest import write_voc
     from wsseg.data.voc import VOCDataset
     from wsseg.distributed import ProcessGroup
-    from wsseg.maps.export import iter_batches
+    from wsseg.runner import iter_batches
 
     sizes = {"a": 8, "b": 8, "c": 6, "d": 8, "e": 8}  # "c" differs in size
     root = write_voc(tmp_path / "voc", {i: {"mask": np.zeros((side, side), np.uint8)} for i, side in sizes.items()})

@@ -1,8 +1,28 @@
 """wsseg: weakly-supervised semantic segmentation from image-level labels.
 
-Data flows one way: ``wsseg.data`` (datasets) -> ``wsseg.models`` (the classifier) ->
-``wsseg.maps`` (saliency and class maps) -> ``wsseg.fusion`` (segmentations) ->
-``wsseg.evaluate`` (VOC mIoU) -> ``wsseg.report``. Each stage is usable alone.
+Data flows one way: dataset -> classifier -> class maps -> fusion -> label maps -> evaluation
+and report. The package is layered in that order: a module imports only from its own layer and
+the layers listed before it (tests/test_layering.py parses every import and enforces it):
+
+    wsseg wsseg.errors wsseg.io wsseg.outputs wsseg.registry wsseg.distributed
+    wsseg.data
+    wsseg.evaluate
+    wsseg.models
+    wsseg.train wsseg.train_options
+    wsseg.maps
+    wsseg.fusion
+    wsseg.pipelines wsseg.runner wsseg.map_folders wsseg.tune wsseg.segment wsseg.train_misvm
+    wsseg.report
+    wsseg.demo
+    wsseg.cli wsseg.__main__
+
+The first line is the bottom of the house, usable from every layer: errors, atomic file output,
+the output-folder rules, the torch-free table of method names (so ``wsseg --help`` lists them
+without torch) and the process group. Then datasets; scoring; the classifier; its training (``train_options``, the
+torch-free table of training defaults, sits with it because it reads a data default); class
+maps; fusion from maps to labels, per image, no split loops; the segmentation floor (the typed
+segmenters, the one split runner and its clients); the HTML report; the demo; the command line,
+which alone may import lazily (to keep ``wsseg --help`` fast).
 """
 
 from wsseg.errors import DataError, WssegError

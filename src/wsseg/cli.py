@@ -6,13 +6,13 @@ Every user-facing failure (bad file, bad argument) ends as one line on stderr an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.io import write_json_atomic
 from wsseg.registry import MAP_METHOD_NAMES, SEGMENT_METHODS
 from wsseg.train_options import TrainOptions
 
@@ -84,13 +84,6 @@ def _add_max_side(parser: argparse.ArgumentParser) -> None:
                                             f"(default {DEFAULT_MAX_FILE_SIZE // 2 ** 20})")
 
 
-def _dataset(args: argparse.Namespace):
-    from wsseg.data.voc import VOCDataset
-
-    return VOCDataset(args.data, args.split, masks=args.masks, max_side=args.max_side,
-                      max_file_size=args.max_file_size * 2 ** 20)
-
-
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     # --run-dir: the spelling to use under torchrun, whose own parser reads `--run` as an ambiguous
     # abbreviation of its --run-path and stops.
@@ -126,58 +119,38 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from wsseg.distributed import process_group
-    from wsseg.evaluate import check_scored, save_result, score_predictions, sum_over_ranks
+    from wsseg.segment import score_segmentations
 
-    dataset = _dataset(args)
-    with process_group("cpu") as group:
-        with group.together():
-            result = score_predictions(args.pred, dataset, group.shard(dataset.ids), skip_bad=args.skip_bad,
-                                       progress=not args.quiet and group.is_main)
-        result = sum_over_ranks(result, group)  # every rank scored its share: add them up
-    check_scored(result, args.pred)
-    if not group.is_main:
+    scores = score_segmentations(args.pred, args.data, args.split, args.masks, args.max_side, args.skip_bad,
+                                 not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20)
+    if scores is None:  # another rank than the main one: it only scored its share
         return 0
-    print(result.table())
-    extra = {"pred": str(args.pred), "split": args.split, "tuned_on_ground_truth": _oracle(args.pred)}
-    if extra["tuned_on_ground_truth"]:
+    print(scores.result.table())
+    if scores.oracle:
         print("note: these segmentations used a background threshold tuned on ground truth (oracle)")
     if args.json:
-        save_result(args.json, result, extra)
         print(f"wrote {args.json}")
     return 0
-
-
-def _oracle(pred_dir: Path) -> bool:
-    """Whether ``wsseg segment`` recorded an oracle (ground-truth tuned) threshold for these PNGs."""
-    import json
-
-    meta = pred_dir / "segment.json"
-    try:
-        return bool(json.loads(meta.read_text()).get("tuned_on_ground_truth")) if meta.exists() else False
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from wsseg.train import best_record, train
 
-    val_split = None if args.val_split.lower() == "none" else args.val_split
-    options = TrainOptions(
-        data=str(args.data), out=str(args.out), split=args.split, val_split=val_split, masks=args.masks,
-        backbone=args.backbone, weights=args.weights, random_init=args.random_init, pooling=args.pooling,
-        lse_r=args.lse_r, image_size=args.image_size, output_stride=args.output_stride, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, head_lr_scale=args.head_lr_scale, weight_decay=args.weight_decay,
-        scale_range=args.scale_range, jitter=args.jitter, patience=args.patience, seed=args.seed,
-        workers=args.workers, precision=args.precision, resume=args.resume, stop_after=args.stop_after,
-        skip_bad=args.skip_bad, max_side=args.max_side, max_file_size=args.max_file_size * 2 ** 20,
-        device=args.device, progress=not args.quiet)
-    history = train(options)
+    history = train(_train_options(args))
     best = best_record(history) if history else {}
     if "val_map" in best:
         print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
               f"model in {args.out}/model.pt, last epoch in {args.out}/last.pt")
     return 0
+
+
+def _train_options(args: argparse.Namespace) -> TrainOptions:
+    """``wsseg train``'s arguments as TrainOptions: every flag is the field of the same name."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainOptions)
+             if hasattr(args, field.name)}
+    val_split = None if args.val_split.lower() == "none" else args.val_split
+    return TrainOptions(**{**given, "data": str(args.data), "out": str(args.out), "val_split": val_split,
+                           "max_file_size": args.max_file_size * 2 ** 20, "progress": not args.quiet})
 
 
 def _workers(text: str) -> int | None:
@@ -214,148 +187,66 @@ def _parse_numbers(text: str) -> tuple[float, ...]:
     return numbers
 
 
-def _cmd_maps(args: argparse.Namespace) -> int:
-    from wsseg.distributed import process_group
-    from wsseg.maps.export import compute_split_maps
-    from wsseg.models.run import check_same_classes, load_run
+def _source(args: argparse.Namespace):
+    from wsseg.runner import SplitSource
 
-    with process_group(args.device) as group:
-        model, config = load_run(args.run, map_location=group.device)
-        dataset = _dataset(args)
-        check_same_classes(config, dataset.classes, args.run, args.data)
-        _clear_interrupted_writes(args.out, group)
-        with group.together():
-            counts = compute_split_maps(model, dataset, args.method, args.out, labels=args.labels,
-                                        scales=args.scales, batch_size=args.batch_size,
-                                        threshold=args.label_threshold, skip_bad=args.skip_bad,
-                                        progress=not args.quiet and group.is_main, device=group.device,
-                                        ids=group.shard_blocks(dataset.ids, args.batch_size))
-    print(f"[maps]{_rank_tag(group)} {counts['written']} written, {counts['already_done']} already done, "
-          f"{counts['skipped_bad']} bad images skipped -> {args.out}")
+    return SplitSource(args.run, args.data, args.split, args.masks, args.max_side, args.max_file_size * 2 ** 20)
+
+
+def _segment_options(args: argparse.Namespace):
+    from wsseg.segment import SegmentOptions
+
+    return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold)
+
+
+def _cmd_maps(args: argparse.Namespace) -> int:
+    from wsseg.map_folders import export_maps
+
+    counts = export_maps(_source(args), args.out, args.method, args.labels, args.label_threshold, args.scales,
+                         args.batch_size, args.device, args.skip_bad, not args.quiet)
+    print(f"[maps]{counts.rank_tag} {counts.summary(args.out)}")
     return 0
 
 
-def _rank_tag(group) -> str:
-    return f" rank {group.rank}/{group.world_size}:" if group.distributed else ""
-
-
-def _clear_interrupted_writes(out: Path, group) -> None:
-    """Remove temporary files a killed run left in ``out`` (rank 0, before any rank writes)."""
-    from wsseg.io import remove_stale_temporaries
-
-    if group.is_main:
-        removed = remove_stale_temporaries(out)
-        if removed:
-            print(f"removed {removed} unfinished temporary file(s) left by an interrupted run in {out}",
-                  file=sys.stderr)
-    group.barrier()
-
-
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from wsseg.distributed import pick_device, process_group
-    from wsseg.models.run import check_same_classes, load_run
+    from wsseg.segment import segment_dataset, segment_image_file
 
     if args.image is not None:
-        model, config = load_run(args.run, map_location=pick_device(args.device))
-        return _segment_one_image(args, model, config)
+        if args.maps:
+            raise WssegError("--maps fuses the maps of a split (--data); --image computes its own")
+        one = segment_image_file(args.run, args.image, args.out, _segment_options(args), args.max_side, args.device,
+                                 args.max_file_size * 2 ** 20)
+        print(f"[segment] {args.image}: {', '.join(one.classes)} -> {one.label_png} and {one.overlay_png}")
+        return 0
     if args.data is None:
         raise WssegError("give --data ROOT (with --split) to segment a split, or --image FILE for one image")
-    from wsseg.pipelines import build_segmenter, segment_split
-
-    with process_group(args.device) as group:
-        model, config = load_run(args.run, map_location=group.device)
-        dataset = _dataset(args)
-        check_same_classes(config, dataset.classes, args.run, args.data)
-        threshold, tuned = _background_threshold(args, quiet=not group.is_main)
-        segmenter = build_segmenter(args.method, args.run, threshold, args.scales)
-        if group.is_main:
-            write_json_atomic(args.out / "segment.json", {"method": args.method, "labels": args.labels,
-                                                          "threshold": threshold, "tuned_on_ground_truth": tuned})
-        _clear_interrupted_writes(args.out, group)
-        with group.together():
-            report = segment_split(model, dataset, segmenter, args.out, labels=args.labels,
-                                   batch_size=args.batch_size, label_threshold=args.label_threshold,
-                                   skip_bad=args.skip_bad, progress=not args.quiet and group.is_main,
-                                   ids=group.shard_blocks(dataset.ids, args.batch_size))
-    timing = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
-    print(f"[segment]{_rank_tag(group)} {report['written']} written, {report['already_done']} already done, "
-          f"{report['skipped_bad']} bad images skipped -> {args.out}" + (f" ({timing})" if timing else ""))
+    counts = segment_dataset(_source(args), args.out, _segment_options(args), args.batch_size, args.device,
+                             args.skip_bad, not args.quiet, args.maps)
+    print(f"[segment]{counts.rank_tag} {counts.summary(args.out)}")
     return 0
 
 
 def _cmd_train_misvm(args: argparse.Namespace) -> int:
-    from wsseg.distributed import pick_device
-    from wsseg.fusion.misvm import MISVM_FILE, train_misvm_on_split
-    from wsseg.models.run import check_same_classes, load_run
+    from wsseg.train_misvm import train_misvm_from_run
 
-    model, config = load_run(args.run, map_location=pick_device(args.device))
-    dataset = _dataset(args)
-    check_same_classes(config, dataset.classes, args.run, args.data)
-    report = train_misvm_on_split(model, dataset, args.run, args.batch_size, args.skip_bad, not args.quiet, args.seed)
-    print(f"[train-misvm] {report['images']} images, {report['instances']} superpixels, {report['skipped']} skipped "
-          f"-> {args.run / MISVM_FILE}")
+    report = train_misvm_from_run(_source(args), args.batch_size, args.device, args.skip_bad, not args.quiet,
+                                  args.seed)
+    print(f"[train-misvm] {report.images} images, {report.instances} superpixels, {report.skipped} skipped "
+          f"-> {report.path}")
     return 0
 
 
-def _background_threshold(args: argparse.Namespace, quiet: bool = False) -> tuple[float | None, bool]:
-    """--threshold, else the one `wsseg tune-background` stored in the run (an oracle choice)."""
-    from wsseg.tune import load_choices
-
-    if args.threshold is not None:
-        return args.threshold, False
-    stored = load_choices(args.run).get(args.method)
-    if stored:
-        if not quiet:
-            print(f"[segment] background threshold {stored['threshold']} tuned on the ground truth of split "
-                  f"{stored['split']!r}: scores made with it are oracle numbers", file=sys.stderr)
-        return float(stored["threshold"]), True
-    return None, False
-
-
 def _cmd_tune_background(args: argparse.Namespace) -> int:
-    from wsseg.distributed import pick_device
-    from wsseg.models.run import check_same_classes, load_run
-    from wsseg.pipelines import build_segmenter
-    from wsseg.tune import store_choice, tune_background
+    from wsseg.tune import tune_background_on_split
 
-    model, config = load_run(args.run, map_location=pick_device(args.device))
-    dataset = _dataset(args)
-    check_same_classes(config, dataset.classes, args.run, args.data)
-    segmenter = build_segmenter(args.method, args.run, scales=args.scales)
-    curve = tune_background(model, dataset, segmenter, args.thresholds, args.batch_size, args.skip_bad,
-                            progress=not args.quiet)
+    curve, best = tune_background_on_split(_source(args), args.method, args.thresholds, args.scales,
+                                           args.batch_size, args.device, args.skip_bad, not args.quiet)
     print(f"{'threshold':>9}  {'mIoU':>7}")
     for row in curve:
         score = "-" if row["miou"] is None else f"{100 * row['miou']:6.2f}%"
         print(f"{row['threshold']:9.3f}  {score:>7}")
-    best = store_choice(args.run, args.method, curve, args.split)
     print(f"[tune-background] {args.method}: threshold {best['threshold']} (mIoU {100 * best['miou']:.2f}% on "
           f"{args.split}, tuned on ground truth) stored in {args.run}/background.json")
-    return 0
-
-
-def _segment_one_image(args: argparse.Namespace, model, config) -> int:
-    from PIL import Image
-
-    from wsseg.data.images import read_image, write_label_png
-    from wsseg.data.transforms import to_tensor
-    from wsseg.io import atomic_write
-    from wsseg.maps.export import predict_labels
-    from wsseg.pipelines import build_segmenter, label_overlay, segment_images
-
-    image = read_image(args.image, args.max_side, args.max_file_size * 2 ** 20)
-    device = next(model.parameters()).device
-    classes = predict_labels(model, to_tensor(image)[None].to(device), args.label_threshold)
-    threshold, _tuned = _background_threshold(args)
-    segmenter = build_segmenter(args.method, args.run, threshold, args.scales)
-    (label_map,) = segment_images(model, [image], classes, segmenter)
-    out = args.out if args.out.suffix.lower() == ".png" else args.out.with_suffix(".png")
-    write_label_png(out, label_map)
-    overlay_path = out.with_name(out.stem + "_overlay.png")
-    with atomic_write(overlay_path) as handle:
-        Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
-    names = [config.classes[c] for c in classes[0]]
-    print(f"[segment] {args.image}: {', '.join(names)} -> {out} and {overlay_path}")
     return 0
 
 
@@ -469,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--data", type=Path, help="VOC-layout dataset root")
     segment.add_argument("--split", default="val")
     segment.add_argument("--masks", default="SegmentationClass")
+    segment.add_argument("--maps", action="append", default=[], type=Path, metavar="DIR",
+                         help="fuse the maps `wsseg maps` wrote in DIR instead of computing them; one folder per "
+                              "map method the segmenter reads (repeat for pipeline-b's cam and dcsm)")
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
     _add_segment_method(segment)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")

@@ -16,13 +16,14 @@ import numpy as np
 from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
-from wsseg.evaluate import evaluate_directory, load_result, save_result
-from wsseg.fusion.misvm import MISVM_FILE, train_misvm_on_split
-from wsseg.models.run import load_run
-from wsseg.pipelines import build_segmenter, segment_split
+from wsseg.evaluate import load_result
+from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report import build_report
+from wsseg.runner import SplitSource
+from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
 from wsseg.train import TrainOptions, best_record, train
+from wsseg.train_misvm import train_misvm_from_run
 
 QUICK = SynthConfig(train=60, val=20, size=96)
 FULL = SynthConfig().resolved()
@@ -52,10 +53,9 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     print(f"[demo] 2/5 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
     history = train(options)
     val = VOCDataset(data_root, "val")
-    model, _ = load_run(run)
     if not (run / MISVM_FILE).exists():
         print("[demo] 3/5 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
-        train_misvm_on_split(model, VOCDataset(data_root, "train"), run, progress=progress)
+        train_misvm_from_run(SplitSource(run, data_root, "train"), progress=progress)
     results: dict[str, dict] = {}
     methods = ["background-only", *SEGMENT_METHODS]
     for step, name in enumerate(methods, start=1):
@@ -70,14 +70,16 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
         if name == "background-only":
             _background_baseline(val, pred_dir)
             written = len(val)
-        else:
-            segmenter = build_segmenter(name, run, scales=(1.0,) if quick else None)
-            written = segment_split(model, val, segmenter, pred_dir, labels="predicted", progress=progress)["written"]
+        else:  # what `wsseg segment --labels predicted` does, segment.json included
+            options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
+            written = segment_dataset(SplitSource(run, data_root, "val"), pred_dir, options,
+                                      progress=progress).written
         # Time per image actually segmented now, so a resumed method is not credited with skipped images.
         seconds = (time.perf_counter() - started) / written if written else None
-        result = evaluate_directory(pred_dir, val, progress=False)
-        save_result(score_path, result, {"seconds_per_image": seconds})
-        results[name] = {"miou": result.confusion.miou(), "seconds_per_image": seconds}
+        scores = score_segmentations(pred_dir, data_root, "val", progress=False, json_path=score_path,
+                                     extra={"seconds_per_image": seconds})
+        if scores is not None:  # None only on a second rank, which the demo never has
+            results[name] = {"miou": scores.result.confusion.miou(), "seconds_per_image": seconds}
     print("[demo] 5/5 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
     history = history or json.loads((run / "history.json").read_text())

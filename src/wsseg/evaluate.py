@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from wsseg.data.classes import VOID, ClassList
 from wsseg.data.images import read_label_png
@@ -124,8 +125,6 @@ def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool
 def score_predictions(pred_dir: str | Path, dataset: VOCDataset, ids: Sequence[str], skip_bad: bool = False,
                       progress: bool = True) -> EvaluationResult:
     """The confusion matrix of some images (one rank's share); zero images is not an error here."""
-    from tqdm import tqdm
-
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise WssegError(f"{pred_dir}: prediction directory does not exist")

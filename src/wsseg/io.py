@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from wsseg.errors import WssegError
 
 
 # the temporaries of atomic_write are named .<name>.<random>.wsseg.tmp: the cleanup of a killed
@@ -85,11 +88,7 @@ def load_weights_only(path: str | os.PathLike[str], what: str) -> Any:
 
     Every failure becomes a WssegError naming the file.
     """
-    import pickle
-
-    import torch
-
-    from wsseg.errors import WssegError
+    import torch  # local: io sits under the CLI, and `wsseg --help` must not wait for torch
 
     path = Path(path)
     if not path.is_file():

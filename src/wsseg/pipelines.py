@@ -23,11 +23,9 @@ from typing import ClassVar
 
 import numpy as np
 from scipy import sparse
-from tqdm import tqdm
 
-from wsseg.data.images import voc_palette, write_label_png
+from wsseg.data.images import voc_palette
 from wsseg.data.transforms import batch_tensor
-from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
 from wsseg.fusion.crf import PSA, CRFParams, dense_crf
@@ -38,7 +36,6 @@ from wsseg.fusion.spcrf import contrast_weights, mean_field
 from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
-from wsseg.maps.export import batch_classes, iter_batches
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
 from wsseg.registry import SEGMENT_METHODS, method_info
@@ -265,12 +262,19 @@ def build_segmenter(name: str, run: str | Path | None = None, threshold: float |
 
 
 def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
-                   segmenter: Segmenter, timings: dict[str, float]) -> list[SegmentInput]:
+                   segmenter: Segmenter, timings: dict[str, float],
+                   maps: Mapping[MapMethod, Sequence[np.ndarray]] | None = None) -> list[SegmentInput]:
     """One :class:`SegmentInput` per equally sized RGB image, with the maps and features ``segmenter``
-    declares; ``classes`` are 0-based classifier outputs per image."""
+    declares; ``classes`` are 0-based classifier outputs per image.
+
+    ``maps``: the declared maps already normalised, per image [K, H, W] (e.g. read from the folders
+    ``wsseg maps`` writes); computed from the model when not given.
+    """
     batch = batch_tensor(images, next(model.parameters()).device)
-    prepared = {}
+    prepared = dict(maps) if maps is not None else {}
     for method in segmenter.maps:
+        if method in prepared:
+            continue
         with timed(timings, f"maps ({method.name})"):
             prepared[method] = method.normalize(method(model, batch, classes)).cpu().numpy()
     features: list[np.ndarray | None] = [None] * len(images)
@@ -278,7 +282,7 @@ def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
         with timed(timings, "features"):
             features = layer_features(model, batch, zoomout_layers(model))
     return [SegmentInput(image, [c + 1 for c in per_image],
-                         {method: values[n, : len(per_image)] for method, values in prepared.items()}, features[n])
+                         {method: values[n][: len(per_image)] for method, values in prepared.items()}, features[n])
             for n, (image, per_image) in enumerate(zip(images, classes))]
 
 
@@ -295,45 +299,6 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     segmenter = _segmenter(method)
     timings = timings if timings is not None else defaultdict(float)
     return [segmenter(inputs, timings) for inputs in segment_inputs(model, images, classes, segmenter, timings)]
-
-
-def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
-                  labels: str = "gt", batch_size: int = 8, label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
-                  ids: Sequence[str] | None = None) -> dict:
-    """Write ``out/<id>.png`` (VOC palette) for every image not done yet; returns counts and timings.
-
-    ``ids`` (default: the split) are cut into fixed blocks of ``batch_size`` (see ``iter_batches``):
-    give a rank whole blocks and its outputs are the bytes a single process would write.
-    """
-    segmenter = _segmenter(method)
-    if labels not in ("gt", "predicted"):
-        raise WssegError(f"--labels must be gt or predicted, not {labels!r}")
-    out = Path(out)
-    wanted = list(ids if ids is not None else dataset.ids)
-
-    def is_done(image_id: str) -> bool:
-        return (out / f"{image_id}.png").exists()
-
-    done_before = sum(map(is_done, wanted))
-    report: dict = {"written": 0, "skipped_bad": 0, "already_done": done_before, "timings": defaultdict(float)}
-    bar = tqdm(total=len(wanted) - done_before, desc="segment", unit="img", disable=not progress)
-
-    def skipped(_image_id: str) -> None:
-        report["skipped_bad"] += 1
-        bar.update(1)
-
-    for batch in iter_batches(dataset, wanted, batch_size, skip_bad, labels == "gt", skipped, is_done):
-        images = [item.image for item in batch]
-        classes = batch_classes(model, batch, labels, label_threshold)
-        for item, label_map in zip(batch, segment_images(model, images, classes, segmenter, report["timings"])):
-            if item.done:
-                continue
-            write_label_png(out / f"{item.id}.png", label_map)
-            report["written"] += 1
-            bar.update(1)
-    bar.close()
-    report["timings"] = dict(report["timings"])
-    return report
 
 
 def label_overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:

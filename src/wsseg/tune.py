@@ -12,15 +12,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import write_json_atomic
-from wsseg.maps.export import iter_batches
 from wsseg.models.classifier import FCNClassifier
-from wsseg.pipelines import Segmenter, build_segmenter, segment_inputs
+from wsseg.pipelines import SegmentInput, Segmenter, build_segmenter, segment_inputs
+from wsseg.runner import ImageItem, SplitSource, open_split, run_split
 
 BACKGROUND_FILE = "background.json"
 
@@ -34,22 +32,34 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
     grid = tuple(thresholds or segmenter.grid)
     candidates = [dataclasses.replace(segmenter, threshold=t) for t in grid]
     matrices = [ConfusionMatrix(dataset.num_classes + 1) for _ in grid]
-    bar = tqdm(total=len(dataset), desc="tune", unit="img", disable=not progress)
     timings: dict[str, float] = {}
-    for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, lambda _i: bar.update(1)):
+
+    def compute(batch: list[ImageItem]) -> list[SegmentInput]:
         classes = [[label - 1 for label in item.labels] for item in batch]
-        for item, inputs in zip(batch, segment_inputs(model, [item.image for item in batch], classes, segmenter,
-                                                      timings)):
-            truth = dataset.load_mask(item.id)
-            prepared = segmenter.prepare(inputs, timings) if inputs.labels else None  # shared by the thresholds
-            for matrix, candidate in zip(matrices, candidates):
-                matrix.update(candidate(inputs, timings, prepared), truth)
-            bar.update(1)
-    bar.close()
+        return segment_inputs(model, [item.image for item in batch], classes, segmenter, timings)
+
+    def finish(item: ImageItem, inputs: SegmentInput) -> None:
+        truth = dataset.load_mask(item.id)
+        prepared = segmenter.prepare(inputs, timings) if inputs.labels else None  # shared by the thresholds
+        for matrix, candidate in zip(matrices, candidates):
+            matrix.update(candidate(inputs, timings, prepared), truth)
+
+    run_split(dataset, compute, finish, batch_size=batch_size, skip_bad=skip_bad, progress=progress, desc="tune")
     return [{"threshold": t, "miou": m.miou()} for t, m in zip(grid, matrices)]
 
 
+def tune_background_on_split(source: SplitSource, method: str, thresholds: Sequence[float] | None = None,
+                             scales: Sequence[float] | None = None, batch_size: int = 8, device: str = "auto",
+                             skip_bad: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
+    """``wsseg tune-background``: the curve on the split, and the best threshold stored in the run."""
+    with open_split(source, device, batch_size, shard=False) as split:
+        segmenter = build_segmenter(method, source.run, scales=scales)
+        curve = tune_background(split.model, split.dataset, segmenter, thresholds, batch_size, skip_bad, progress)
+    return curve, store_choice(source.run, method, curve, source.split)
+
+
 def store_choice(run: str | Path, method: str, curve: list[dict], split: str) -> dict:
+    """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice)."""
     best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
     path = Path(run) / BACKGROUND_FILE
     stored = load_choices(run)
@@ -60,6 +70,7 @@ def store_choice(run: str | Path, method: str, curve: list[dict], split: str) ->
 
 
 def load_choices(run: str | Path) -> dict:
+    """The thresholds `wsseg tune-background` stored in the run, by method name."""
     path = Path(run) / BACKGROUND_FILE
     if not path.exists():
         return {}

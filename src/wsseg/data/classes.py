@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.errors import DataError
+from wsseg.io import write_text_atomic
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -91,6 +92,4 @@ def load_class_list(root: str | Path) -> ClassList:
 
 
 def write_class_file(path: str | Path, classes: ClassList) -> None:
-    from wsseg.io import write_text_atomic
-
     write_text_atomic(path, "".join(f"{name}\n" for name in classes.foreground))

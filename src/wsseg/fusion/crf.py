@@ -30,7 +30,7 @@ IRN = CRFParams(bilateral_sxy=50.0, bilateral_srgb=5.0)
 
 def _densecrf():
     try:
-        import pydensecrf.densecrf as dcrf
+        import pydensecrf.densecrf as dcrf  # local: a compiled extension, reported clearly when it is missing
     except ImportError:  # pragma: no cover - installed by requirements.txt
         raise WssegError("the dense CRF needs pydensecrf2 (pip install pydensecrf2)") from None
     return dcrf
@@ -56,7 +56,7 @@ def crf_from_labels(image: np.ndarray, label_map: np.ndarray, num_labels: int, g
                     params: CRFParams = IRN) -> np.ndarray:
     """IRN's CRF on a hard label map (values 0..num_labels-1): returns the refined label map."""
     dcrf = _densecrf()
-    from pydensecrf.utils import unary_from_labels
+    from pydensecrf.utils import unary_from_labels  # local: imported after _densecrf() checked the install
 
     height, width = label_map.shape
     crf = dcrf.DenseCRF2D(width, height, num_labels)

@@ -8,7 +8,7 @@ the labels stop changing. Scores become probabilities by Platt scaling.
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,13 +18,8 @@ import numpy as np
 from scipy.special import expit
 from tqdm import tqdm
 
-from wsseg.data.transforms import batch_tensor
 from wsseg.errors import WssegError
-from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
-from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.io import atomic_write
-from wsseg.maps import CAM
-from wsseg.maps.export import iter_batches
 
 MISVM_FILE = "misvm.npz"
 # the instances' size: pipeline A must cut its superpixels as the mi-SVM was trained on them
@@ -83,8 +78,7 @@ class MiSVM:
 
 
 def _linear_svm(features: np.ndarray, labels: np.ndarray, seed: int):
-    import warnings
-
+    # scikit-learn is imported when a mi-SVM is trained, not whenever pipelines load (it takes ~1 s)
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import SGDClassifier
 
@@ -132,7 +126,7 @@ def train_misvm(features: np.ndarray, bags: np.ndarray, bag_labels: Sequence[Seq
                 seed: int = 0, progress: bool = False, seeds: np.ndarray | None = None) -> MiSVM:
     """features [I, D] of all instances, bags [I] bag index per instance, bag_labels: 0-based classes per bag;
     ``seeds`` [I, C] optional initial instance scores in [0, 1] per class."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # local: see _linear_svm
 
     mean = features.mean(0)
     scale = features.std(0) + 1e-6
@@ -155,36 +149,3 @@ def train_misvm(features: np.ndarray, bags: np.ndarray, bag_labels: Sequence[Seq
         calibration = LogisticRegression().fit(scores, labels > 0)
         platt[c] = (calibration.coef_[0, 0], calibration.intercept_[0])
     return MiSVM(mean.astype(np.float32), scale.astype(np.float32), weights, bias, platt)
-
-
-def train_misvm_on_split(model, dataset, run: str | Path, batch_size: int = 8, skip_bad: bool = False,
-                         progress: bool = True, seed: int = 0) -> dict:
-    """Zoom-out features of every superpixel of the split, one mi-SVM per class, saved in RUN."""
-    descriptors, bags, bag_labels, seeds, skipped = [], [], [], [], [0]
-    bar = tqdm(total=len(dataset), desc="zoom-out features", unit="img", disable=not progress)
-    device = next(model.parameters()).device
-    cam_method, layers = CAM(), zoomout_layers(model)
-
-    def count_skip(_image_id: str) -> None:
-        skipped[0] += 1
-        bar.update(1)
-
-    for batch in iter_batches(dataset, dataset.ids, batch_size, skip_bad, True, count_skip):
-        images = batch_tensor([item.image for item in batch], device)
-        every_class = [list(range(dataset.num_classes))] * len(batch)
-        cams = cam_method.normalize(cam_method(model, images, every_class)).cpu().numpy()
-        for item, features, cam in zip(batch, layer_features(model, images, layers), cams):
-            superpixels = slic_superpixels(item.image, PIXELS_PER_SUPERPIXEL)
-            instance = zoomout(features, superpixels)
-            descriptors.append(instance)
-            seeds.append(superpixel_means(cam, superpixels))
-            bags.append(np.full(len(instance), len(bag_labels)))
-            bag_labels.append([label - 1 for label in item.labels])
-            bar.update(1)
-    bar.close()
-    if not descriptors:
-        raise WssegError(f"{dataset.root}: no usable image in split {dataset.split!r}")
-    svm = train_misvm(np.concatenate(descriptors), np.concatenate(bags), bag_labels, dataset.num_classes,
-                      seed=seed, progress=progress, seeds=np.concatenate(seeds))
-    dataclasses.replace(svm, classes=dataset.classes.foreground).save(Path(run) / MISVM_FILE)
-    return {"images": len(bag_labels), "instances": int(sum(len(d) for d in descriptors)), "skipped": skipped[0]}

@@ -17,7 +17,7 @@ from wsseg.fusion.superpixels import superpixel_means
 
 def border_contrast(image: np.ndarray, superpixels: np.ndarray, closest: float = 0.25) -> np.ndarray:
     """H x W objectness in [0, 1] for an RGB uint8 image and its superpixels."""
-    from skimage.color import rgb2lab
+    from skimage.color import rgb2lab  # local: scikit-image takes about a second to import
 
     lab = rgb2lab(image).transpose(2, 0, 1)
     colours = superpixel_means(lab, superpixels)  # [P, 3]

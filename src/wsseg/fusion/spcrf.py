@@ -16,7 +16,7 @@ from wsseg.fusion.zoomout import adjacency
 
 def contrast_weights(image: np.ndarray, superpixels: np.ndarray, weight: float = 1.0,
                      sigma: float = 10.0) -> sparse.csr_matrix:
-    from skimage.color import rgb2lab
+    from skimage.color import rgb2lab  # local: scikit-image takes about a second to import
 
     colours = superpixel_means(rgb2lab(image).transpose(2, 0, 1), superpixels)
     graph = adjacency(superpixels).tocoo()

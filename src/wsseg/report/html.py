@@ -5,7 +5,7 @@ write when pointed there)::
 
     DIR/scores/<method>.json        wsseg evaluate output (+ seconds_per_image)
     DIR/predictions/<method>/<id>.png
-    DIR/run/history.json, model.pt  the classifier (training curve, DCSM maps)
+    DIR/run/history.json, model.pt  the classifier (training curve, class maps)
     DIR/data                        the dataset (images, ground truth)
 
 Written: ``DIR/report/index.html`` with ``training_curve.png`` and ``images/*.png`` beside it,
@@ -17,20 +17,24 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from wsseg.data.images import read_label_png, voc_palette, write_image
+from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_text_atomic
-from wsseg.data.transforms import batch_tensor
-from wsseg.maps import DCSM
+from wsseg.map_folders import StoredMaps, method_options
+from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run, read_history
 from wsseg.registry import SEGMENT_METHODS
 from wsseg.report.plots import colour_labels, plot_training_curve
+from wsseg.runner import ImageItem, batch_classes, run_split
+from wsseg.segment import read_segment_record, record_maps
 from wsseg.train import best_record
 
 REPORT_DIR = "report"
@@ -122,13 +126,67 @@ def example_ids(ids: Sequence[str], count: int) -> list[str]:
     return [ids[p] for p in dict.fromkeys(positions.tolist())]
 
 
-def _dcsm_overlays(model, image: np.ndarray, labels: Sequence[int]) -> list[np.ndarray]:
-    """The DCSM map of each class (1..C) as the fusion step sees it, in jet colours over the image."""
-    if model is None or not labels:
-        return []
-    method = DCSM()
-    maps = method.normalize(method(model, batch_tensor([image], "cpu"), [[label - 1 for label in labels]]))[0]
-    return [heat_overlay(image, maps[k]) for k in range(len(labels))]
+@dataclass(frozen=True)
+class UsedMaps:
+    """The class maps one method's segmentations read, as its ``segment.json`` records them."""
+
+    segmenter: str  # the segmentation method whose record this is ("" when there is none)
+    method: MapMethod
+    labels: str  # "gt" or "predicted"
+    label_threshold: float
+    stored: Path | None  # the `wsseg maps` folder it fused, when it read stored maps
+
+    def describe(self) -> str:
+        options = ", ".join(f"{key} {'default' if value is None else value}"
+                            for key, value in method_options(self.method).items())
+        source = "ground-truth labels" if self.labels == "gt" else f"predicted labels (score > {self.label_threshold})"
+        used = f"the maps {self.segmenter} fused" if self.segmenter else "no segment.json found, so the defaults"
+        where = f", read from {self.stored}" if self.stored else ""
+        return f"{used}: {self.method.name} ({options}), {source}{where}"
+
+
+def used_maps(predictions_dir: Path, methods: Sequence[str]) -> UsedMaps:
+    """The maps to draw: those of the first method (in table order) whose segment.json names a DCSM
+    map, else any map; DCSM at its defaults on ground-truth labels when no record says more."""
+    candidates = []
+    for name in methods:
+        record = read_segment_record(predictions_dir / name) or {}
+        for method in record_maps(record):
+            candidates.append((method.name != "dcsm", name, method, record))
+    if not candidates:
+        return UsedMaps("", DCSM(), "gt", 0.5, None)
+    _, name, method, record = min(candidates, key=lambda candidate: candidate[0])
+    stored = (record.get("stored_maps") or {}).get(method.name)
+    return UsedMaps(name, method, record.get("labels", "gt"), float(record.get("label_threshold", 0.5)),
+                    Path(stored) if stored else None)
+
+
+def map_overlays(model, dataset: VOCDataset, ids: Sequence[str],
+                 used: UsedMaps) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """Per example id: (class 1..C, its normalised map in jet colours over the image), for the classes
+    the segmentations explained; read from the stored maps, else computed as the record says."""
+    overlays: dict[str, list[tuple[int, np.ndarray]]] = {}
+
+    def finish(item: ImageItem, result: tuple[list[int], np.ndarray]) -> None:
+        classes, maps = result
+        overlays[item.id] = [(c + 1, heat_overlay(item.image, maps[k])) for k, c in enumerate(classes)]
+
+    if used.stored is not None:
+        stored = StoredMaps({used.method: used.stored})
+
+        def compute(batch: list[ImageItem]) -> list[tuple[list[int], np.ndarray]]:
+            classes, maps = stored.batch(batch)
+            return list(zip(classes, maps[used.method]))
+    elif model is not None:
+        def compute(batch: list[ImageItem]) -> list[tuple[list[int], np.ndarray]]:
+            images = batch_tensor([item.image for item in batch], next(model.parameters()).device)
+            classes = batch_classes(model, batch, used.labels, used.label_threshold, images)
+            maps = used.method.normalize(used.method(model, images, classes)).cpu().numpy()
+            return [(per_image, maps[n, :len(per_image)]) for n, per_image in enumerate(classes)]
+    else:
+        return overlays
+    run_split(dataset, compute, finish, ids=ids, batch_size=1, progress=False, desc="report maps")
+    return overlays
 
 
 def _figure(src: str, caption: str) -> str:
@@ -137,13 +195,17 @@ def _figure(src: str, caption: str) -> str:
 
 
 def example_grid(out: Path, dataset: VOCDataset, predictions_dir: Path, methods: Sequence[str],
-                 ids: Sequence[str], model=None) -> str:
+                 ids: Sequence[str], model=None, used: UsedMaps | None = None) -> str:
     """Write the grid's pictures under ``out/images`` and return its HTML table.
 
-    ``model`` (the run's classifier) adds the DCSM map of each ground-truth class; without it the
+    ``used``: the maps to draw per class (default: the ones the segmentations' records name),
+    computed with ``model`` (the run's classifier) unless they were stored; without either the
     grid shows segmentations only.
     """
     names = dataset.classes.names
+    used = used or used_maps(predictions_dir, methods)
+    overlays = map_overlays(model, dataset, ids, used)
+    label = used.method.name.upper() if used.method.name in ("dcsm", "cam") else used.method.name
     rows, most_classes = [], 0
     for image_id in ids:
         image, labels = dataset.load_image(image_id), sorted(dataset.load_labels(image_id))
@@ -161,14 +223,15 @@ def example_grid(out: Path, dataset: VOCDataset, predictions_dir: Path, methods:
                 continue
             write_image(out / "images" / f"{image_id}_{method}.png", colour_labels(prediction))
             cells.append(_figure(f"images/{image_id}_{method}.png", method))
-        overlays = _dcsm_overlays(model, image, labels)
-        for label, overlay in zip(labels, overlays):
-            write_image(out / "images" / f"{image_id}_dcsm_{label}.png", overlay)
-            cells.append(_figure(f"images/{image_id}_dcsm_{label}.png", f"DCSM: {names[label]}"))
-        most_classes = max(most_classes, len(overlays))
-        rows.append((cells, len(overlays)))
+        drawn = overlays.get(image_id, [])
+        for class_value, overlay in drawn:
+            picture = f"images/{image_id}_{used.method.name}_{class_value}.png"
+            write_image(out / picture, overlay)
+            cells.append(_figure(picture, f"{label}: {names[class_value]}"))
+        most_classes = max(most_classes, len(drawn))
+        rows.append((cells, len(drawn)))
     head = ("<th>image</th><th>ground truth</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods)
-            + "".join(f"<th>DCSM {k + 1}</th>" for k in range(most_classes)))
+            + "".join(f"<th>{html.escape(label)} {k + 1}</th>" for k in range(most_classes)))
     body = "".join(f"<tr>{''.join(cells)}{'<td></td>' * (most_classes - count)}</tr>" for cells, count in rows)
     return (f'<div class="scroll"><table class="grid" id="examples"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
@@ -202,10 +265,11 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
     chosen = example_ids(dataset.ids, examples)
     model = load_run(run)[0] if (run / "model.pt").is_file() else None
     methods = [m for m in scores if m != BASELINE and (folder / "predictions" / m).is_dir()]
+    used = used_maps(folder / "predictions", methods)
     parts += ["<h2>Examples</h2>", "<h3>Colours</h3>", legend(class_names),
-              example_grid(out, dataset, folder / "predictions", methods, chosen, model),
-              '<p class="muted">DCSM columns: the distinct class-specific saliency map of each class present in '
-              "the image (ground-truth labels), un-saturated and drawn in jet colours over the image.</p>"]
+              example_grid(out, dataset, folder / "predictions", methods, chosen, model, used),
+              f'<p class="muted" id="maps-note">Map columns: {html.escape(used.describe())}; one map per class '
+              "explained, normalised as the fusion reads it and drawn in jet colours over the image.</p>"]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     index = out / "index.html"

@@ -22,7 +22,7 @@ def plot_training_curve(history: Sequence[dict], path: str | Path) -> None:
 
     Uses ``matplotlib.figure.Figure`` directly so no pyplot global state or GUI backend is touched.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # local: matplotlib is only needed when a curve is drawn
 
     epochs = [record["epoch"] for record in history]
     figure = Figure(figsize=(8.0, 3.0), dpi=100, layout="constrained")

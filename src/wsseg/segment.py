@@ -1,0 +1,249 @@
+"""``wsseg segment`` and ``wsseg evaluate`` as library calls: what the CLI and the demo both run.
+
+- :func:`choose_threshold`, the background-threshold policy: ``--threshold`` when given, else
+  the one ``wsseg tune-background`` stored in the run (an oracle choice, said so), else the
+  method's default from :mod:`wsseg.registry`;
+- ``OUT/segment.json``, the record of every option that shaped the segmentations (the maps'
+  methods and options, the labels, the threshold and its source): the report draws the maps it
+  describes, and ``wsseg evaluate`` repeats its oracle flag;
+- :func:`segment_split` (a client of :mod:`wsseg.runner`), with maps computed on the fly or read
+  from ``wsseg maps`` folders (:class:`wsseg.map_folders.StoredMaps`);
+- :func:`segment_image_file`, the single-image path (predicted labels, PNG and overlay).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, write_label_png
+from wsseg.data.transforms import to_tensor
+from wsseg.data.voc import VOCDataset
+from wsseg.distributed import pick_device, process_group
+from wsseg.errors import WssegError
+from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_predictions, sum_over_ranks
+from wsseg.io import atomic_write, write_json_atomic
+from wsseg.map_folders import StoredMaps, method_options
+from wsseg.maps.methods import MapMethod, map_method
+from wsseg.models.classifier import FCNClassifier
+from wsseg.models.run import load_run
+from wsseg.pipelines import Segmenter, build_segmenter, label_overlay, segment_images, segment_inputs
+from wsseg.registry import method_info
+from wsseg.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source, open_split,
+                          predict_labels, run_split)
+from wsseg.tune import load_choices
+
+SEGMENT_RECORD = "segment.json"
+# the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
+_SHAPING = ("method", "labels", "label_threshold", "maps", "threshold")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Everything that decides what a segmentation is (``wsseg segment``'s options)."""
+
+    method: str = "dcsm-crf"
+    labels: str = "gt"  # the image-level labels (pseudo-labels), or "predicted" by the classifier
+    label_threshold: float = 0.5  # score threshold for predicted labels
+    scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
+    threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
+
+
+@dataclass(frozen=True)
+class BackgroundThreshold:
+    """The background threshold a segmentation uses, and where it came from (recorded with it)."""
+
+    value: float
+    source: str  # "given" (--threshold), "tuned" (RUN/background.json) or "default" (the registry's)
+    tuned_split: str | None = None  # the split whose ground truth chose it, when tuned
+
+    @property
+    def oracle(self) -> bool:
+        """Chosen by looking at ground truth: scores made with it are oracle numbers."""
+        return self.source == "tuned"
+
+    def warning(self, method: str) -> str:
+        return (f"[segment] {method}: background threshold {self.value} tuned on the ground truth of split "
+                f"{self.tuned_split!r}: scores made with it are oracle numbers")
+
+
+def choose_threshold(run: str | Path | None, method: str, given: float | None = None) -> BackgroundThreshold:
+    """``given``, else the threshold tuned for ``method`` in the run, else the method's default."""
+    if given is not None:
+        return BackgroundThreshold(float(given), "given")
+    stored = load_choices(run).get(method) if run is not None else None
+    if stored:
+        return BackgroundThreshold(float(stored["threshold"]), "tuned", stored.get("split"))
+    return BackgroundThreshold(method_info(method).threshold, "default")
+
+
+def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: BackgroundThreshold,
+                   run: str | Path | None = None, stored: StoredMaps | None = None) -> dict[str, Any]:
+    """What ``segment.json`` says about a folder of segmentations."""
+    return {"method": options.method, "labels": options.labels, "label_threshold": options.label_threshold,
+            "scales": None if options.scales is None else list(options.scales),
+            "maps": [{"method": method.name, "options": method_options(method)} for method in segmenter.maps],
+            "threshold": threshold.value, "threshold_source": threshold.source,
+            "tuned_on_ground_truth": threshold.oracle, "tuned_split": threshold.tuned_split,
+            "stored_maps": {} if stored is None else {m.name: str(f) for m, f in stored.folders.items()},
+            "run": None if run is None else str(run)}
+
+
+def read_segment_record(folder: str | Path) -> dict[str, Any] | None:
+    """``folder/segment.json``, or None where there is none or it is unreadable."""
+    path = Path(folder) / SEGMENT_RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def record_maps(record: dict[str, Any]) -> list[MapMethod]:
+    """The map methods, with their options, that a ``segment.json`` says the segmenter read."""
+    try:
+        return [map_method(entry["method"], **entry["options"]) for entry in record.get("maps", [])]
+    except (KeyError, TypeError, WssegError):
+        return []
+
+
+def check_output(out: Path, record: dict[str, Any]) -> None:
+    """Refuse a folder holding segmentations made with other options (resuming into it would mix
+    them). Every rank checks, so that all stop together."""
+    earlier = read_segment_record(out)
+    if earlier is not None:
+        changed = [key for key in _SHAPING if key in earlier and earlier[key] != record[key]]
+        if changed:
+            raise WssegError(f"{out / SEGMENT_RECORD}: this folder holds segmentations made with another "
+                             f"{', '.join(changed)}; write to another --out")
+
+
+def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
+                  labels: str = "gt", batch_size: int = 8, label_threshold: float = 0.5, skip_bad: bool = False,
+                  progress: bool = True, ids: Sequence[str] | None = None,
+                  stored: StoredMaps | None = None) -> RunCounts:
+    """Write ``out/<id>.png`` (VOC palette) for every image of ``ids`` (default: the split) not done yet.
+
+    ``method``: a segmenter, or a registry name with its defaults. ``stored``: read the maps (and
+    the classes) from ``wsseg maps`` folders instead of computing them.
+    """
+    segmenter = build_segmenter(method) if isinstance(method, str) else method
+    check_label_source(labels)
+    out = Path(out)
+    counts = RunCounts()
+
+    def compute(batch: list[ImageItem]) -> list[np.ndarray]:
+        maps = None
+        if stored is not None:
+            classes, maps = stored.batch(batch)
+        else:
+            classes = batch_classes(model, batch, labels, label_threshold)
+        images = [item.image for item in batch]
+        inputs = segment_inputs(model, images, classes, segmenter, counts.timings, maps)
+        return [segmenter(one, counts.timings) for one in inputs]
+
+    def finish(item: ImageItem, label_map: np.ndarray) -> None:
+        write_label_png(out / f"{item.id}.png", label_map)
+
+    return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size, need_labels=labels == "gt",
+                     is_done=lambda image_id: (out / f"{image_id}.png").exists(), skip_bad=skip_bad,
+                     progress=progress, desc="segment", counts=counts)
+
+
+def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOptions = SegmentOptions(),
+                    batch_size: int = 8, device: str = "auto", skip_bad: bool = False, progress: bool = True,
+                    maps: Sequence[str | Path] = ()) -> RunCounts:
+    """``wsseg segment --data``: this rank's share of the split into ``out``, with ``out/segment.json``.
+
+    ``maps``: folders written by ``wsseg maps``, one per map method the segmenter reads, fused
+    instead of computing the maps again (each checked against what the segmenter would compute).
+    """
+    out = Path(out)
+    check_label_source(options.labels)
+    with open_split(source, device, batch_size, out) as split:
+        threshold = choose_threshold(source.run, options.method, options.threshold)
+        segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
+        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
+                                 options.method) if maps else None
+        record = segment_record(options, segmenter, threshold, source.run, stored)
+        check_output(out, record)
+        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
+        if split.group.is_main:
+            if threshold.oracle:
+                print(threshold.warning(options.method), file=sys.stderr)
+            write_json_atomic(out / SEGMENT_RECORD, record)
+        counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
+                               options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
+                               stored)
+    counts.rank_tag = split.rank_tag
+    return counts
+
+
+@dataclass(frozen=True)
+class OneImage:
+    """What ``wsseg segment --image`` wrote, and the classes it found."""
+
+    label_png: Path
+    overlay_png: Path
+    classes: list[str]  # the predicted classes' names
+
+
+def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
+                       options: SegmentOptions = SegmentOptions(), max_side: int = DEFAULT_MAX_SIDE,
+                       device: str = "auto", max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> OneImage:
+    """``wsseg segment --image``: one image with the classes the classifier predicts, written as a
+    label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``."""
+    model, config = load_run(run, map_location=pick_device(device))
+    image = read_image(image_path, max_side, max_file_size)
+    classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
+                             options.label_threshold)
+    threshold = choose_threshold(run, options.method, options.threshold)
+    if threshold.oracle:
+        print(threshold.warning(options.method), file=sys.stderr)
+    segmenter = build_segmenter(options.method, run, threshold.value, options.scales)
+    (label_map,) = segment_images(model, [image], classes, segmenter)
+    out = Path(out)
+    out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
+    write_label_png(out, label_map)
+    overlay = out.with_name(out.stem + "_overlay.png")
+    with atomic_write(overlay) as handle:
+        Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
+    return OneImage(out, overlay, [config.classes[c] for c in classes[0]])
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A split's scores, and whether the segmentations used an oracle threshold."""
+
+    result: EvaluationResult
+    oracle: bool  # the segmentations' threshold was tuned on ground truth
+
+
+def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", masks: str = "SegmentationClass",
+                        max_side: int = DEFAULT_MAX_SIDE, skip_bad: bool = False, progress: bool = True,
+                        json_path: str | Path | None = None, extra: dict[str, Any] | None = None,
+                        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> Scores | None:
+    """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
+    also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
+    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
+    with process_group("cpu") as group:
+        with group.together():
+            result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
+                                       progress=progress and group.is_main)
+        result = sum_over_ranks(result, group)  # every rank scored its share: add them up
+    check_scored(result, pred)
+    if not group.is_main:
+        return None
+    record = read_segment_record(pred) or {}
+    oracle = bool(record.get("tuned_on_ground_truth"))
+    if json_path is not None:
+        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle,
+                                        **(extra or {})})
+    return Scores(result, oracle)
