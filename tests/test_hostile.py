@@ -474,3 +474,76 @@ def test_stale_or_damaged_misvm(data: Path, tiny_run: Path, tmp_path: Path, caps
                  **({"classes": np.array(classes)} if classes else {}))
         assert main(args) == 2
         _assert_one_line_error(capsys, "segment", str(path), problem)
+
+
+def test_outputs_never_replace_the_dataset(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 1: `maps --out D/SegmentationClass` replaced every ground-truth mask."""
+    masks = data / "SegmentationClass"
+    before = {p.name: p.read_bytes() for p in masks.iterdir()}
+    commands = _commands(data, tiny_run, tmp_path / "unused")
+    for name in ("maps", "segment", "train"):
+        args = commands[name]
+        args[args.index("--out") + 1] = str(masks)
+        assert main(args) == 2, name
+        _assert_one_line_error(capsys, name, str(masks), "inside the dataset's SegmentationClass folder")
+    assert {p.name: p.read_bytes() for p in masks.iterdir()} == before
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.png").write_bytes(b"mine")
+    args = commands["segment"]
+    args[args.index("--out") + 1] = str(photos)
+    assert main(args) == 2
+    _assert_one_line_error(capsys, "segment", str(photos), "not ours")
+    assert (photos / "holiday.png").read_bytes() == b"mine" and len(list(photos.iterdir())) == 1
+
+
+def _with_method(args: list[str], method: str) -> list[str]:
+    at = args.index("--method") + 1
+    return [*args[:at], method, *args[at + 1:]]
+
+
+def test_a_folder_made_otherwise_is_refused_unless_overwrite(data: Path, tiny_run: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    """Item 3: a second method into the same folder printed 'already done' and evaluate scored
+    the first method's masks as the second's."""
+    run = _run_copy(tiny_run, tmp_path)
+    out = tmp_path / "out"
+    segment = _commands(data, run, out)["segment"]
+    assert main(_with_method(segment, "cam")) == 0
+    assert main(segment) == 2  # dcsm-crf into cam's folder
+    _assert_one_line_error(capsys, "segment", "segment.json", "method", "--overwrite")
+    assert main([*segment, "--overwrite"]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(_commands(data, run, fresh)["segment"]) == 0
+    for png in fresh.glob("*.png"):
+        assert (out / "segment" / png.name).read_bytes() == png.read_bytes()
+    assert json.loads((out / "segment" / "segment.json").read_text())["method"] == "dcsm-crf"
+    (run / "background.json").write_text(json.dumps({"dcsm-crf": {"threshold": 0.3, "split": "train", "miou": 0.5}}))
+    tuned = tmp_path / "tuned"
+    assert main(_commands(data, run, tuned)["segment"]) == 0  # with the tuned threshold (an oracle)
+    capsys.readouterr()
+    assert main([*_commands(data, run, tuned)["segment"], "--threshold", "0.3"]) == 2  # same value, not tuned
+    _assert_one_line_error(capsys, "segment", "threshold_source")
+    state = torch.load(run / "model.pt", weights_only=True)
+    state["epoch"] = 99  # a retrained model at the same path: other bytes
+    torch.save(state, run / "model.pt")
+    assert main(segment) == 2
+    _assert_one_line_error(capsys, "segment", "model_sha256")
+
+
+def test_two_runs_into_one_folder(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """Item 9: the second run deleted the first's in-flight temporary file and any .*.tmp of the
+    user's; now it refuses, naming the first run, and a user's file is never touched."""
+    import os
+    import socket
+
+    out = tmp_path / "out" / "segment"
+    segment = _commands(data, tiny_run, tmp_path / "out")["segment"]
+    assert main(segment) == 0
+    (out / ".wsseg.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    (out / ".draft.tmp").write_text("the user's")
+    assert main(segment) == 2
+    _assert_one_line_error(capsys, "segment", f"pid {os.getppid()}", "is writing here")
+    (out / ".wsseg.lock").unlink()
+    assert main(segment) == 0
+    assert (out / ".draft.tmp").read_text() == "the user's" and not (out / ".wsseg.lock").exists()

@@ -203,7 +203,7 @@ def _cmd_maps(args: argparse.Namespace) -> int:
     from wsseg.map_folders import export_maps
 
     counts = export_maps(_source(args), args.out, args.method, args.labels, args.label_threshold, args.scales,
-                         args.batch_size, args.device, args.skip_bad, not args.quiet)
+                         args.batch_size, args.device, args.skip_bad, not args.quiet, args.overwrite)
     print(f"[maps]{counts.rank_tag} {counts.summary(args.out)}")
     return 0
 
@@ -221,7 +221,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.data is None:
         raise WssegError("give --data ROOT (with --split) to segment a split, or --image FILE for one image")
     counts = segment_dataset(_source(args), args.out, _segment_options(args), args.batch_size, args.device,
-                             args.skip_bad, not args.quiet, args.maps)
+                             args.skip_bad, not args.quiet, args.maps, args.overwrite)
     print(f"[segment]{counts.rank_tag} {counts.summary(args.out)}")
     return 0
 
@@ -353,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(maps)
     maps.add_argument("--method", default="dcsm", choices=MAP_METHOD_NAMES)
     maps.add_argument("--out", required=True, type=Path, help="folder for <id>.npz and <id>.png")
+    maps.add_argument("--overwrite", action="store_true",
+                      help="replace the maps of a folder made with other options or weights (else refused)")
     _add_label_args(maps)
 
     segment = command("segment", _cmd_segment, "segment a split (VOC palette PNGs) or one image")
@@ -366,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
     _add_segment_method(segment)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace the segmentations of a folder made with other options, data or weights "
+                              "(else refused)")
     _add_label_args(segment)
     segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")

@@ -74,6 +74,28 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     return removed
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in chunks (a retrained model has another, a moved one not)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_outputs(folder: str | os.PathLike[str], patterns: tuple[str, ...]) -> int:
+    """Delete ``folder``'s files matching ``patterns`` (an earlier run's outputs, for --overwrite)."""
+    removed = 0
+    for pattern in patterns:
+        for path in Path(folder).glob(pattern):
+            if path.is_file():
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     with atomic_write(path, "w") as handle:
         handle.write(text)

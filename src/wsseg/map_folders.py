@@ -11,7 +11,6 @@ from what the segmenter asks for is refused, with one line saying what differs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.io import write_json_atomic
+from wsseg.io import file_sha256, remove_outputs, write_json_atomic
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
@@ -37,11 +36,7 @@ RECORD_FORMAT = "wsseg-maps-1"
 
 def model_digest(run: str | Path) -> str:
     """SHA-256 of the run's weights: maps made by other weights must not be fused as this run's."""
-    digest = hashlib.sha256()
-    with open(Path(run) / "model.pt", "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(Path(run) / "model.pt")
 
 
 def method_options(method: MapMethod) -> dict[str, Any]:
@@ -97,14 +92,18 @@ def maps_record(method: MapMethod, labels: str, label_threshold: float, run: str
                       model_digest(run))
 
 
-def check_folder(out: Path, record: MapsRecord) -> None:
+def check_folder(out: Path, record: MapsRecord, overwrite: bool = False) -> bool:
     """Refuse a folder that holds maps made another way (resuming into it would mix two kinds of
-    maps). Every rank checks, so that all stop together."""
+    maps), unless ``overwrite``; True when its maps must be replaced. Every rank checks, so that
+    all stop together."""
     if (out / MAPS_RECORD).is_file():
         difference = MapsRecord.read(out).difference(record)
+        if difference and overwrite:
+            return True
         if difference:
-            raise WssegError(f"{out / MAPS_RECORD}: this folder holds other maps ({difference}); "
-                             "write them to another --out")
+            raise WssegError(f"{out / MAPS_RECORD}: this folder holds other maps ({difference}); use --overwrite to "
+                             "replace them, or write them to another --out")
+    return False
 
 
 def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMethod | str, out: str | Path,
@@ -141,17 +140,22 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMet
 
 def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labels: str = "gt",
                 label_threshold: float = 0.5, scales: Sequence[float] | None = None, batch_size: int = 8,
-                device: str = "auto", skip_bad: bool = False, progress: bool = True) -> RunCounts:
-    """``wsseg maps``: this rank's share of the split's maps into ``out``, with ``out/maps.json``."""
+                device: str = "auto", skip_bad: bool = False, progress: bool = True,
+                overwrite: bool = False) -> RunCounts:
+    """``wsseg maps``: this rank's share of the split's maps into ``out``, with ``out/maps.json``;
+    ``overwrite`` replaces a folder of maps made another way (else refused)."""
     out = Path(out)
     chosen = map_method(method).with_scales(scales)
     check_label_source(labels)
-    with open_split(source, device, batch_size, out) as split:
+    with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:
         record = maps_record(chosen, labels, label_threshold, source.run)
-        check_folder(out, record)
+        replace = check_folder(out, record, overwrite)
         split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
+            if replace:
+                remove_outputs(out, ("*.npz", "*.png"))
             write_json_atomic(out / MAPS_RECORD, record.to_json())
+        split.group.barrier()  # nothing is written before the old maps are gone
         counts = compute_split_maps(split.model, split.dataset, chosen, out, labels, None, batch_size,
                                     label_threshold, skip_bad, progress and split.group.is_main, split.ids)
     counts.rank_tag = split.rank_tag

@@ -32,7 +32,7 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
-from wsseg.io import remove_stale_temporaries
+from wsseg.outputs import LOCK_FILE, OutputLock, check_ours, check_outside_dataset
 from wsseg.maps.hooks import inference_state
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig, check_same_classes, load_run
@@ -161,16 +161,6 @@ def run_split(dataset: VOCDataset, compute: Callable[[list[ImageItem]], Sequence
     return counts
 
 
-def clear_interrupted_writes(out: str | Path, group: ProcessGroup) -> None:
-    """Remove temporary files a killed run left in ``out`` (rank 0, before any rank writes)."""
-    if group.is_main:
-        removed = remove_stale_temporaries(out)
-        if removed:
-            print(f"removed {removed} unfinished temporary file(s) left by an interrupted run in {out}",
-                  file=sys.stderr)
-    group.barrier()
-
-
 @dataclass(frozen=True)
 class SplitSource:
     """Where a split command reads from: the classifier's run folder and a VOC-layout split."""
@@ -205,19 +195,27 @@ class OpenSplit:
 
 @contextlib.contextmanager
 def open_split(source: SplitSource, device: str = "auto", batch_size: int = 8, out: str | Path | None = None,
-               shard: bool = True) -> Iterator[OpenSplit]:
+               shard: bool = True, records: Sequence[str] = ()) -> Iterator[OpenSplit]:
     """Load the run and the split, refuse a class-list mismatch, join the process group (when
-    torchrun started this one), clear ``out``'s interrupted writes, and deal this rank its blocks.
+    torchrun started this one), claim ``out`` by the rules of :mod:`wsseg.outputs` (not inside
+    the dataset, not among files without one of ``records``, one run at a time: rank 0 holds the
+    lock and clears a killed run's temporaries), and deal this rank its blocks.
 
     A rank that fails makes every rank stop with a clear message (``ProcessGroup.together``).
     ``shard=False``: every rank gets the whole split (single-process steps such as tuning).
     """
-    with process_group(device) as group:
+    with process_group(device) as group, contextlib.ExitStack() as held:
         model, config = load_run(source.run, map_location=group.device)
         dataset = source.dataset()
         check_same_classes(config, dataset.classes, source.run, source.data)
         if out is not None:
-            clear_interrupted_writes(out, group)
+            with group.together():  # a refusal on any rank stops them all
+                check_outside_dataset(out, source.data, source.masks)
+                check_ours(out, [*records, LOCK_FILE])
+                lock = held.enter_context(OutputLock(out, enabled=group.is_main))
+            if lock.removed_temporaries:
+                print(f"removed {lock.removed_temporaries} unfinished temporary file(s) left by an interrupted run "
+                      f"in {out}", file=sys.stderr)
         ids = group.shard_blocks(dataset.ids, batch_size) if shard else list(dataset.ids)
         with group.together():
             yield OpenSplit(group, model, config, dataset, ids)

@@ -29,7 +29,8 @@ from wsseg.data.voc import VOCDataset
 from wsseg.distributed import pick_device, process_group
 from wsseg.errors import WssegError
 from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_predictions, sum_over_ranks
-from wsseg.io import atomic_write, write_json_atomic
+from wsseg.fusion.misvm import MISVM_FILE
+from wsseg.io import atomic_write, file_sha256, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
@@ -42,7 +43,8 @@ from wsseg.tune import load_choices
 
 SEGMENT_RECORD = "segment.json"
 # the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
-_SHAPING = ("method", "labels", "label_threshold", "maps", "threshold")
+_SHAPING = ("method", "labels", "label_threshold", "maps", "threshold", "threshold_source", "tuned_on_ground_truth",
+            "split", "data", "model_sha256", "misvm_sha256")
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,30 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
         return []
 
 
-def check_output(out: Path, record: dict[str, Any]) -> None:
-    """Refuse a folder holding segmentations made with other options (resuming into it would mix
-    them). Every rank checks, so that all stop together."""
+def provenance(source: SplitSource, method: str) -> dict[str, Any]:
+    """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
+    the weights (and of the mi-SVM where the method reads it): a retrained model at the same path
+    makes other segmentations."""
+    run = Path(source.run)
+    misvm = run / MISVM_FILE
+    return {"split": source.split, "data": str(Path(source.data).resolve()),
+            "model_sha256": file_sha256(run / "model.pt"),
+            "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None}
+
+
+def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> bool:
+    """Refuse a folder holding segmentations made with other options, data or weights (resuming
+    into it would mix them), unless ``overwrite``; True when its PNGs must be replaced. Every
+    rank checks, so that all stop together."""
     earlier = read_segment_record(out)
     if earlier is not None:
-        changed = [key for key in _SHAPING if key in earlier and earlier[key] != record[key]]
+        changed = [key for key in _SHAPING if earlier.get(key) != record.get(key)]
+        if changed and overwrite:
+            return True
         if changed:
             raise WssegError(f"{out / SEGMENT_RECORD}: this folder holds segmentations made with another "
-                             f"{', '.join(changed)}; write to another --out")
+                             f"{', '.join(changed)}; use --overwrite to replace them, or write to another --out")
+    return False
 
 
 def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
@@ -159,7 +176,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter |
 
 def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOptions = SegmentOptions(),
                     batch_size: int = 8, device: str = "auto", skip_bad: bool = False, progress: bool = True,
-                    maps: Sequence[str | Path] = ()) -> RunCounts:
+                    maps: Sequence[str | Path] = (), overwrite: bool = False) -> RunCounts:
     """``wsseg segment --data``: this rank's share of the split into ``out``, with ``out/segment.json``.
 
     ``maps``: folders written by ``wsseg maps``, one per map method the segmenter reads, fused
@@ -167,18 +184,22 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     """
     out = Path(out)
     check_label_source(options.labels)
-    with open_split(source, device, batch_size, out) as split:
+    with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
         stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
                                  options.method) if maps else None
-        record = segment_record(options, segmenter, threshold, source.run, stored)
-        check_output(out, record)
+        record = {**segment_record(options, segmenter, threshold, source.run, stored),
+                  **provenance(source, options.method)}
+        replace = check_output(out, record, overwrite)
         split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
             if threshold.oracle:
                 print(threshold.warning(options.method), file=sys.stderr)
+            if replace:
+                remove_outputs(out, ("*.png",))
             write_json_atomic(out / SEGMENT_RECORD, record)
+        split.group.barrier()  # nothing is written before the old segmentations are gone
         counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
                                options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
                                stored)

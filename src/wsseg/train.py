@@ -8,6 +8,7 @@ continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -26,7 +27,8 @@ from wsseg.data.loading import EpochShards, LabelledImages, auto_workers, cpus_p
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
-from wsseg.io import remove_stale_temporaries, write_json_atomic
+from wsseg.io import write_json_atomic
+from wsseg.outputs import LOCK_FILE, OutputLock, check_ours, check_outside_dataset
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
@@ -189,7 +191,11 @@ def train(options: TrainOptions) -> list[dict]:
     RUN/model.pt holds the epoch with the best val mAP (image labels only, so no oracle), the
     last epoch when there is no val split; RUN/last.pt the last epoch, for ``--resume``."""
     _check_options(options)
-    with process_group(options.device) as group:
+    with process_group(options.device) as group, contextlib.ExitStack() as held:
+        with group.together():  # the output-folder rules of wsseg.outputs; a refusal stops every rank
+            check_outside_dataset(options.out, options.data, options.masks)
+            check_ours(options.out, ["config.json", "history.json", LOCK_FILE])
+            held.enter_context(OutputLock(options.out, enabled=group.is_main))  # also clears a killed run's temporaries
         session = _setup(options, group)
         if session is None:
             return read_history(Path(options.out))
@@ -261,7 +267,6 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
             return None
         if group.is_main:
             print(f"[train] resuming {out} after epoch {len(history)}")
-            remove_stale_temporaries(out)  # a checkpoint write cut short by the kill
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train] no checkpoint to resume in {out}; starting fresh")
 
