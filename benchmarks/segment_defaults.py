@@ -46,7 +46,7 @@ from wsseg.io import atomic_write, write_json_atomic
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.runner import batch_classes, iter_batches
 from wsseg.models.run import load_run
-from wsseg.pipelines import (CRF_GRID, THRESHOLD_GRID, DenseCRF, PipelineA, PipelineB, SegmentInput, Segmenter,
+from wsseg.pipelines import (CRF_GRID, THRESHOLD_GRID, Confident, DenseCRF, PipelineA, PipelineB, SegmentInput, Segmenter,
                              Thresholded, build_segmenter)
 from wsseg.registry import SEGMENT_METHODS
 
@@ -252,6 +252,26 @@ def quality(benchmarks: list[Benchmark], labels: str) -> dict:
     return result
 
 
+def confident(benchmarks: list[Benchmark]) -> dict:
+    """Per method: mIoU of its confident pseudo-labels (``--ignore-uncertain``) on the pixels they
+    keep, the fraction they leave out, and the plain method's mIoU, on train with true labels."""
+    result = {}
+    for b in benchmarks:
+        rows = {}
+        for name in SEGMENT_METHODS:
+            plain = build_segmenter(name, b.run)
+            kept, whole = ConfusionMatrix(b.dataset.num_classes + 1), ConfusionMatrix(b.dataset.num_classes + 1)
+            timings: dict[str, float] = {}
+            for record in tqdm(b.records, desc=f"{b.kind} {name} (confident)", unit="img"):
+                labels = record.segment(Confident.of(plain), timings)
+                kept.update(labels, record.truth, ignore_uncertain=True)
+                whole.update(record.segment(plain, timings), record.truth)
+            rows[name] = {"confident_miou": 100.0 * kept.miou(), "ignored_fraction": kept.ignored_fraction(),
+                          "plain_miou": 100.0 * whole.miou()}
+        result[b.kind] = rows
+    return result
+
+
 def goals(val: dict) -> list[str]:
     lines = []
     for kind, row in val.items():
@@ -264,7 +284,7 @@ def goals(val: dict) -> list[str]:
     return lines
 
 
-def print_tables(search_path: Path, quality_path: Path) -> None:
+def print_tables(search_path: Path, quality_path: Path, confident_path: Path | None = None) -> None:
     if search_path.exists():
         found = json.loads(search_path.read_text())
         print(f"Search on the first {found['images']} train images of each benchmark (mIoU %, ground-truth labels):\n")
@@ -288,11 +308,22 @@ def print_tables(search_path: Path, quality_path: Path) -> None:
         print("\nGoals (val, predicted labels):")
         for line in goals({k: table["val"][k] for k in kinds}):
             print(" ", line)
+    if confident_path is not None and confident_path.exists():
+        table = json.loads(confident_path.read_text())
+        kinds = [k for k in BENCHMARKS if k in table]
+        print("\nConfident pseudo-labels (--ignore-uncertain), train, ground-truth labels: mIoU % on the pixels "
+              "kept / % of labelled pixels left out (255) / the plain method's mIoU %:\n")
+        print("| method | " + " | ".join(f"{k}: confident mIoU | {k}: left out | {k}: plain mIoU" for k in kinds) + " |")
+        print("|---|" + "---:|---:|---:|" * len(kinds))
+        for method in SEGMENT_METHODS:
+            cells = [f"{table[k][method]['confident_miou']:.1f} | {100 * table[k][method]['ignored_fraction']:.1f} | "
+                     f"{table[k][method]['plain_miou']:.1f}" for k in kinds]
+            print(f"| {method} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("search", "quality", "table"))
+    parser.add_argument("command", choices=("search", "quality", "confident", "table"))
     parser.add_argument("--work", type=Path, default=Path("build/recipe"),
                         help="the datasets and runs of benchmarks/train_recipe.py")
     parser.add_argument("--recipe", default="long", help="which recipe's full-train-split runs to use")
@@ -301,14 +332,23 @@ def main() -> None:
     parser.add_argument("--search-results", type=Path, default=HERE / "segment_defaults.json")
     parser.add_argument("--collect-only", action="store_true",
                         help="quality: compute and cache the maps (WORK/cache), score nothing yet")
+    parser.add_argument("--confident-results", type=Path, default=HERE / "confident_labels.json")
     parser.add_argument("--quality-results", type=Path, default=HERE / "segment_quality.json")
     args = parser.parse_args()
     if args.command == "table":
-        print_tables(args.search_results, args.quality_results)
+        print_tables(args.search_results, args.quality_results, args.confident_results)
         return
     torch.manual_seed(0)
     kinds = args.benchmarks.split(",")
-    if args.command == "search":
+    if args.command == "confident":
+        table = {}
+        for kind in kinds:
+            b = open_benchmark(args.work, kind, args.recipe, "train")
+            b.records = cached_records(args.work / "cache" / f"{kind}-train-gt.pkl", b, "gt")
+            table.update(confident([b]))
+            b.records.clear()
+        write_json_atomic(args.confident_results, table)
+    elif args.command == "search":
         benchmarks = [open_benchmark(args.work, kind, args.recipe, "train") for kind in kinds]
         for b in benchmarks:
             b.records = collect(b.model, b.dataset, b.dataset.ids[:args.images], "gt", pipelines_of(b))
@@ -326,7 +366,7 @@ def main() -> None:
                 b.records.clear()
         if not args.collect_only:
             write_json_atomic(args.quality_results, table)
-    print_tables(args.search_results, args.quality_results)
+    print_tables(args.search_results, args.quality_results, args.confident_results)
 
 
 if __name__ == "__main__":

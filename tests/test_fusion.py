@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from wsseg.models import build_classifier
 from wsseg.models.run import RunConfig, build_from_config, load_run, save_checkpoint
 from wsseg.fusion.crf import PSA
 from wsseg.maps import CAM, DCSM
-from wsseg.pipelines import DenseCRF, PipelineA, PipelineB, SegmentInput, build_segmenter, segment_images
+from wsseg.pipelines import (Confident, DenseCRF, PipelineA, PipelineB, SegmentInput, Thresholded, build_segmenter,
+                             segment_images)
 
 
 def test_threshold_background_by_hand() -> None:
@@ -283,3 +285,43 @@ def test_dcsm_normalisations() -> None:
                                atol=1e-6)
     with pytest.raises(WssegError, match="normalisation"):
         DCSM(normalization="sigmoid")
+
+
+def test_confident_pseudo_labels_mark_the_uncertain_band() -> None:
+    """IRN's rule around a method's threshold: sure class inside each blob, sure background far
+    from both, 255 between; values only background, the image's classes and 255."""
+    inputs = _fusion_inputs()
+    base = Thresholded(CAM(), threshold=0.4)
+    labels = Confident.of(base)(inputs)
+    assert set(np.unique(labels)) <= {0, 2, 5, 255} and (labels == 255).any()
+    assert labels[16, 16] == 2 and labels[30, 45] == 5 and labels[47, 0] == 0
+    plain = base(inputs)
+    assert ((labels == 255) | (labels == plain)).mean() > 0.9  # it withholds labels; it rarely changes them
+
+
+def test_evaluate_ignores_uncertain_pixels_only_when_asked() -> None:
+    from wsseg.evaluate import ConfusionMatrix
+
+    truth = np.array([[0, 1, 1, 255]])
+    prediction = np.array([[0, 1, 255, 255]])
+    plain, confident = ConfusionMatrix(2), ConfusionMatrix(2)
+    plain.update(prediction, truth)
+    confident.update(prediction, truth, ignore_uncertain=True)
+    assert plain.miou() == pytest.approx((0.5 + 0.5) / 2) and plain.ignored == 0
+    assert confident.miou() == 1.0 and confident.ignored == 1 and confident.ignored_fraction() == pytest.approx(1 / 3)
+
+
+def test_segment_and_evaluate_with_ignore_uncertain(tiny_run: Path, tiny_bench: Path, tmp_path: Path) -> None:
+    common = ["--data", str(tiny_bench), "--split", "val", "--quiet"]
+    assert main(["segment", "--run", str(tiny_run), *common, "--method", "cam", "--ignore-uncertain",
+                 "--out", str(tmp_path / "confident")]) == 0
+    record = json.loads((tmp_path / "confident" / "segment.json").read_text())
+    assert record["ignore_uncertain"] is True
+    assert main(["evaluate", "--pred", str(tmp_path / "confident"), *common, "--ignore-uncertain",
+                 "--json", str(tmp_path / "with.json")]) == 0
+    assert main(["evaluate", "--pred", str(tmp_path / "confident"), *common, "--json", str(tmp_path / "without.json")]) == 0
+    scored = json.loads((tmp_path / "with.json").read_text())
+    assert 0 < scored["ignored_fraction"] < 1
+    assert json.loads((tmp_path / "without.json").read_text())["ignored_fraction"] is None
+    # the same folder without --ignore-uncertain is another kind of segmentation: refused
+    assert main(["segment", "--run", str(tiny_run), *common, "--method", "cam", "--out", str(tmp_path / "confident")]) == 2

@@ -122,7 +122,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from wsseg.segment import score_segmentations
 
     scores = score_segmentations(args.pred, args.data, args.split, args.masks, args.max_side, args.skip_bad,
-                                 not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20)
+                                 not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20,
+                                 ignore_uncertain=args.ignore_uncertain)
     if scores is None:  # another rank than the main one: it only scored its share
         return 0
     print(scores.result.table())
@@ -196,7 +197,8 @@ def _source(args: argparse.Namespace):
 def _segment_options(args: argparse.Namespace):
     from wsseg.segment import SegmentOptions
 
-    return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold)
+    return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
+                          args.ignore_uncertain)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
@@ -296,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pred", required=True, type=Path, help="folder of <id>.png predictions")
     _add_dataset_args(evaluate)
     evaluate.add_argument("--json", type=Path, help="also write the scores as JSON here")
+    evaluate.add_argument("--ignore-uncertain", action="store_true",
+                          help="score only the pixels a prediction does not mark 255 (confident pseudo-labels) "
+                               "and report the fraction left out; without it a predicted 255 counts as background")
 
     train = command("train", _cmd_train, "train the multi-label FCN classifier on image-level labels")
     train.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
@@ -368,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
     _add_segment_method(segment)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
+    segment.add_argument("--ignore-uncertain", action="store_true",
+                         help="confident pseudo-labels: segment at a lower and a higher background threshold, "
+                              "refine both with IRN's label CRF, and write 255 where they disagree")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace the segmentations of a folder made with other options, data or weights "
                               "(else refused)")

@@ -32,14 +32,21 @@ class ConfusionMatrix:
             raise ValueError("need at least two labels (background and one class)")
         self.num_labels = num_labels
         self.matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+        self.ignored = 0  # labelled pixels left out as uncertain (update(..., ignore_uncertain=True))
 
-    def update(self, prediction: np.ndarray, truth: np.ndarray) -> None:
-        """Add one image (or any batch of pixels) to the matrix."""
+    def update(self, prediction: np.ndarray, truth: np.ndarray, ignore_uncertain: bool = False) -> None:
+        """Add one image (or any batch of pixels) to the matrix. A predicted 255 counts as
+        background, or, with ``ignore_uncertain`` (confident pseudo-labels), is left out and
+        counted in ``ignored``."""
         prediction = np.asarray(prediction)
         truth = np.asarray(truth)
         if prediction.shape != truth.shape:
             raise ValueError(f"prediction shape {prediction.shape} differs from ground truth {truth.shape}")
         valid = truth != VOID
+        if ignore_uncertain:
+            uncertain = valid & (prediction == VOID)
+            self.ignored += int(uncertain.sum())
+            valid &= ~uncertain
         gt = truth[valid].astype(np.int64)
         pred = prediction[valid].astype(np.int64)
         pred[pred == VOID] = 0
@@ -50,9 +57,15 @@ class ConfusionMatrix:
             raise ValueError(f"prediction has labels outside 0..{n - 1} and {VOID}")
         self.matrix += np.bincount(gt * n + pred, minlength=n * n).reshape(n, n)
 
-    def merge(self, other: ConfusionMatrix | np.ndarray) -> None:
+    def merge(self, other: ConfusionMatrix | np.ndarray, ignored: int = 0) -> None:
         """Add another matrix (e.g. from another process)."""
         self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else np.asarray(other, np.int64)
+        self.ignored += other.ignored if isinstance(other, ConfusionMatrix) else int(ignored)
+
+    def ignored_fraction(self) -> float | None:
+        """The share of labelled (non-void) pixels left out as uncertain."""
+        total = int(self.matrix.sum()) + self.ignored
+        return self.ignored / total if total else None
 
     def iou(self) -> list[float | None]:
         diag = np.diag(self.matrix).astype(np.float64)
@@ -82,6 +95,7 @@ class EvaluationResult:
             "iou": dict(zip(self.class_names, self.confusion.iou())),
             "n_images": self.n_images,
             "n_skipped": self.n_skipped,
+            "ignored_fraction": self.confusion.ignored_fraction() if self.confusion.ignored else None,
             "confusion": self.confusion.matrix.tolist(),
         }
 
@@ -96,6 +110,9 @@ class EvaluationResult:
         lines.append(f"{'mIoU':<{width}}  {'-' if miou is None else f'{100 * miou:6.2f}%':>7}")
         lines.append(f"{'pixel acc.':<{width}}  {'-' if accuracy is None else f'{100 * accuracy:6.2f}%':>7}")
         lines.append(f"{self.n_images} images scored" + (f", {self.n_skipped} skipped" if self.n_skipped else ""))
+        if self.confusion.ignored:
+            lines.append(f"{100 * self.confusion.ignored_fraction():.1f}% of the labelled pixels left out as uncertain "
+                         "(predicted 255)")
         return "\n".join(lines)
 
 
@@ -123,7 +140,7 @@ def evaluate_directory(pred_dir: str | Path, dataset: VOCDataset, skip_bad: bool
 
 
 def score_predictions(pred_dir: str | Path, dataset: VOCDataset, ids: Sequence[str], skip_bad: bool = False,
-                      progress: bool = True) -> EvaluationResult:
+                      progress: bool = True, ignore_uncertain: bool = False) -> EvaluationResult:
     """The confusion matrix of some images (one rank's share); zero images is not an error here."""
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -145,7 +162,7 @@ def score_predictions(pred_dir: str | Path, dataset: VOCDataset, ids: Sequence[s
                 raise
             skipped += 1
             continue
-        confusion.update(prediction, truth)
+        confusion.update(prediction, truth, ignore_uncertain)
         scored += 1
     return EvaluationResult(dataset.classes.names, confusion, scored, skipped)
 
@@ -153,7 +170,7 @@ def score_predictions(pred_dir: str | Path, dataset: VOCDataset, ids: Sequence[s
 def sum_over_ranks(result: EvaluationResult, group: ProcessGroup) -> EvaluationResult:
     """The result of all ranks' shares together (confusion matrices and counts added)."""
     confusion = ConfusionMatrix(result.confusion.matrix.shape[0])
-    confusion.merge(group.all_sum(result.confusion.matrix))
+    confusion.merge(group.all_sum(result.confusion.matrix), int(group.all_sum(np.array([result.confusion.ignored]))[0]))
     scored, skipped = (int(n) for n in group.all_sum(np.array([result.n_images, result.n_skipped])))
     return EvaluationResult(result.class_names, confusion, scored, skipped)
 

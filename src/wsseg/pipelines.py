@@ -28,7 +28,8 @@ from wsseg.data.images import voc_palette
 from wsseg.data.transforms import batch_tensor
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
-from wsseg.fusion.crf import PSA, CRFParams, dense_crf
+from wsseg.data.classes import VOID
+from wsseg.fusion.crf import PSA, CRFParams, crf_from_labels, dense_crf
 from wsseg.fusion.ilp import solve_labels
 from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, MiSVM
 from wsseg.fusion.objectness import border_contrast
@@ -226,6 +227,53 @@ class PipelineA(Segmenter):
             unary = soft_probabilities(unified.T[:, :, None], self.threshold)[:, :, 0].T  # [P, K + 1]
             refined = mean_field(unary, prepared.contrast)
         return _to_labels(inputs.labels, np.argmax(refined, axis=1))[prepared.superpixels]
+
+
+@dataclass(frozen=True, eq=False)
+class Confident(Segmenter):
+    """Confident pseudo-labels, by IRN's rule: the base segmenter at a higher and at a lower
+    background threshold, each refined by IRN's CRF on hard labels (``crf_from_labels``). A
+    pixel keeps a class where the higher threshold still gives it one, is background where even
+    the lower threshold leaves it background, and is 255 (uncertain, ignored by training and by
+    ``wsseg evaluate --ignore-uncertain``) in between. The thresholds lie halfway from the base's
+    threshold t to 0 and to 1 (t / 2 and (1 + t) / 2); IRN uses 0.05 and 0.30 around its 0.15.
+    """
+
+    base: Segmenter
+    grid: ClassVar[tuple[float, ...]] = ()
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        if isinstance(self.base, Confident):
+            raise WssegError("confident pseudo-labels of confident pseudo-labels make no sense")
+
+    @classmethod
+    def of(cls, base: Segmenter) -> Confident:
+        return cls(base, threshold=base.threshold)
+
+    @property
+    def maps(self) -> tuple[MapMethod, ...]:
+        return self.base.maps
+
+    @property
+    def needs_features(self) -> bool:  # type: ignore[override]
+        return self.base.needs_features
+
+    def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> object:
+        return self.base.prepare(inputs, timings)
+
+    def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
+        low, high = self.threshold / 2, (1 + self.threshold) / 2
+        index = np.zeros(256, np.int32)
+        index[[0, *inputs.labels]] = np.arange(len(inputs.labels) + 1)
+        refined = []
+        for threshold in (low, high):
+            labels = dataclasses.replace(self.base, threshold=threshold).fuse(inputs, prepared, timings)
+            with timed(timings, "confidence crf"):
+                refined.append(crf_from_labels(inputs.image, index[labels], len(inputs.labels) + 1))
+        loose, strict = refined  # loose: little background; strict: much background
+        choice = np.where(strict > 0, strict, np.where(loose == 0, 0, -1))
+        return np.where(choice < 0, VOID, _to_labels(inputs.labels, np.maximum(choice, 0))).astype(np.uint8)
 
 
 def _misvm(run: Path | None) -> MiSVM:

@@ -35,7 +35,7 @@ from wsseg.map_folders import StoredMaps, method_options
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
-from wsseg.pipelines import Segmenter, build_segmenter, label_overlay, segment_images, segment_inputs
+from wsseg.pipelines import Confident, Segmenter, build_segmenter, label_overlay, segment_images, segment_inputs
 from wsseg.registry import method_info
 from wsseg.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source, open_split,
                           predict_labels, run_split)
@@ -43,7 +43,8 @@ from wsseg.tune import load_choices
 
 SEGMENT_RECORD = "segment.json"
 # the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
-_SHAPING = ("method", "labels", "label_threshold", "maps", "threshold", "threshold_source", "tuned_on_ground_truth",
+_SHAPING = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold", "threshold_source",
+            "tuned_on_ground_truth",
             "split", "data", "model_sha256", "misvm_sha256")
 
 
@@ -56,6 +57,7 @@ class SegmentOptions:
     label_threshold: float = 0.5  # score threshold for predicted labels
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
     threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
+    ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: Bac
                    run: str | Path | None = None, stored: StoredMaps | None = None) -> dict[str, Any]:
     """What ``segment.json`` says about a folder of segmentations."""
     return {"method": options.method, "labels": options.labels, "label_threshold": options.label_threshold,
+            "ignore_uncertain": options.ignore_uncertain,
             "scales": None if options.scales is None else list(options.scales),
             "maps": [{"method": method.name, "options": method_options(method)} for method in segmenter.maps],
             "threshold": threshold.value, "threshold_source": threshold.source,
@@ -187,6 +190,8 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
+        if options.ignore_uncertain:
+            segmenter = Confident.of(segmenter)
         stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
                                  options.method) if maps else None
         record = {**segment_record(options, segmenter, threshold, source.run, stored),
@@ -250,14 +255,15 @@ class Scores:
 def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", masks: str = "SegmentationClass",
                         max_side: int = DEFAULT_MAX_SIDE, skip_bad: bool = False, progress: bool = True,
                         json_path: str | Path | None = None, extra: dict[str, Any] | None = None,
-                        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> Scores | None:
+                        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+                        ignore_uncertain: bool = False) -> Scores | None:
     """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
     dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
     with process_group("cpu") as group:
         with group.together():
             result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
-                                       progress=progress and group.is_main)
+                                       progress=progress and group.is_main, ignore_uncertain=ignore_uncertain)
         result = sum_over_ranks(result, group)  # every rank scored its share: add them up
     check_scored(result, pred)
     if not group.is_main:
