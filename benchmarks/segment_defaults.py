@@ -81,7 +81,7 @@ class Record:
 
     def segment(self, segmenter: Segmenter, timings: dict[str, float]) -> np.ndarray:
         inputs = SegmentInput(self.image, self.labels, {method: self.maps(method) for method in segmenter.maps})
-        prepared = self.prepared.get(_pipeline_name(segmenter))
+        prepared = self.prepared.get(_pipeline_name(getattr(segmenter, "base", segmenter)))  # Confident wraps one
         return segmenter(inputs, timings, prepared)
 
 
