@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from wsseg.errors import WssegError
+from wsseg.errors import DataError, WssegError
 
 
 # the temporaries of atomic_write are named .<name>.<random>.wsseg.tmp: the cleanup of a killed
@@ -74,10 +75,21 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
     return removed
 
 
+def resolves_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s real location (after symlinks) is ``folder`` or lies inside it."""
+    real_folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), real_folder]) == real_folder
+
+
+def require_inside_root(path: Path, root: str | os.PathLike[str]) -> Path:
+    """``path``, unless it leads out of the dataset ``root`` (a symlink): then a DataError."""
+    if not resolves_inside(path, root):
+        raise DataError(path, "leads outside the dataset root (symlink?); refused")
+    return path
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes, read in chunks (a retrained model has another, a moved one not)."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.io import remove_stale_temporaries
+from wsseg.io import remove_stale_temporaries, resolves_inside
 
 LOCK_FILE = ".wsseg.lock"
 # the parts of a VOC-layout dataset that outputs must never replace (besides its mask folder)
@@ -29,16 +29,11 @@ DATASET_FOLDERS = ("JPEGImages", "Annotations", "ImageSets", "SegmentationClass"
                    "SegmentationObject")
 
 
-def _within(path: str, folder: str) -> bool:
-    return os.path.commonpath([path, folder]) == folder
-
-
 def check_outside_dataset(out: str | Path, root: str | Path, masks: str | None = None) -> None:
     """Refuse an output folder that is, or lies inside, one of the dataset's own folders."""
-    real_out = os.path.realpath(out)
     for name in dict.fromkeys([*DATASET_FOLDERS, *([masks] if masks else [])]):
         folder = Path(root) / name
-        if folder.exists() and _within(real_out, os.path.realpath(folder)):
+        if folder.exists() and resolves_inside(out, folder):
             raise WssegError(f"{out}: lies inside the dataset's {name} folder ({folder}); writing there would "
                              "replace the dataset's own files. Choose another --out")
 

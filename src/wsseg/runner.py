@@ -32,7 +32,7 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
-from wsseg.outputs import LOCK_FILE, OutputLock, check_ours, check_outside_dataset
+from wsseg.outputs import claimed_output
 from wsseg.maps.hooks import inference_state
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig, check_same_classes, load_run
@@ -210,9 +210,7 @@ def open_split(source: SplitSource, device: str = "auto", batch_size: int = 8, o
         check_same_classes(config, dataset.classes, source.run, source.data)
         if out is not None:
             with group.together():  # a refusal on any rank stops them all
-                check_outside_dataset(out, source.data, source.masks)
-                check_ours(out, [*records, LOCK_FILE])
-                lock = held.enter_context(OutputLock(out, enabled=group.is_main))
+                lock = held.enter_context(claimed_output(out, records, source.data, source.masks, group.is_main))
             if lock.removed_temporaries:
                 print(f"removed {lock.removed_temporaries} unfinished temporary file(s) left by an interrupted run "
                       f"in {out}", file=sys.stderr)

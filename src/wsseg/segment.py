@@ -31,7 +31,7 @@ from wsseg.errors import WssegError
 from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_predictions, sum_over_ranks
 from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import atomic_write, file_sha256, remove_outputs, write_json_atomic
-from wsseg.map_folders import StoredMaps, method_options
+from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
@@ -126,7 +126,7 @@ def provenance(source: SplitSource, method: str) -> dict[str, Any]:
     run = Path(source.run)
     misvm = run / MISVM_FILE
     return {"split": source.split, "data": str(Path(source.data).resolve()),
-            "model_sha256": file_sha256(run / "model.pt"),
+            "model_sha256": model_digest(run),
             "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None}
 
 

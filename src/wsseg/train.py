@@ -28,7 +28,7 @@ from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_json_atomic
-from wsseg.outputs import LOCK_FILE, OutputLock, check_ours, check_outside_dataset
+from wsseg.outputs import claimed_output
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
@@ -129,6 +129,10 @@ def _poly(optimizer: torch.optim.Optimizer, base: list[float], step: int, total:
         group["lr"] = lr * factor
 
 
+# the largest --image-size accepted: beyond it one batch would not fit in memory
+MAX_IMAGE_SIZE = 1024
+
+
 def _check_options(options: TrainOptions) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(options, name) < 1:
@@ -160,9 +164,6 @@ def _check_options(options: TrainOptions) -> None:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 
 
-# the largest --image-size accepted: beyond it one batch would not fit in memory
-MAX_IMAGE_SIZE = 1024
-
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
                       "seed")
@@ -193,9 +194,9 @@ def train(options: TrainOptions) -> list[dict]:
     _check_options(options)
     with process_group(options.device) as group, contextlib.ExitStack() as held:
         with group.together():  # the output-folder rules of wsseg.outputs; a refusal stops every rank
-            check_outside_dataset(options.out, options.data, options.masks)
-            check_ours(options.out, ["config.json", "history.json", LOCK_FILE])
-            held.enter_context(OutputLock(options.out, enabled=group.is_main))  # also clears a killed run's temporaries
+            # the lock (rank 0's) also clears the temporaries of a killed run
+            held.enter_context(claimed_output(options.out, ["config.json", "history.json"], options.data,
+                                              options.masks, group.is_main))
         session = _setup(options, group)
         if session is None:
             return read_history(Path(options.out))

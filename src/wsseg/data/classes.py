@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsseg.errors import DataError
-from wsseg.io import write_text_atomic
+from wsseg.io import require_inside_root, write_text_atomic
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -85,10 +84,7 @@ def load_class_list(root: str | Path) -> ClassList:
     path = Path(root) / "classes.txt"
     if not path.exists():
         return VOC_CLASS_LIST
-    real_root = os.path.realpath(root)
-    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
-        raise DataError(path, "leads outside the dataset root (symlink?); refused")
-    return read_class_file(path)
+    return read_class_file(require_inside_root(path, root))
 
 
 def write_class_file(path: str | Path, classes: ClassList) -> None:

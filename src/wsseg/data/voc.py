@@ -21,6 +21,7 @@ import numpy as np
 from wsseg.data.classes import VOID, ClassList, load_class_list
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, read_label_png
 from wsseg.errors import DataError, WssegError
+from wsseg.io import require_inside_root
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -101,7 +102,6 @@ class VOCDataset(Sequence[Sample]):
         self.max_file_size = max_file_size
         if not self.root.is_dir():
             raise WssegError(f"{self.root}: dataset root is not a directory")
-        self._real_root = os.path.realpath(self.root)
         self.split = split
         self.mask_dir = masks
         self.classes = classes if classes is not None else load_class_list(self.root)
@@ -128,10 +128,7 @@ class VOCDataset(Sequence[Sample]):
     # -- paths -------------------------------------------------------------------------------
     def _inside(self, path: Path) -> Path:
         """Refuse files whose real location (after symlinks) is outside the dataset root."""
-        real = os.path.realpath(path)
-        if os.path.commonpath([real, self._real_root]) != self._real_root:
-            raise DataError(path, "leads outside the dataset root (symlink?); refused")
-        return path
+        return require_inside_root(path, self.root)
 
     def image_path(self, image_id: str) -> Path:
         folder = self.root / "JPEGImages"
