@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wsseg.data.images import read_image_size
-from wsseg.data.loading import EpochShards, LabelledImages, auto_workers, cpus_per_rank, loader_settings
+from wsseg.data.loading import EpochShards, LabelledImages, loader_settings
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
@@ -32,22 +32,16 @@ from wsseg.outputs import claimed_output
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
+from wsseg.training import (PRECISIONS, drop_bad, poly_lr, precision_name, resolve_workers, resume_checkpoint,
+                            synchronize, timed_batches, training_autocast)
+
+__all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
+           "training_autocast"]
 
 
 def collate_as_list(items: list) -> list:
     """Keep a loader's items apart: evaluation images differ in size and are never padded."""
     return items
-
-
-def _drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    images, targets, errors = batch
-    bad = [i for i, error in enumerate(errors) if error]
-    if bad and not skip_bad:
-        raise DataError(errors[bad[0]].split(": ", 1)[0], errors[bad[0]].split(": ", 1)[-1])
-    if bad:
-        keep = torch.tensor([i for i in range(len(errors)) if not errors[i]], dtype=torch.long)
-        images, targets = images[keep], targets[keep]
-    return images, targets, len(bad)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> list[float | None]:
@@ -88,7 +82,7 @@ def predict_scores(model: FCNClassifier, dataset: VOCDataset, image_size: int, b
     try:
         for items in tqdm(loader, desc="validate", unit="batch", leave=False, disable=not progress):
             for run in _equal_shape_runs(items):
-                images, labels, bad = _drop_bad(_stack(run), skip_bad)
+                images, labels, bad = drop_bad(_stack(run), skip_bad)
                 skipped += bad
                 if len(images):
                     scores.append(torch.sigmoid(model(images.to(device, non_blocking=True))).cpu().numpy())
@@ -121,12 +115,6 @@ def _optimizer(model: FCNClassifier, lr: float, weight_decay: float, head_lr_sca
     body = [p for p in model.parameters() if id(p) not in head_ids]
     return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}],
                              lr=lr, weight_decay=weight_decay)
-
-
-def _poly(optimizer: torch.optim.Optimizer, base: list[float], step: int, total: int) -> None:
-    factor = (1 - step / max(total, 1)) ** 0.9
-    for group, lr in zip(optimizer.param_groups, base):
-        group["lr"] = lr * factor
 
 
 # the largest --image-size accepted: beyond it one batch would not fit in memory
@@ -252,7 +240,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
     history: list[dict] = []
-    resume_state = _resume_checkpoint(out) if options.resume else None
+    resume_state = resume_checkpoint(out) if options.resume else None
     if resume_state is not None:
         previous = RunConfig.load(out)
         changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
@@ -308,65 +296,6 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), sampler=sampler, loader=loader,
                     workers=workers, autocast_dtype=autocast_dtype, scaler=scaler)
-
-
-def resolve_workers(requested: int | None, device: torch.device, local_world_size: int = 1) -> int:
-    """``--workers``: the number given, or for ``auto`` (None) :func:`wsseg.data.loading.auto_workers`."""
-    if requested is not None:
-        if requested < 0:
-            raise WssegError(f"--workers {requested}: must be 0 or more (or auto)")
-        return requested
-    return auto_workers(device.type, cpus_per_rank(local_world_size))
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def training_autocast(device: torch.device, precision: str = "auto", bf16_supported: bool | None = None
-                      ) -> torch.dtype | None:
-    """The autocast dtype of the training forward pass, None for plain float32.
-
-    ``auto`` is bfloat16 on a GPU that has it natively (Ampere and later): float32's exponent
-    range, so no loss scaling and nothing to overflow, at half the memory traffic; fp16 with a
-    gradient scaler on older GPUs; float32 on a CPU, where autocast would make training slower
-    and no longer bit-reproducible. Maps and segmentation never autocast (docs/method.md)."""
-    if precision not in PRECISIONS:
-        raise WssegError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if device.type != "cuda":
-        raise WssegError(f"--precision {precision}: mixed precision is for CUDA devices; {device} trains in fp32")
-    if bf16_supported is None:
-        bf16_supported = _native_bf16(device)
-    if precision == "bf16" and not bf16_supported:
-        raise WssegError(f"--precision bf16: {device} has no native bfloat16; use fp16 or auto")
-    if precision == "auto":
-        return torch.bfloat16 if bf16_supported else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def _native_bf16(device: torch.device) -> bool:
-    with torch.cuda.device(device):
-        try:
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-        except TypeError:  # torch before 2.3 has no emulation argument
-            return bool(torch.cuda.is_bf16_supported())
-
-
-def precision_name(autocast_dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}[autocast_dtype]
-
-
-def _resume_checkpoint(out: Path) -> dict | None:
-    """The state to resume from: last.pt, or the model.pt of a run from before last.pt existed
-    (it carried the optimiser). A model.pt alone without it (killed before the first last.pt)
-    is only a best-epoch snapshot: such a run starts afresh."""
-    if (out / "last.pt").exists():
-        return read_checkpoint(out / "last.pt")
-    if (out / "model.pt").exists():
-        state = read_checkpoint(out / "model.pt")
-        return state if "optimizer" in state else None
-    return None
 
 
 def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
@@ -433,10 +362,10 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     device = group.device
     bar = tqdm(session.loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
                disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(_timed_batches(bar, waits)):
-        inputs, targets, bad = _drop_bad(batch, options.skip_bad)
+    for step, batch in enumerate(timed_batches(bar, waits)):
+        inputs, targets, bad = drop_bad(batch, options.skip_bad)
         skipped += bad
-        _poly(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
+        poly_lr(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
         if len(inputs) == 0:
             continue
         inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -453,7 +382,7 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
         losses.append(loss.detach())
         seen += len(inputs)
         if not first_step_seconds:  # worker start-up, first batch, allocations: the warm-up
-            _synchronize(device)
+            synchronize(device)
             first_step_seconds = time.perf_counter() - started
         if step % 10 == 0:  # reading the loss waits for the GPU: not at every step
             bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
@@ -462,25 +391,6 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
             "seconds": seconds, "skipped": skipped, "precision": precision_name(session.autocast_dtype),
             "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(waits))}
-
-
-def _timed_batches(batches, waits: list[float]):
-    """The batches of a loader, appending to ``waits`` how long each took to arrive: time the
-    training step spent waiting for data (too many seconds here: raise --workers)."""
-    iterator = iter(batches)
-    while True:
-        asked = time.perf_counter()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        waits.append(time.perf_counter() - asked)
-        yield batch
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:

@@ -1,0 +1,113 @@
+"""What every wsseg trainer shares (the classifier, the stage-2 segmentation network, the
+affinity network): device precision, loader workers, the poly schedule, dropping bad items,
+timing the loader, and finding the checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from wsseg.data.loading import auto_workers, cpus_per_rank
+from wsseg.errors import DataError, WssegError
+from wsseg.models.run import read_checkpoint
+
+
+def drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(inputs, targets, error texts) from a loader -> the good items; a bad one raises its
+    error (as the DataError naming its file) unless ``skip_bad``, which counts it."""
+    images, targets, errors = batch
+    bad = [i for i, error in enumerate(errors) if error]
+    if bad and not skip_bad:
+        raise DataError(errors[bad[0]].split(": ", 1)[0], errors[bad[0]].split(": ", 1)[-1])
+    if bad:
+        keep = torch.tensor([i for i in range(len(errors)) if not errors[i]], dtype=torch.long)
+        images, targets = images[keep], targets[keep]
+    return images, targets, len(bad)
+
+
+def poly_lr(optimizer: torch.optim.Optimizer, base: list[float], step: int, total: int) -> None:
+    """The poly schedule (DeepLab's, power 0.9): each group's base rate times (1 - step/total)^0.9."""
+    factor = (1 - step / max(total, 1)) ** 0.9
+    for group, lr in zip(optimizer.param_groups, base):
+        group["lr"] = lr * factor
+
+
+def resolve_workers(requested: int | None, device: torch.device, local_world_size: int = 1) -> int:
+    """``--workers``: the number given, or for ``auto`` (None) :func:`wsseg.data.loading.auto_workers`."""
+    if requested is not None:
+        if requested < 0:
+            raise WssegError(f"--workers {requested}: must be 0 or more (or auto)")
+        return requested
+    return auto_workers(device.type, cpus_per_rank(local_world_size))
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def training_autocast(device: torch.device, precision: str = "auto", bf16_supported: bool | None = None
+                      ) -> torch.dtype | None:
+    """The autocast dtype of the training forward pass, None for plain float32.
+
+    ``auto`` is bfloat16 on a GPU that has it natively (Ampere and later): float32's exponent
+    range, so no loss scaling and nothing to overflow, at half the memory traffic; fp16 with a
+    gradient scaler on older GPUs; float32 on a CPU, where autocast would make training slower
+    and no longer bit-reproducible. Maps and segmentation never autocast (docs/method.md)."""
+    if precision not in PRECISIONS:
+        raise WssegError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise WssegError(f"--precision {precision}: mixed precision is for CUDA devices; {device} trains in fp32")
+    if bf16_supported is None:
+        bf16_supported = _native_bf16(device)
+    if precision == "bf16" and not bf16_supported:
+        raise WssegError(f"--precision bf16: {device} has no native bfloat16; use fp16 or auto")
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch before 2.3 has no emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}[autocast_dtype]
+
+
+def resume_checkpoint(out: Path) -> dict | None:
+    """The state to resume from: last.pt, or the model.pt of a run from before last.pt existed
+    (it carried the optimiser). A model.pt alone without it (killed before the first last.pt)
+    is only a best-epoch snapshot: such a run starts afresh."""
+    if (out / "last.pt").exists():
+        return read_checkpoint(out / "last.pt")
+    if (out / "model.pt").exists():
+        state = read_checkpoint(out / "model.pt")
+        return state if "optimizer" in state else None
+    return None
+
+
+def timed_batches(batches, waits: list[float]):
+    """The batches of a loader, appending to ``waits`` how long each took to arrive: time the
+    training step spent waiting for data (too many seconds here: raise --workers)."""
+    iterator = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        waits.append(time.perf_counter() - asked)
+        yield batch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
