@@ -8,7 +8,7 @@ the layers listed before it (tests/test_layering.py parses every import and enfo
     wsseg.data
     wsseg.evaluate
     wsseg.models
-    wsseg.train wsseg.train_options wsseg.training
+    wsseg.train wsseg.train_options wsseg.training wsseg.train_seg
     wsseg.maps
     wsseg.fusion
     wsseg.pipelines wsseg.runner wsseg.map_folders wsseg.tune wsseg.segment wsseg.train_misvm

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.registry import MAP_METHOD_NAMES, SEGMENT_METHODS
-from wsseg.train_options import TrainOptions
+from wsseg.registry import MAP_METHOD_NAMES, NETWORK_METHODS, SEGMENT_METHODS
+from wsseg.train_options import SegTrainOptions, TrainOptions
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
+_SEG_DEFAULTS = SegTrainOptions(data="", out="")
 
 EXIT_USAGE = 2
 
@@ -84,6 +85,45 @@ def _add_max_side(parser: argparse.ArgumentParser) -> None:
                                             f"(default {DEFAULT_MAX_FILE_SIZE // 2 ** 20})")
 
 
+def _add_training_args(parser: argparse.ArgumentParser, defaults, out_help: str) -> None:
+    """The flags every trainer shares (``train``, ``train-seg``), with that trainer's defaults."""
+    parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
+    parser.add_argument("--out", required=True, type=Path, help=out_help)
+    parser.add_argument("--split", default="train", help="training split (default train)")
+    parser.add_argument("--val-split", default="val", help="split scored after every epoch, or 'none' (default val)")
+    _add_max_side(parser)
+    parser.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
+    parser.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
+    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                        help=f"epochs; the poly schedule spans them (default {defaults.epochs})")
+    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                        help=f"default {defaults.batch_size}")
+    parser.add_argument("--lr", type=_positive, default=defaults.lr,
+                        help=f"backbone learning rate, AdamW (default {defaults.lr:g})")
+    parser.add_argument("--head-lr-scale", type=_positive, default=defaults.head_lr_scale,
+                        help=f"the new head's learning rate is this times --lr (default {defaults.head_lr_scale:g})")
+    parser.add_argument("--weight-decay", type=_non_negative, default=defaults.weight_decay)
+    parser.add_argument("--scale-range", type=_scale_range, default=defaults.scale_range, metavar="LOW,HIGH",
+                        help="random rescale of the image around the crop size (default "
+                             f"{','.join(f'{v:g}' for v in defaults.scale_range)})")
+    parser.add_argument("--jitter", type=_non_negative, default=defaults.jitter,
+                        help=f"colour jitter strength, 0 to turn it off (default {defaults.jitter:g})")
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                        help="data-loading processes per training process (default auto: 0 on a CPU, where the "
+                             "training process uses every core; on CUDA min(8, CPU cores per process - 1), with "
+                             "pinned memory and workers kept between epochs)")
+    parser.add_argument("--precision", default=defaults.precision, choices=["auto", "bf16", "fp16", "fp32"],
+                        help="training forward pass (default auto: bf16 autocast on a CUDA GPU that has it, fp16 "
+                             "with a gradient scaler on older GPUs, fp32 on a CPU); maps and segmentation are "
+                             "always fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    parser.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
+                        help="stop after this epoch (for time-limited jobs; continue later with --resume)")
+    parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     # --run-dir: the spelling to use under torchrun, whose own parser reads `--run` as an ambiguous
     # abbreviation of its --run-path and stops.
@@ -102,10 +142,11 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
 
 
-def _add_segment_method(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="dcsm-crf", choices=list(SEGMENT_METHODS),
-                        help="; ".join(f"{info.name}: {info.description}" for info in SEGMENT_METHODS.values())
-                        + " (default dcsm-crf)")
+def _add_segment_method(parser: argparse.ArgumentParser, networks: bool = False) -> None:
+    described = {name: info.description for name, info in SEGMENT_METHODS.items()}
+    described.update(NETWORK_METHODS if networks else {})
+    parser.add_argument("--method", default="dcsm-crf", choices=list(described),
+                        help="; ".join(f"{name}: {text}" for name, text in described.items()) + " (default dcsm-crf)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -145,13 +186,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_options(args: argparse.Namespace) -> TrainOptions:
-    """``wsseg train``'s arguments as TrainOptions: every flag is the field of the same name."""
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainOptions)
-             if hasattr(args, field.name)}
+def _train_options(args: argparse.Namespace, kind=TrainOptions):
+    """A trainer's arguments as its options (TrainOptions, SegTrainOptions): every flag is the
+    field of the same name."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(kind) if hasattr(args, field.name)}
     val_split = None if args.val_split.lower() == "none" else args.val_split
-    return TrainOptions(**{**given, "data": str(args.data), "out": str(args.out), "val_split": val_split,
-                           "max_file_size": args.max_file_size * 2 ** 20, "progress": not args.quiet})
+    paths = {name: str(given[name]) for name in ("data", "out", "pseudo") if given.get(name) is not None}
+    return kind(**{**given, **paths, "val_split": val_split, "max_file_size": args.max_file_size * 2 ** 20,
+                   "progress": not args.quiet})
+
+
+def _cmd_train_seg(args: argparse.Namespace) -> int:
+    from wsseg.train_seg import train_segmentation
+
+    history = train_segmentation(_train_options(args, SegTrainOptions))
+    if history and history[-1].get("val_miou") is not None:
+        print(f"[train-seg] done: val mIoU {100 * history[-1]['val_miou']:.2f} at the last epoch ({history[-1]['epoch']}); "
+              f"network in {args.out}/model.pt")
+    return 0
 
 
 def _workers(text: str) -> int | None:
@@ -198,7 +250,7 @@ def _segment_options(args: argparse.Namespace):
     from wsseg.segment import SegmentOptions
 
     return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
-                          args.ignore_uncertain)
+                          args.ignore_uncertain, args.tta, args.crf)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
@@ -303,14 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "and report the fraction left out; without it a predicted 255 counts as background")
 
     train = command("train", _cmd_train, "train the multi-label FCN classifier on image-level labels")
-    train.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
-    train.add_argument("--out", required=True, type=Path, help="run folder (model.pt, config.json, history.json)")
-    train.add_argument("--split", default="train", help="training split (default train)")
-    train.add_argument("--val-split", default="val", help="split for per-epoch mAP/F1, or 'none' (default val)")
+    _add_training_args(train, _TRAIN_DEFAULTS, "run folder (model.pt, config.json, history.json)")
     train.add_argument("--masks", default="SegmentationClass", help="mask folder (labels fall back to masks)")
-    _add_max_side(train)
-    train.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
-    train.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
     train.add_argument("--random-init", action="store_true", help="start from random weights (not advised)")
     train.add_argument("--pooling", default=_TRAIN_DEFAULTS.pooling, choices=["gmp", "gap", "lse"],
                        help="global pooling of the class score maps: gap (default, trains fastest), gmp "
@@ -321,37 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "rounded up to 32, at most 512)")
     train.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32],
                        help="class map stride: lower gives finer maps, costs time (default 16)")
-    train.add_argument("--epochs", type=_positive_int, default=_TRAIN_DEFAULTS.epochs,
-                       help=f"most epochs; the poly schedule spans them (default {_TRAIN_DEFAULTS.epochs})")
     train.add_argument("--patience", type=_patience, default=_TRAIN_DEFAULTS.patience,
                        help="stop when val mAP has not improved for this many epochs, or 'none' "
                             f"(default {_TRAIN_DEFAULTS.patience}); model.pt always keeps the best epoch")
-    train.add_argument("--batch-size", type=_positive_int, default=_TRAIN_DEFAULTS.batch_size)
-    train.add_argument("--lr", type=_positive, default=_TRAIN_DEFAULTS.lr,
-                       help=f"backbone learning rate (default {_TRAIN_DEFAULTS.lr:g})")
-    train.add_argument("--head-lr-scale", type=_positive, default=_TRAIN_DEFAULTS.head_lr_scale,
-                       help=f"the new classifier head's learning rate is this times --lr "
-                            f"(default {_TRAIN_DEFAULTS.head_lr_scale:g})")
-    train.add_argument("--weight-decay", type=_non_negative, default=_TRAIN_DEFAULTS.weight_decay)
-    train.add_argument("--scale-range", type=_scale_range, default=_TRAIN_DEFAULTS.scale_range, metavar="LOW,HIGH",
-                       help="random rescale of the image around --image-size (default "
-                            f"{','.join(f'{v:g}' for v in _TRAIN_DEFAULTS.scale_range)})")
-    train.add_argument("--jitter", type=_non_negative, default=_TRAIN_DEFAULTS.jitter,
-                       help=f"colour jitter strength, 0 to turn it off (default {_TRAIN_DEFAULTS.jitter:g})")
-    train.add_argument("--seed", type=_seed, default=0)
-    train.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
-                       help="data-loading processes per training process (default auto: 0 on a CPU, where the "
-                            "training process uses every core; on CUDA min(8, CPU cores per process - 1), with "
-                            "pinned memory and workers kept between epochs)")
-    train.add_argument("--precision", default=_TRAIN_DEFAULTS.precision, choices=["auto", "bf16", "fp16", "fp32"],
-                       help="training forward pass (default auto: bf16 autocast on a CUDA GPU that has it, fp16 "
-                            "with a gradient scaler on older GPUs, fp32 on a CPU); maps and segmentation are "
-                            "always fp32")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
-    train.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
-                       help="stop after this epoch (for time-limited jobs; continue later with --resume)")
-    train.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+
+    train_seg = command("train-seg", _cmd_train_seg,
+                        "stage 2: train a segmentation network on pseudo-labels (or on ground truth: the bound)")
+    _add_training_args(train_seg, _SEG_DEFAULTS, "run folder of the network (model.pt, config.json, history.json)")
+    labels = train_seg.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--pseudo", type=Path, metavar="FOLDER",
+                        help="pseudo-labels: the <id>.png of `wsseg segment` (255 = ignored, e.g. --ignore-uncertain)")
+    labels.add_argument("--ground-truth", action="store_true",
+                        help="train on the dataset's masks (--masks) instead: the fully supervised bound")
+    train_seg.add_argument("--masks", default="SegmentationClass",
+                           help="mask folder: val mIoU per epoch, and the labels of --ground-truth")
+    train_seg.add_argument("--head", default=_SEG_DEFAULTS.head, choices=["deeplabv3plus", "lraspp"],
+                           help="deeplabv3plus (ASPP + low-level skip, default) or lraspp (lighter)")
+    train_seg.add_argument("--output-stride", type=int, default=16, choices=[8, 16],
+                           help="backbone output stride: 8 is finer and slower (default 16)")
+    train_seg.add_argument("--crop-size", type=int, default=None,
+                           help="training crop side, a multiple of 32 (default: the split's median longer side "
+                                "rounded up to 32, at most 512)")
 
     maps = command("maps", _cmd_maps, "write class maps (saliency, CAM, ...) for every image of a split")
     _add_model_args(maps)
@@ -371,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fuse the maps `wsseg maps` wrote in DIR instead of computing them; one folder per "
                               "map method the segmenter reads (repeat for pipeline-b's cam and dcsm)")
     segment.add_argument("--image", type=Path, help="segment this one image (predicted labels) instead of a split")
-    _add_segment_method(segment)
+    _add_segment_method(segment, networks=True)
     segment.add_argument("--out", required=True, type=Path, help="output folder (split) or PNG file (--image)")
+    segment.add_argument("--tta", action="store_true",
+                         help="--method seg: average the network over scales 0.75,1,1.25 and their flips")
+    segment.add_argument("--crf", action="store_true", help="--method seg: refine with DeepLab's dense CRF")
     segment.add_argument("--ignore-uncertain", action="store_true",
                          help="confident pseudo-labels: segment at a lower and a higher background threshold, "
                               "refine both with IRN's label CRF, and write 255 where they disagree")

@@ -29,7 +29,7 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.errors import WssegError
 from wsseg.fusion.background import check_threshold, labels_from_maps, soft_probabilities
 from wsseg.data.classes import VOID
-from wsseg.fusion.crf import PSA, CRFParams, crf_from_labels, dense_crf
+from wsseg.fusion.crf import DEEPLAB, PSA, CRFParams, crf_from_labels, dense_crf
 from wsseg.fusion.ilp import solve_labels
 from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, MiSVM
 from wsseg.fusion.objectness import border_contrast
@@ -39,6 +39,7 @@ from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
+from wsseg.models.segnet import SegmentationNet, segment_probabilities
 from wsseg.registry import SEGMENT_METHODS, method_info
 
 # saturating maps need thresholds close to 1; a CRF moves slowly with the threshold, so a coarse grid
@@ -347,6 +348,28 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     segmenter = _segmenter(method)
     timings = timings if timings is not None else defaultdict(float)
     return [segmenter(inputs, timings) for inputs in segment_inputs(model, images, classes, segmenter, timings)]
+
+
+@dataclass(frozen=True)
+class NetworkSegmenter:
+    """Stage 2's ``seg`` method: a trained segmentation network labels images in one forward pass,
+    with no image labels, maps or thresholds; ``tta`` averages scales 0.75/1/1.25 and their flips,
+    ``crf`` refines the softmax with DeepLab's dense CRF."""
+
+    model: SegmentationNet
+    tta: bool = False
+    crf: bool = False
+
+    def __call__(self, images: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[np.ndarray]:
+        """Label maps for equally sized RGB images."""
+        timings = timings if timings is not None else defaultdict(float)
+        with timed(timings, "network"):
+            batch = batch_tensor(images, next(self.model.parameters()).device)
+            probabilities = segment_probabilities(self.model, batch, self.tta).cpu().numpy()
+        if not self.crf:
+            return [p.argmax(0).astype(np.uint8) for p in probabilities]
+        with timed(timings, "crf"):
+            return [dense_crf(image, p, DEEPLAB).argmax(0).astype(np.uint8) for image, p in zip(images, probabilities)]
 
 
 def label_overlay(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:

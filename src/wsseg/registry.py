@@ -41,6 +41,13 @@ SEGMENT_METHODS: dict[str, MethodInfo] = {info.name: info for info in (
 )}
 
 
+# Stage 2 (`wsseg train-seg`): read a segmentation network's run, not a classifier's, and need
+# no image labels, maps or background threshold.
+NETWORK_METHODS: dict[str, str] = {
+    "seg": "stage-2 segmentation network (wsseg train-seg): one forward pass, no labels, maps or threshold",
+}
+
+
 def method_info(name: str) -> MethodInfo:
     if name not in SEGMENT_METHODS:
         raise WssegError(f"unknown segmentation method {name!r}; choose from {', '.join(SEGMENT_METHODS)}")

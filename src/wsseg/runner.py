@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -182,7 +182,7 @@ class OpenSplit:
     """A loaded run and dataset, and this rank's share of the split (whole batch blocks)."""
 
     group: ProcessGroup
-    model: FCNClassifier
+    model: FCNClassifier  # or a stage-2 SegmentationNet, with its SegRunConfig
     config: RunConfig
     dataset: VOCDataset
     ids: list[str]
@@ -195,7 +195,8 @@ class OpenSplit:
 
 @contextlib.contextmanager
 def open_split(source: SplitSource, device: str = "auto", batch_size: int = 8, out: str | Path | None = None,
-               shard: bool = True, records: Sequence[str] = ()) -> Iterator[OpenSplit]:
+               shard: bool = True, records: Sequence[str] = (),
+               load: Callable[..., tuple[torch.nn.Module, Any]] = load_run) -> Iterator[OpenSplit]:
     """Load the run and the split, refuse a class-list mismatch, join the process group (when
     torchrun started this one), claim ``out`` by the rules of :mod:`wsseg.outputs` (not inside
     the dataset, not among files without one of ``records``, one run at a time: rank 0 holds the
@@ -203,9 +204,10 @@ def open_split(source: SplitSource, device: str = "auto", batch_size: int = 8, o
 
     A rank that fails makes every rank stop with a clear message (``ProcessGroup.together``).
     ``shard=False``: every rank gets the whole split (single-process steps such as tuning).
+    ``load``: how to rebuild the run's model (default: the classifier; a stage-2 run has its own).
     """
     with process_group(device) as group, contextlib.ExitStack() as held:
-        model, config = load_run(source.run, map_location=group.device)
+        model, config = load(source.run, map_location=group.device)
         dataset = source.dataset()
         check_same_classes(config, dataset.classes, source.run, source.data)
         if out is not None:

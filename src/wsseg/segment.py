@@ -35,8 +35,10 @@ from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
-from wsseg.pipelines import Confident, Segmenter, build_segmenter, label_overlay, segment_images, segment_inputs
-from wsseg.registry import method_info
+from wsseg.models.segnet import load_segmentation_run
+from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segmenter, label_overlay, segment_images,
+                             segment_inputs)
+from wsseg.registry import NETWORK_METHODS, method_info
 from wsseg.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source, open_split,
                           predict_labels, run_split)
 from wsseg.tune import load_choices
@@ -44,7 +46,7 @@ from wsseg.tune import load_choices
 SEGMENT_RECORD = "segment.json"
 # the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
 _SHAPING = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold", "threshold_source",
-            "tuned_on_ground_truth",
+            "tuned_on_ground_truth", "tta", "crf",
             "split", "data", "model_sha256", "misvm_sha256")
 
 
@@ -58,6 +60,22 @@ class SegmentOptions:
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
     threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
     ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
+    tta: bool = False  # --method seg: test-time scales and flips
+    crf: bool = False  # --method seg: DeepLab's dense CRF on the softmax
+
+
+def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
+    """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
+    if options.method in NETWORK_METHODS:
+        given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
+                                       ("--threshold", options.threshold is not None),
+                                       ("--scales", options.scales is not None), ("--maps", stored_maps)) if on]
+        if given:
+            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no maps or "
+                             "background threshold")
+    elif options.tta or options.crf:
+        raise WssegError("--tta and --crf are for --method seg (a network from `wsseg train-seg`); the other methods "
+                         "have their own fusion")
 
 
 @dataclass(frozen=True)
@@ -187,6 +205,9 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     """
     out = Path(out)
     check_label_source(options.labels)
+    check_options(options, bool(maps))
+    if options.method in NETWORK_METHODS:
+        return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
@@ -212,6 +233,39 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     return counts
 
 
+def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any]) -> dict[str, Any]:
+    """``segment.json`` for a stage-2 network's segmentations: what its labels were learnt from."""
+    return {"method": options.method, "labels": None, "label_threshold": None, "ignore_uncertain": False,
+            "scales": None, "maps": [], "threshold": None, "threshold_source": None, "tuned_on_ground_truth": False,
+            "tuned_split": None, "stored_maps": {}, "run": str(source.run), "tta": options.tta, "crf": options.crf,
+            "trained_on": trained_on, **provenance(source, options.method)}
+
+
+def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions, batch_size: int = 8,
+                         device: str = "auto", skip_bad: bool = False, progress: bool = True,
+                         overwrite: bool = False) -> RunCounts:
+    """``wsseg segment --method seg``: a stage-2 network (``source.run`` is a ``train-seg`` run)
+    labels this rank's share of the split, no image labels needed."""
+    with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD], load=load_segmentation_run) as split:
+        record = network_record(options, source, split.config.labels)
+        replace = check_output(out, record, overwrite)
+        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
+        if split.group.is_main:
+            if replace:
+                remove_outputs(out, ("*.png",))
+            write_json_atomic(out / SEGMENT_RECORD, record)
+        split.group.barrier()
+        segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
+        counts = RunCounts()
+        counts = run_split(split.dataset, lambda batch: segmenter([item.image for item in batch], counts.timings),
+                           lambda item, label_map: write_label_png(out / f"{item.id}.png", label_map), ids=split.ids,
+                           batch_size=batch_size, need_labels=False,
+                           is_done=lambda image_id: (out / f"{image_id}.png").exists(), skip_bad=skip_bad,
+                           progress=progress and split.group.is_main, desc="segment", counts=counts)
+    counts.rank_tag = split.rank_tag
+    return counts
+
+
 @dataclass(frozen=True)
 class OneImage:
     """What ``wsseg segment --image`` wrote, and the classes it found."""
@@ -225,23 +279,32 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
                        options: SegmentOptions = SegmentOptions(), max_side: int = DEFAULT_MAX_SIDE,
                        device: str = "auto", max_file_size: int | None = DEFAULT_MAX_FILE_SIZE) -> OneImage:
     """``wsseg segment --image``: one image with the classes the classifier predicts, written as a
-    label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``."""
-    model, config = load_run(run, map_location=pick_device(device))
+    label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``. With ``--method
+    seg`` the run is a stage-2 network's, and the classes are those its label map holds."""
+    check_options(options)
     image = read_image(image_path, max_side, max_file_size)
-    classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
-                             options.label_threshold)
-    threshold = choose_threshold(run, options.method, options.threshold)
-    if threshold.oracle:
-        print(threshold.warning(options.method), file=sys.stderr)
-    segmenter = build_segmenter(options.method, run, threshold.value, options.scales)
-    (label_map,) = segment_images(model, [image], classes, segmenter)
+    if options.method in NETWORK_METHODS:
+        network, network_config = load_segmentation_run(run, map_location=pick_device(device))
+        (label_map,) = NetworkSegmenter(network, options.tta, options.crf)([image])
+        found = [int(v) - 1 for v in np.unique(label_map) if 0 < v <= len(network_config.classes)]
+        class_names = [network_config.classes[c] for c in found]
+    else:
+        model, config = load_run(run, map_location=pick_device(device))
+        classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
+                                 options.label_threshold)
+        threshold = choose_threshold(run, options.method, options.threshold)
+        if threshold.oracle:
+            print(threshold.warning(options.method), file=sys.stderr)
+        segmenter = build_segmenter(options.method, run, threshold.value, options.scales)
+        (label_map,) = segment_images(model, [image], classes, segmenter)
+        class_names = [config.classes[c] for c in classes[0]]
     out = Path(out)
     out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
     write_label_png(out, label_map)
     overlay = out.with_name(out.stem + "_overlay.png")
     with atomic_write(overlay) as handle:
         Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
-    return OneImage(out, overlay, [config.classes[c] for c in classes[0]])
+    return OneImage(out, overlay, class_names)
 
 
 @dataclass(frozen=True)

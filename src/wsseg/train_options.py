@@ -47,3 +47,40 @@ class TrainOptions:
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
     device: str | None = None
     progress: bool = True
+
+
+@dataclass
+class SegTrainOptions:
+    """What ``wsseg train-seg`` is asked to do: a stage-2 segmentation network trained on the label
+    maps in ``pseudo`` (``wsseg segment`` output, 255 = ignored), or on the dataset's ``masks``
+    with ``ground_truth`` (the fully supervised bound). The recipe: docs/method.md, stage 2."""
+
+    data: str
+    out: str
+    pseudo: str | None = None
+    ground_truth: bool = False
+    split: str = "train"
+    val_split: str | None = "val"  # val mIoU per epoch, logged only: the run keeps its last epoch
+    masks: str = "SegmentationClass"
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None
+    head: str = "deeplabv3plus"
+    output_stride: int = 16
+    crop_size: int | None = None  # None: the split's median longer side rounded up to 32 (as train)
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3  # AdamW, the pretrained backbone's; the new head learns head_lr_scale times faster
+    head_lr_scale: float = 10.0
+    weight_decay: float = 1e-4
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    jitter: float = 0.4
+    seed: int = 0
+    workers: int | None = None
+    precision: str = "auto"
+    resume: bool = False
+    stop_after: int | None = None
+    skip_bad: bool = False
+    max_side: int | None = DEFAULT_MAX_SIDE
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE
+    device: str | None = None
+    progress: bool = True

@@ -13,11 +13,15 @@ import math
 import os
 from collections.abc import Iterator
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from wsseg.data.transforms import colour_jitter, random_scale_crop_flip, resize_longer_side, to_tensor
+from wsseg.data.images import read_label_png
+from wsseg.data.transforms import (colour_jitter, random_scale_crop_flip, random_scale_crop_flip_pair,
+                                   resize_longer_side, to_tensor)
 from wsseg.data.voc import VOCDataset, labels_to_vector
 from wsseg.errors import DataError
 
@@ -63,6 +67,58 @@ class LabelledImages(Dataset):
         else:
             rgb = resize_longer_side(rgb, self.image_size)
         return to_tensor(rgb), torch.from_numpy(labels_to_vector(labels, self.dataset.num_classes)), ""
+
+
+class SegmentationPairs(Dataset):
+    """(image tensor, label map tensor, error text) by key: a split index, or ``(epoch, split index)``,
+    for training a segmentation network on label maps: pseudo-labels (``label_folder/<id>.png``)
+    or, with ``label_folder=None``, the dataset's own masks (the fully supervised bound).
+
+    Image and labels are rescaled, cropped and flipped alike (labels by nearest neighbour, padding
+    255 so no loss falls on it), seeded like :class:`LabelledImages`. A label map that is not the
+    size of its image, or holds values outside 0..C and 255, is an error naming the PNG.
+    """
+
+    def __init__(self, dataset: VOCDataset, label_folder: str | Path | None, crop_size: int, seed: int = 0,
+                 scale_range: tuple[float, float] = (0.5, 1.5), jitter: float = 0.0) -> None:
+        self.dataset = dataset
+        self.label_folder = None if label_folder is None else Path(label_folder)
+        self.crop_size = crop_size
+        self.seed = seed
+        self.scale_range = scale_range
+        self.jitter = jitter
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load_pair(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The image and its label map, checked against each other (raises DataError)."""
+        rgb = self.dataset.load_image(image_id)
+        if self.label_folder is None:
+            what, path = "mask", self.dataset.root / (self.dataset.mask_dir or "SegmentationClass") / f"{image_id}.png"
+            labels = self.dataset.load_mask(image_id, required=True)
+        else:
+            what, path = "pseudo-label", self.label_folder / f"{image_id}.png"
+            if not path.is_file():
+                raise DataError(path, "pseudo-label is missing")
+            labels = read_label_png(path, self.dataset.num_classes, what, self.dataset.max_file_size)
+        if labels.shape != rgb.shape[:2]:
+            raise DataError(path, f"{what} is {labels.shape[1]}x{labels.shape[0]} but its image is "
+                                  f"{rgb.shape[1]}x{rgb.shape[0]}")
+        return rgb, labels
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, split_index = key if isinstance(key, tuple) else (0, key)
+        image_id = self.dataset.ids[split_index]
+        try:
+            rgb, labels = self.load_pair(image_id)
+        except DataError as exc:
+            size = self.crop_size
+            return torch.zeros(3, size, size), torch.full((size, size), 255, dtype=torch.long), str(exc)
+        rng = np.random.default_rng([self.seed, epoch, split_index])
+        rgb, labels = random_scale_crop_flip_pair(rgb, labels, self.crop_size, rng, self.scale_range)
+        rgb = colour_jitter(rgb, rng, self.jitter)
+        return to_tensor(rgb), torch.from_numpy(labels.astype(np.int64)), ""
 
 
 class EpochShards(Sampler):

@@ -23,6 +23,14 @@ def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
                            scale_range: tuple[float, float] = (0.7, 1.3)) -> np.ndarray:
     """Training augmentation: random rescale, random size x size crop (padding if needed), h-flip."""
+    return random_scale_crop_flip_pair(rgb, None, size, rng, scale_range)[0]
+
+
+def random_scale_crop_flip_pair(rgb: np.ndarray, labels: np.ndarray | None, size: int, rng: np.random.Generator,
+                                scale_range: tuple[float, float] = (0.7, 1.3),
+                                label_pad: int = 255) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`random_scale_crop_flip` applied alike to an image and its H x W label map (nearest
+    neighbour for labels; padding is ``label_pad``, the ignored value, so no loss falls on it)."""
     height, width = rgb.shape[:2]
     scale = size / max(height, width) * rng.uniform(*scale_range)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -36,9 +44,22 @@ def random_scale_crop_flip(rgb: np.ndarray, size: int, rng: np.random.Generator,
     at_y = int(rng.integers(0, size - crop_h + 1))
     at_x = int(rng.integers(0, size - crop_w + 1))
     canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = scaled[top:top + crop_h, left:left + crop_w]
+    label_canvas = None
+    if labels is not None:
+        scaled_labels = resize_labels(labels, new_h, new_w)
+        label_canvas = np.full((size, size), label_pad, np.uint8)
+        label_canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = scaled_labels[top:top + crop_h, left:left + crop_w]
     if rng.random() < 0.5:
         canvas = canvas[:, ::-1]
-    return np.ascontiguousarray(canvas)
+        label_canvas = None if label_canvas is None else label_canvas[:, ::-1]
+    return np.ascontiguousarray(canvas), None if label_canvas is None else np.ascontiguousarray(label_canvas)
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (labels are never blended)."""
+    if labels.shape[:2] == (height, width):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST))
 
 
 def colour_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

@@ -26,6 +26,8 @@ class CRFParams:
 
 PSA = CRFParams()
 IRN = CRFParams(bilateral_sxy=50.0, bilateral_srgb=5.0)
+# DeepLab's post-processing of a segmentation network's softmax (kazuto1011/deeplab-pytorch, voc12.yaml)
+DEEPLAB = CRFParams(gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0, bilateral_compat=4.0)
 
 
 def _densecrf():

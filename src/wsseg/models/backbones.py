@@ -93,6 +93,10 @@ class EfficientNetLite0(nn.Module):
         # Stage ends at strides 8, 16 and 32 (before any dilation): the analogue of VGG's conv3..conv5.
         self.feature_taps = tuple(FeatureTap(f"blocks.{i}", stride, self.blocks[i]._bn2.num_features)
                                   for i, stride in ((4, 8), (7, 16), (10, 16), (14, 32), (15, 32)))
+        # what a segmentation head reads: fine detail at stride 4, and the last block's features
+        # (the 1280-channel head conv is the classifier's, and costly: a segmentation head skips it)
+        self.segmentation_taps = (FeatureTap("blocks.2", 4, self.blocks[2]._bn2.num_features),
+                                  FeatureTap("blocks.15", 32, self.blocks[15]._bn2.num_features))
 
     def conv_bn_pairs(self) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
         """Each convolution with the batch norm that directly follows it (for folding)."""
@@ -109,6 +113,20 @@ class EfficientNetLite0(nn.Module):
             rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
             x = block(x, drop_connect_rate=rate)
         return self.head(x)
+
+    def forward_taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The outputs of the named layers, running no further than the last of them."""
+        found: dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        for index, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
+            x = block(x, drop_connect_rate=rate)
+            if f"blocks.{index}" in names:
+                found[f"blocks.{index}"] = x
+                if len(found) == len(names):
+                    return found
+        found["head"] = self.head(x)
+        return {name: found[name] for name in names}
 
 
 def _set_output_stride(backbone: EfficientNetLite0, output_stride: int) -> None:
@@ -180,6 +198,7 @@ class VGG16(nn.Module):
         feeding = (("pool2", 4, 128), ("relu3_1", 4, 256), ("relu3_2", 4, 256), ("pool3", 8, 256), ("relu4_1", 8, 512),
                    ("relu4_2", 8, 512), ("pool4", 16, 512), ("relu5_1", 16, 512), ("relu5_2", 16, 512))
         self.feature_taps = tuple(FeatureTap(f"features.{name}", stride, channels) for name, stride, channels in feeding)
+        self.segmentation_taps = (FeatureTap("features.relu3_3", 4, 256), FeatureTap("features.relu5_3", 16, 512))
         if weights is not None:
             self._load_torchvision(weights)
         elif pretrained:
@@ -206,6 +225,17 @@ class VGG16(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def forward_taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The outputs of the named layers, running no further than the last of them."""
+        found: dict[str, torch.Tensor] = {}
+        for name, layer in self.features.named_children():
+            x = layer(x)
+            if f"features.{name}" in names:
+                found[f"features.{name}"] = x
+                if len(found) == len(names):
+                    break
+        return {name: found[name] for name in names}
 
 
 BACKBONES = {"efficientnet-lite0": EfficientNetLite0, "vgg16": VGG16}

@@ -1,0 +1,242 @@
+"""Stage 2: a segmentation network trained on label maps (pseudo-labels, or ground-truth masks
+for the fully supervised bound), and its run folder.
+
+The network is one of our backbones read through its ``segmentation_taps`` (a stride-4 layer
+for detail, the last block for semantics) with one of two heads:
+
+- ``deeplabv3plus`` (Chen et al. 2018): atrous spatial pyramid pooling (rates 6/12/18 at output
+  stride 16, doubled at 8) plus image pooling on the last block, up-sampled to stride 4 and
+  joined with 48 projected low-level channels, then two 3x3 convolutions. Convolutions are
+  depthwise-separable, as in DeepLabV3+'s Xception variant, so the head costs about as much as
+  the EfficientNet backbone;
+- ``lraspp`` (MobileNetV3's Lite R-ASPP): one 1x1 branch gated by global pooling, plus a linear
+  classifier on the low-level features. Cheaper, coarser.
+
+docs/method.md (stage 2) gives the measurement that chose the default head.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsseg.data.classes import ClassList
+from wsseg.errors import WssegError
+from wsseg.io import write_json_atomic
+from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+from wsseg.models.classifier import MIN_INPUT_SIDE
+from wsseg.models.run import read_checkpoint
+
+HEADS = ("deeplabv3plus", "lraspp")
+# what a segmentation run's config.json says it is: a classifier's run folder says nothing
+SEGMENTATION_NETWORK = "segmentation"
+
+
+def _conv_bn_relu(inputs: int, outputs: int, kernel: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(inputs, outputs, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+                                   groups=groups, bias=False),
+                         nn.BatchNorm2d(outputs), nn.ReLU(inplace=True))
+
+
+def _separable(inputs: int, outputs: int, dilation: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (dilated) then pointwise 1x1, each with batch norm and ReLU."""
+    return nn.Sequential(_conv_bn_relu(inputs, inputs, 3, dilation, groups=inputs), _conv_bn_relu(inputs, outputs))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: a 1x1 branch, three dilated 3x3 branches and image pooling."""
+
+    def __init__(self, inputs: int, width: int, rates: tuple[int, ...]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([_conv_bn_relu(inputs, width)] + [_separable(inputs, width, r) for r in rates])
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(inputs, width, 1, bias=False),
+                                        nn.ReLU(inplace=True))
+        self.project = nn.Sequential(_conv_bn_relu(width * (len(rates) + 2), width), nn.Dropout(0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.image_pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    def __init__(self, low_channels: int, high_channels: int, num_labels: int, output_stride: int,
+                 width: int = 128) -> None:
+        super().__init__()
+        rates = (6, 12, 18) if output_stride >= 16 else (12, 24, 36)
+        self.aspp = ASPP(high_channels, width, rates)
+        self.low = _conv_bn_relu(low_channels, 48)
+        self.fuse = nn.Sequential(_separable(width + 48, width), _separable(width, width))
+        self.classify = nn.Conv2d(width, num_labels, 1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        high = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classify(self.fuse(torch.cat([high, self.low(low)], dim=1)))
+
+
+class LRASPPHead(nn.Module):
+    def __init__(self, low_channels: int, high_channels: int, num_labels: int, output_stride: int,
+                 width: int = 128) -> None:
+        super().__init__()
+        self.branch = _conv_bn_relu(high_channels, width)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, width, 1), nn.Sigmoid())
+        self.classify_high = nn.Conv2d(width, num_labels, 1)
+        self.classify_low = nn.Conv2d(low_channels, num_labels, 1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        gated = self.branch(high) * self.gate(high)
+        gated = F.interpolate(gated, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classify_high(gated) + self.classify_low(low)
+
+
+class SegmentationNet(nn.Module):
+    """Backbone taps -> head -> per-pixel logits [N, C + 1, H, W] at the input's size (class 0 is
+    background). Input: images as floats in [0, 1]; ImageNet normalisation happens inside."""
+
+    def __init__(self, num_classes: int, backbone: nn.Module, head: str = "deeplabv3plus", width: int = 128) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise WssegError(f"unknown segmentation head {head!r}; choose from {', '.join(HEADS)}")
+        self.num_classes = num_classes
+        self.backbone = backbone
+        low, high = backbone.segmentation_taps
+        self.taps = (low.module, high.module)
+        head_class = DeepLabV3PlusHead if head == "deeplabv3plus" else LRASPPHead
+        self.head = head_class(low.channels, high.channels, num_classes + 1, backbone.output_stride, width)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The new layers (they learn faster than the pretrained backbone)."""
+        return list(self.head.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        x = (images - self.mean) / self.std
+        if min(height, width) < MIN_INPUT_SIDE:  # too small for the strided convolutions
+            x = F.interpolate(x, size=(max(height, MIN_INPUT_SIDE), max(width, MIN_INPUT_SIDE)), mode="bilinear",
+                              align_corners=False)
+        found = self.backbone.forward_taps(x, self.taps)
+        logits = self.head(found[self.taps[0]], found[self.taps[1]])
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def build_segmentation_net(num_classes: int, backbone: str = "efficientnet-lite0", head: str = "deeplabv3plus",
+                           pretrained: bool = True, weights: str | Path | None = None,
+                           output_stride: int = 16) -> SegmentationNet:
+    if output_stride not in (8, 16):
+        raise WssegError(f"--output-stride {output_stride}: a segmentation network uses 16 or 8")
+    net = build_backbone(backbone, pretrained=pretrained, weights=weights, output_stride=output_stride)
+    return SegmentationNet(num_classes, net, head)
+
+
+@dataclass
+class SegRunConfig:
+    """A stage-2 run folder's config.json: what the network is, how it was trained, and where its
+    training labels came from (``labels``: ``{"source": "pseudo", "folder", "method", "run", ...}``
+    or ``{"source": "ground-truth", "masks"}``)."""
+
+    classes: list[str]
+    labels: dict[str, Any]
+    network: str = SEGMENTATION_NETWORK
+    backbone: str = "efficientnet-lite0"
+    head: str = "deeplabv3plus"
+    output_stride: int = 16
+    crop_size: int = 224
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    head_lr_scale: float = 10.0
+    weight_decay: float = 1e-4
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    jitter: float = 0.4
+    seed: int = 0
+    split: str = "train"
+    val_split: str | None = "val"
+    data: str = ""
+    masks: str = "SegmentationClass"
+
+    @property
+    def class_list(self) -> ClassList:
+        return ClassList(tuple(self.classes))
+
+    def save(self, run: str | Path) -> None:
+        write_json_atomic(Path(run) / "config.json", asdict(self))
+
+    @classmethod
+    def load(cls, run: str | Path) -> SegRunConfig:
+        path = Path(run) / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise WssegError(f"{path}: missing; is {run} a run folder made by `wsseg train-seg`?") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise WssegError(f"{path}: unreadable run configuration ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict) or data.get("network") != SEGMENTATION_NETWORK:
+            raise WssegError(f"{path}: not a segmentation network's run (made by `wsseg train-seg`); "
+                             "--method seg needs one")
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        problems = []
+        if not (isinstance(data.get("classes"), list) and data["classes"]
+                and all(isinstance(c, str) for c in data["classes"])):
+            problems.append("classes must be a non-empty list of names")
+        if not isinstance(data.get("labels"), dict):
+            problems.append("labels must be an object")
+        if data.get("head", "deeplabv3plus") not in HEADS:
+            problems.append(f"head must be one of {', '.join(HEADS)}")
+        if data.get("output_stride", 16) not in (8, 16):
+            problems.append("output_stride must be 8 or 16")
+        if not isinstance(data.get("backbone", ""), str):
+            problems.append("backbone must be a name")
+        if problems:
+            raise WssegError(f"{path}: {'; '.join(problems)}")
+        return cls(**data)
+
+
+def load_segmentation_run(run: str | Path, map_location: str | torch.device = "cpu"
+                          ) -> tuple[SegmentationNet, SegRunConfig]:
+    """Rebuild a trained segmentation network from its run folder (weights_only), in eval mode."""
+    config = SegRunConfig.load(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no 'randomly initialised' warning: the weights come next
+        model = build_segmentation_net(len(config.classes), config.backbone, config.head, pretrained=False,
+                                       output_stride=config.output_stride)
+    path = Path(run) / "model.pt"
+    if not path.is_file():
+        raise WssegError(f"{path}: missing; the run has not finished an epoch yet")
+    state = read_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise WssegError(f"{path}: weights do not fit the {config.backbone} {config.head} network with "
+                         f"{len(config.classes)} classes described in config.json "
+                         f"({str(exc).splitlines()[0][:120]})") from None
+    return model.to(map_location).eval(), config
+
+
+@torch.no_grad()
+def segment_probabilities(model: SegmentationNet, images: torch.Tensor, tta: bool = False,
+                          scales: tuple[float, ...] = (0.75, 1.0, 1.25)) -> torch.Tensor:
+    """Softmax probabilities [N, C + 1, H, W]; with ``tta`` averaged over ``scales`` and their
+    horizontal flips (DeepLab's test-time augmentation)."""
+    height, width = images.shape[-2:]
+    if not tta:
+        return torch.softmax(model(images).float(), dim=1)
+    total = None
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = images if scale == 1.0 else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flipped in (False, True):
+            logits = model(scaled.flip(-1) if flipped else scaled).float()
+            logits = logits.flip(-1) if flipped else logits
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probabilities = torch.softmax(logits, dim=1)
+            total = probabilities if total is None else total + probabilities
+    return total / (2 * len(scales))
