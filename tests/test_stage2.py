@@ -1,0 +1,176 @@
+"""Stage 2: the segmentation network trained on label maps (`wsseg train-seg`, `segment --method seg`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsseg.cli import main
+from wsseg.data.images import read_label_png, write_label_png
+from wsseg.data.voc import VOCDataset
+from wsseg.errors import WssegError
+from wsseg.evaluate import ConfusionMatrix
+from wsseg.models.segnet import build_segmentation_net, load_segmentation_run, segment_probabilities
+from wsseg.train_options import SegTrainOptions
+from wsseg.train_seg import score_network, segmentation_loss, train_segmentation
+
+# small and fast: 64 px crops, batches of 4
+FAST = dict(crop_size=64, batch_size=4, progress=False, device="cpu")
+
+
+def test_loss_gradient_is_exactly_zero_at_pixels_labelled_255() -> None:
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 8, 8))
+    labels[0, :3] = 255
+    labels[1, :, 5:] = 255
+    segmentation_loss(logits, labels).backward()
+    ignored = (labels == 255).unsqueeze(1).expand_as(logits)
+    assert torch.count_nonzero(logits.grad[ignored]) == 0
+    assert torch.count_nonzero(logits.grad[~ignored]) == (~ignored).sum()  # every labelled pixel is learnt from
+
+
+def test_loss_of_a_batch_with_no_labelled_pixel_is_zero_not_nan() -> None:
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = segmentation_loss(logits, torch.full((1, 4, 4), 255))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("head", ["deeplabv3plus", "lraspp"])
+def test_network_outputs_logits_at_the_input_size(head: str) -> None:
+    torch.manual_seed(0)
+    net = build_segmentation_net(3, head=head, pretrained=False).eval()
+    images = torch.rand(2, 3, 50, 70)
+    assert net(images).shape == (2, 4, 50, 70)
+    probabilities = segment_probabilities(net, images, tta=True)
+    assert probabilities.shape == (2, 4, 50, 70)
+    assert torch.allclose(probabilities.sum(1), torch.ones(2, 50, 70), atol=1e-5)
+
+
+def _background_miou(dataset: VOCDataset) -> float:
+    confusion = ConfusionMatrix(dataset.num_classes + 1)
+    for image_id in dataset.ids:
+        mask = dataset.load_mask(image_id)
+        confusion.update(np.zeros_like(mask), mask)
+    return confusion.miou()
+
+
+def test_a_tiny_network_fits_ground_truth_masks_well_above_all_background(tiny_bench: Path, tmp_path: Path) -> None:
+    history = train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(tmp_path / "seg"), ground_truth=True,
+                                                 epochs=12, val_split=None, scale_range=(0.9, 1.1), jitter=0.0,
+                                                 **FAST))
+    assert len(history) == 12 and history[-1]["loss"] < history[0]["loss"]
+    model, config = load_segmentation_run(tmp_path / "seg")
+    train = VOCDataset(tiny_bench, "train")
+    fitted = score_network(model, train)[0].miou()
+    assert fitted >= _background_miou(train) + 0.2, (fitted, _background_miou(train))
+    assert config.labels == {"source": "ground-truth", "masks": "SegmentationClass"}
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_bench: Path, tmp_path: Path) -> None:
+    common = dict(data=str(tiny_bench), ground_truth=True, epochs=2, val_split="val", **FAST)
+    train_segmentation(SegTrainOptions(out=str(tmp_path / "whole"), **common))
+    train_segmentation(SegTrainOptions(out=str(tmp_path / "cut"), stop_after=1, **common))
+    assert len(json.loads((tmp_path / "cut" / "history.json").read_text())) == 1
+    train_segmentation(SegTrainOptions(out=str(tmp_path / "cut"), resume=True, **common))
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["model"]
+    cut = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(whole[key], cut[key]) for key in whole)
+    losses = [[r["loss"] for r in json.loads((tmp_path / run / "history.json").read_text())] for run in ("whole", "cut")]
+    assert losses[0] == losses[1]
+
+
+def _pseudo_from_masks(bench: Path, folder: Path) -> Path:
+    """Pseudo-labels: the ground truth with its borders marked uncertain, plus a segment.json."""
+    folder.mkdir()
+    train = VOCDataset(bench, "train")
+    for image_id in train.ids:
+        labels = train.load_mask(image_id).copy()
+        labels[:4] = 255
+        write_label_png(folder / f"{image_id}.png", labels)
+    (folder / "segment.json").write_text(json.dumps({"method": "dcsm-crf", "run": "RUN", "ignore_uncertain": True,
+                                                     "threshold": 0.65, "labels": "gt"}))
+    return folder
+
+
+def test_pseudo_label_run_records_its_source_and_segments_a_split(tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    pseudo = _pseudo_from_masks(tiny_bench, tmp_path / "pseudo")
+    run = tmp_path / "seg"
+    assert main(["train-seg", "--quiet", "--data", str(tiny_bench), "--pseudo", str(pseudo), "--out", str(run),
+                 "--epochs", "1", "--crop-size", "64", "--batch-size", "4", "--device", "cpu"]) == 0
+    labels = json.loads((run / "config.json").read_text())["labels"]
+    assert labels["source"] == "pseudo" and labels["method"] == "dcsm-crf" and labels["ignore_uncertain"] is True
+    assert labels["folder"] == str(pseudo.resolve())
+
+    out = tmp_path / "pred"
+    assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    record = json.loads((out / "segment.json").read_text())
+    assert record["method"] == "seg" and record["trained_on"]["method"] == "dcsm-crf"
+    val = VOCDataset(tiny_bench, "val")
+    for image_id in val.ids:  # one PNG per val image, at its size, with valid labels
+        assert read_label_png(out / f"{image_id}.png", val.num_classes).shape == val.load_mask(image_id).shape
+    assert main(["evaluate", "--pred", str(out), "--data", str(tiny_bench)]) == 0
+
+    # options that do not apply to the network are refused, not ignored
+    capsys.readouterr()
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--method", "seg", "--threshold", "0.3",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--method", "dcsm", "--tta",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--tta" in capsys.readouterr().err
+    # a classifier's run is not a segmentation network's
+    assert main(["segment", "--run", str(tmp_path / "pred"), "--data", str(tiny_bench), "--method", "seg",
+                 "--out", str(tmp_path / "other")]) == 2
+
+
+def test_tta_changes_the_segmentation_and_is_recorded(tiny_bench: Path, tmp_path: Path) -> None:
+    run = tmp_path / "seg"
+    train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(run), ground_truth=True, epochs=1,
+                                       val_split=None, **FAST))
+    plain, tta = tmp_path / "plain", tmp_path / "tta"
+    for out, extra in ((plain, []), (tta, ["--tta"])):
+        assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
+                     "--out", str(out), "--device", "cpu", *extra]) == 0
+    assert json.loads((tta / "segment.json").read_text())["tta"] is True
+    ids = VOCDataset(tiny_bench, "val").ids
+    assert any(not np.array_equal(read_label_png(plain / f"{i}.png", 6), read_label_png(tta / f"{i}.png", 6))
+               for i in ids)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("wrong-size", "is 10x10 but its image is 64x64"),
+    ("out-of-range", "values [9] outside 0..6"),
+    ("missing", "pseudo-label is missing"),
+])
+def test_bad_pseudo_label_png_exits_2_naming_the_file(tiny_bench: Path, tmp_path: Path, capsys, damage: str,
+                                                      expected: str) -> None:
+    pseudo = _pseudo_from_masks(tiny_bench, tmp_path / "pseudo")
+    victim = pseudo / f"{VOCDataset(tiny_bench, 'train').ids[1]}.png"
+    if damage == "wrong-size":
+        write_label_png(victim, np.zeros((10, 10), np.uint8))
+    elif damage == "out-of-range":
+        labels = read_label_png(victim, 6).copy()
+        labels[5, 5] = 9
+        write_label_png(victim, labels)
+    else:
+        victim.unlink()
+    code = main(["train-seg", "--quiet", "--data", str(tiny_bench), "--pseudo", str(pseudo),
+                 "--out", str(tmp_path / "seg"), "--epochs", "1", "--crop-size", "64", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(victim) in err and expected in err
+    assert "Traceback" not in err
+
+
+def test_pseudo_and_ground_truth_are_exclusive_and_one_is_required(tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse: one of the two is required
+        main(["train-seg", "--data", str(tiny_bench), "--out", str(tmp_path / "seg")])
+    assert exited.value.code == 2 and "--pseudo" in capsys.readouterr().err
+    with pytest.raises(WssegError, match="--pseudo FOLDER"):
+        train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(tmp_path / "seg"), **FAST))
