@@ -315,7 +315,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsseg.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, progress=not args.quiet)
+    run_demo(args.out, quick=args.quick, progress=not args.quiet, pseudo_method=args.pseudo_method)
     return 0
 
 
@@ -451,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
     demo.add_argument("--quick", action="store_true", help="smaller data, for a smoke test")
+    demo.add_argument("--pseudo-method", default="dcsm-crf", choices=list(SEGMENT_METHODS),
+                      help="the method whose confident pseudo-labels of train teach the stage-2 network "
+                           "(default dcsm-crf)")
     return parser
 
 

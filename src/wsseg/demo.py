@@ -2,13 +2,17 @@
 
 Steps, each skipped when its output already exists so a rerun resumes:
 synthesise the benchmark -> train the classifier -> train pipeline A's mi-SVM -> segment val
-with each method -> evaluate -> HTML report (``OUT/report/index.html``) -> results table.
+with each method -> evaluate -> stage 2: confident pseudo-labels of train by one method, a
+segmentation network trained on them and the same network trained on the ground-truth masks,
+each segmenting val -> HTML report (``OUT/report/index.html``) -> results table.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +22,14 @@ from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import load_result
 from wsseg.fusion.misvm import MISVM_FILE
-from wsseg.registry import SEGMENT_METHODS
+from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, method_info, row_title, stage2_row
 from wsseg.report import build_report
+from wsseg.report.html import weak_full_ratio
 from wsseg.runner import SplitSource
 from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
 from wsseg.train import TrainOptions, best_record, train
+from wsseg.train_options import SegTrainOptions
+from wsseg.train_seg import train_segmentation
 from wsseg.train_misvm import train_misvm_from_run
 
 QUICK = SynthConfig(train=60, val=20, size=96)
@@ -31,66 +38,108 @@ QUICK_EPOCHS = 3
 # The default recipe's 30 epochs (with early stopping) would take the full demo past its
 # 8-minute budget on 2 CPU cores; on the shapes benchmark 12 reach val mAP ~0.9 (docs/method.md 1.1).
 DEMO_EPOCHS = 12
+# Stage 2 in the demo: a budget that fits the 8 minutes (benchmarks/stage2_goals.py has its own,
+# larger one): a few epochs on 96 px crops, pseudo-labels from DCSM at one scale.
+STAGE2 = {"quick": dict(epochs=2, crop_size=64), "full": dict(epochs=4, crop_size=96)}
 
 
-def _background_baseline(dataset: VOCDataset, out: Path) -> None:
+def _background_baseline(dataset: VOCDataset, out: Path) -> int:
     """Every pixel background: the floor any method must beat."""
     for image_id in dataset.ids:
         height, width = dataset.load_image(image_id).shape[:2]
         write_label_png(out / f"{image_id}.png", np.zeros((height, width), np.uint8))
+    return len(dataset.ids)
 
 
-def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = True) -> dict[str, dict]:
+def _segmenting(source: SplitSource, options: SegmentOptions, progress: bool) -> Callable[[Path], int]:
+    """What `wsseg segment` does for ``options`` (segment.json included), as a demo step: a
+    function of the output folder returning the number of images written."""
+    return lambda pred_dir: segment_dataset(source, pred_dir, options, progress=progress).written
+
+
+def _score(name: str, out: Path, data_root: Path, segment: Callable[[Path], int], results: dict[str, dict],
+           step: str) -> None:
+    """Segment val into predictions/<name> with ``segment()`` (returns images written), score it
+    into scores/<name>.json, and add its row to ``results``; a row scored before is kept."""
+    pred_dir, score_path = out / "predictions" / name, out / "scores" / f"{name}.json"
+    if score_path.exists():  # finished on an earlier run: keep its scores and its timing
+        stored = load_result(score_path)
+        results[name] = {"miou": stored["miou"], "seconds_per_image": stored.get("seconds_per_image")}
+        print(f"[demo] {step} {row_title(name)}: already segmented and scored")
+        return
+    print(f"[demo] {step} segmenting val with {row_title(name)}")
+    started = time.perf_counter()
+    written = segment(pred_dir)
+    # Time per image actually segmented now, so a resumed method is not credited with skipped images.
+    seconds = (time.perf_counter() - started) / written if written else None
+    scores = score_segmentations(pred_dir, data_root, "val", progress=False, json_path=score_path,
+                                 extra={"seconds_per_image": seconds})
+    if scores is not None:  # None only on a second rank, which the demo never has
+        results[name] = {"miou": scores.result.confusion.miou(), "seconds_per_image": seconds}
+
+
+def _stage2(out: Path, data_root: Path, run: Path, pseudo_method: str, quick: bool, progress: bool,
+            results: dict[str, dict]) -> None:
+    """Stage 2: ``pseudo_method``'s confident pseudo-labels of train (image labels known, as
+    pseudo-labels are made), a network trained on them and one on the ground truth, both on val."""
+    pseudo = out / "pseudo" / pseudo_method
+    print(f"[demo] 5/6 stage 2: {pseudo_method}'s confident pseudo-labels of train (--ignore-uncertain) -> {pseudo}")
+    segment_dataset(SplitSource(run, data_root, "train"), pseudo,
+                    SegmentOptions(pseudo_method, labels="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
+    budget = STAGE2["quick" if quick else "full"]
+    for row, labels in ((stage2_row(pseudo_method), {"pseudo": str(pseudo)}), (STAGE2_BOUND_ROW, {"ground_truth": True})):
+        seg_run = out / "stage2" / row
+        print(f"[demo] 5/6 training {row_title(row)} ({budget['epochs']} epochs, {budget['crop_size']} px crops) "
+              f"into {seg_run}")
+        train_segmentation(SegTrainOptions(data=str(data_root), out=str(seg_run), resume=True, progress=progress,
+                                           **labels, **budget))
+        _score(row, out, data_root, _segmenting(SplitSource(seg_run, data_root, "val"), SegmentOptions("seg"), progress),
+               results, "5/6")
+
+
+def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = True,
+             pseudo_method: str = "dcsm-crf") -> dict[str, dict]:
     out = Path(out)
+    method_info(pseudo_method)  # an unknown method fails now, not after the classifier's training
     config = QUICK if quick else FULL
     data_root = out / "data"
     if not (data_root / "synth.json").exists():
-        print(f"[demo] 1/5 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
+        print(f"[demo] 1/6 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
         write_synthetic_dataset(data_root, config, progress=progress, force=True)  # ours: redo a cut-short one
     run = out / "run"
     options = TrainOptions(data=str(data_root), out=str(run), resume=True, progress=progress,
                            epochs=QUICK_EPOCHS if quick else DEMO_EPOCHS)
-    print(f"[demo] 2/5 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
+    print(f"[demo] 2/6 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
     history = train(options)
     val = VOCDataset(data_root, "val")
     if not (run / MISVM_FILE).exists():
-        print("[demo] 3/5 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
+        print("[demo] 3/6 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
         train_misvm_from_run(SplitSource(run, data_root, "train"), progress=progress)
     results: dict[str, dict] = {}
     methods = ["background-only", *SEGMENT_METHODS]
     for step, name in enumerate(methods, start=1):
-        pred_dir, score_path = out / "predictions" / name, out / "scores" / f"{name}.json"
-        if score_path.exists():  # finished on an earlier run: keep its scores and its timing
-            stored = load_result(score_path)
-            results[name] = {"miou": stored["miou"], "seconds_per_image": stored.get("seconds_per_image")}
-            print(f"[demo] 4/5 {name}: already segmented and scored ({step}/{len(methods)})")
-            continue
-        print(f"[demo] 4/5 segmenting val with {name} ({step}/{len(methods)}, predicted labels)")
-        started = time.perf_counter()
         if name == "background-only":
-            _background_baseline(val, pred_dir)
-            written = len(val)
-        else:  # what `wsseg segment --labels predicted` does, segment.json included
+            segment = partial(_background_baseline, val)
+        else:  # labels predicted by the classifier
             options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
-            written = segment_dataset(SplitSource(run, data_root, "val"), pred_dir, options,
-                                      progress=progress).written
-        # Time per image actually segmented now, so a resumed method is not credited with skipped images.
-        seconds = (time.perf_counter() - started) / written if written else None
-        scores = score_segmentations(pred_dir, data_root, "val", progress=False, json_path=score_path,
-                                     extra={"seconds_per_image": seconds})
-        if scores is not None:  # None only on a second rank, which the demo never has
-            results[name] = {"miou": scores.result.confusion.miou(), "seconds_per_image": seconds}
-    print("[demo] 5/5 writing the HTML report (results, training curve, example grid with DCSM maps)")
+            segment = _segmenting(SplitSource(run, data_root, "val"), options, progress)
+        _score(name, out, data_root, segment, results, f"4/6 ({step}/{len(methods)})")
+    _stage2(out, data_root, run, pseudo_method, quick, progress, results)
+    print("[demo] 6/6 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
     history = history or json.loads((run / "history.json").read_text())
     best, last = best_record(history), history[-1]
     print()
     print(f"classifier: val mAP {best.get('val_map', float('nan')):.3f}, F1 {best.get('val_f1', float('nan')):.3f} "
           f"at epoch {best['epoch']} of {last['epoch']} ({last['elapsed']:.0f} s)")
-    print(f"{'method':<20} {'val mIoU':>9} {'s/img':>8}   (val, labels predicted by the classifier)")
+    print(f"{'method':<38} {'val mIoU':>9} {'s/img':>8}   (val, labels predicted by the classifier; "
+          "stage 2 needs none)")
     for name, row in results.items():
         seconds = "-" if row["seconds_per_image"] is None else f"{row['seconds_per_image']:.4f}"
-        print(f"{name:<20} {100 * row['miou']:8.2f}% {seconds:>8}")
+        print(f"{row_title(name):<38} {100 * row['miou']:8.2f}% {seconds:>8}")
+    ratio = weak_full_ratio(results)
+    if ratio is not None:
+        print(f"weak/full ratio: {row_title(ratio[0])} reaches {ratio[1]:.2f} of the network trained on ground truth")
     print(f"\n[demo] outputs in {out.resolve()}")
     print(f"[demo] report: {report.resolve()}")
     return results

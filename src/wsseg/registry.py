@@ -47,6 +47,40 @@ NETWORK_METHODS: dict[str, str] = {
     "seg": "stage-2 segmentation network (wsseg train-seg): one forward pass, no labels, maps or threshold",
 }
 
+# Rows of a results table (folders of predictions/ and scores/) for stage 2: the network trained
+# on a method's pseudo-labels, and the same network trained on the ground-truth masks.
+STAGE2_BOUND_ROW = "seg-ground-truth"
+_STAGE2_FROM = "seg-from-"
+
+
+def stage2_row(pseudo_method: str) -> str:
+    """The results row of the stage-2 network trained on ``pseudo_method``'s pseudo-labels."""
+    return f"{_STAGE2_FROM}{pseudo_method}"
+
+
+def row_title(row: str) -> str:
+    """How a results table shows a row: the stage-2 rows as the issue tracker and papers name them."""
+    if row == STAGE2_BOUND_ROW:
+        return "seg (ground-truth masks: upper bound)"
+    if row.startswith(_STAGE2_FROM):
+        return f"seg (from {row[len(_STAGE2_FROM):]})"
+    return row
+
+
+def row_description(row: str) -> str:
+    if row in SEGMENT_METHODS:
+        return SEGMENT_METHODS[row].description
+    if row == STAGE2_BOUND_ROW:
+        return "the stage-2 network trained on the ground-truth masks: the fully supervised bound"
+    if row.startswith(_STAGE2_FROM):
+        return (f"the stage-2 network trained on {row[len(_STAGE2_FROM):]}'s confident pseudo-labels of the train "
+                "split; segments with no labels")
+    return ""
+
+
+def is_stage2_row(row: str) -> bool:
+    return row == STAGE2_BOUND_ROW or row.startswith(_STAGE2_FROM)
+
 
 def method_info(name: str) -> MethodInfo:
     if name not in SEGMENT_METHODS:

@@ -31,7 +31,7 @@ from wsseg.map_folders import StoredMaps, method_options
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run, read_history
-from wsseg.registry import SEGMENT_METHODS
+from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, is_stage2_row, row_description, row_title
 from wsseg.report.plots import colour_labels, plot_training_curve
 from wsseg.runner import ImageItem, batch_classes, run_split
 from wsseg.segment import read_segment_record, record_maps
@@ -58,9 +58,13 @@ table.grid .caption { font-size: 0.75em; color: #555; }
 
 
 def method_order(names: Sequence[str]) -> list[str]:
-    """The baseline first, then the registry's order, then anything else alphabetically."""
+    """The baseline first, then the registry's order, then the stage-2 rows (the upper bound last),
+    then anything else alphabetically."""
     known = [BASELINE, *SEGMENT_METHODS]
-    return [n for n in known if n in names] + sorted(n for n in names if n not in known)
+    stage2 = sorted(n for n in names if is_stage2_row(n) and n != STAGE2_BOUND_ROW)
+    stage2 += [STAGE2_BOUND_ROW] if STAGE2_BOUND_ROW in names else []
+    return ([n for n in known if n in names] + stage2
+            + sorted(n for n in names if n not in known and n not in stage2))
 
 
 def load_scores(scores_dir: Path) -> dict[str, dict]:
@@ -96,18 +100,33 @@ def results_table(scores: dict[str, dict], class_names: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name in class_names)
     rows = []
     for method, score in scores.items():
-        spec = SEGMENT_METHODS.get(method)
-        description = spec.description if spec else ("every pixel background: the floor" if method == BASELINE
-                                                       else "")
+        description = "every pixel background: the floor" if method == BASELINE else row_description(method)
         seconds = score.get("seconds_per_image")
         flags = " (threshold tuned on ground truth)" if score.get("tuned_on_ground_truth") else ""
         cells = "".join(f"<td>{_percent(score['iou'].get(name))}</td>" for name in class_names)
         css = ' class="best"' if score["miou"] is not None and score["miou"] == best else ""
         rows.append(f'<tr{css} data-method="{html.escape(method)}"><td class="name" title="{html.escape(description)}">'
-                    f"{html.escape(method)}{html.escape(flags)}</td><td>{_percent(score['miou'])}</td>"
+                    f"{html.escape(row_title(method))}{html.escape(flags)}</td><td>{_percent(score['miou'])}</td>"
                     f"<td>{'&ndash;' if seconds is None else f'{seconds:.3g}'}</td>{cells}</tr>")
     return (f'<table id="results"><thead><tr><th class="name">method</th><th>mIoU %</th><th>s / image</th>'
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>" + weak_full_note(scores))
+
+
+def weak_full_ratio(scores: dict[str, dict]) -> tuple[str, float] | None:
+    """(stage-2 row from pseudo-labels, its mIoU / the ground-truth-trained network's), when both were scored."""
+    bound = scores.get(STAGE2_BOUND_ROW, {}).get("miou")
+    weak = [row for row in scores if is_stage2_row(row) and row != STAGE2_BOUND_ROW and scores[row]["miou"] is not None]
+    if not bound or not weak:
+        return None
+    return weak[0], scores[weak[0]]["miou"] / bound
+
+
+def weak_full_note(scores: dict[str, dict]) -> str:
+    ratio = weak_full_ratio(scores)
+    if ratio is None:
+        return ""
+    return (f'<p id="weak-full">weak/full ratio: {html.escape(row_title(ratio[0]))} reaches <b>{ratio[1]:.2f}</b> of '
+            "the same network trained on the ground-truth masks (same budget).</p>")
 
 
 def legend(class_names: Sequence[str]) -> str:
