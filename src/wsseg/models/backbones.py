@@ -114,6 +114,13 @@ class EfficientNetLite0(nn.Module):
             x = block(x, drop_connect_rate=rate)
         return self.head(x)
 
+    def trim_after(self, name: str) -> None:
+        """Drop the layers after ``name`` (a segmentation head reads no further: unused weights would
+        stall DistributedDataParallel and bloat checkpoints)."""
+        last = int(name.split(".")[1])
+        self.blocks = self.blocks[:last + 1]
+        self.head = nn.Identity()
+
     def forward_taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The outputs of the named layers, running no further than the last of them."""
         found: dict[str, torch.Tensor] = {}
@@ -225,6 +232,12 @@ class VGG16(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def trim_after(self, name: str) -> None:
+        """Drop the layers after ``name`` (a segmentation head reads no further)."""
+        names = [child for child, _ in self.features.named_children()]
+        for child in names[names.index(name.split(".", 1)[1]) + 1:]:
+            delattr(self.features, child)
 
     def forward_taps(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """The outputs of the named layers, running no further than the last of them."""

@@ -106,6 +106,7 @@ class SegmentationNet(nn.Module):
         self.num_classes = num_classes
         self.backbone = backbone
         low, high = backbone.segmentation_taps
+        backbone.trim_after(high.module)
         self.taps = (low.module, high.module)
         head_class = DeepLabV3PlusHead if head == "deeplabv3plus" else LRASPPHead
         self.head = head_class(low.channels, high.channels, num_classes + 1, backbone.output_stride, width)
