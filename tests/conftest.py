@@ -35,6 +35,17 @@ def write_voc(root: Path, samples: dict[str, dict], split: str = "train", classe
     return root
 
 
+def all_background_miou(dataset) -> float:
+    """The mIoU of labelling every pixel background: the floor any method must beat."""
+    from wsseg.evaluate import ConfusionMatrix
+
+    matrix = ConfusionMatrix(dataset.num_classes + 1)
+    for image_id in dataset.ids:
+        truth = dataset.load_mask(image_id)
+        matrix.update(np.zeros_like(truth), truth)
+    return matrix.miou()
+
+
 @pytest.fixture
 def tiny_voc(tmp_path: Path) -> Path:
     """Two images with VOC-style ids that look like numbers (they must stay strings)."""

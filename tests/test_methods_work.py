@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import all_background_miou
 
 from wsseg.data import SynthConfig, VOCDataset, write_synthetic_dataset
-from wsseg.evaluate import ConfusionMatrix, evaluate_directory
+from wsseg.evaluate import evaluate_directory
 from wsseg.models.run import load_run
 from wsseg.pipelines import build_segmenter
 from wsseg.registry import SEGMENT_METHODS
@@ -51,14 +51,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[VOCDataset, Path]
     model, _ = load_run(run)
     train_misvm_on_split(model, VOCDataset(data, "train"), run, progress=False, seed=SEED)
     return VOCDataset(data, "val"), run
-
-
-def all_background_miou(val: VOCDataset) -> float:
-    matrix = ConfusionMatrix(val.num_classes + 1)
-    for image_id in val.ids:
-        truth = val.load_mask(image_id)
-        matrix.update(np.zeros_like(truth), truth)
-    return matrix.miou()
 
 
 def test_every_method_beats_all_background_and_dcsm_crf_beats_cam(trained, tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import all_background_miou
 
 from wsseg.cli import main
 from wsseg.data.images import read_label_png, write_label_png
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.evaluate import ConfusionMatrix
 from wsseg.models.segnet import build_segmentation_net, load_segmentation_run, segment_probabilities
 from wsseg.train_options import SegTrainOptions
 from wsseg.train_seg import score_network, segmentation_loss, train_segmentation
@@ -54,14 +54,6 @@ def test_network_outputs_logits_at_the_input_size(head: str) -> None:
     assert torch.allclose(probabilities.sum(1), torch.ones(2, 50, 70), atol=1e-5)
 
 
-def _background_miou(dataset: VOCDataset) -> float:
-    confusion = ConfusionMatrix(dataset.num_classes + 1)
-    for image_id in dataset.ids:
-        mask = dataset.load_mask(image_id)
-        confusion.update(np.zeros_like(mask), mask)
-    return confusion.miou()
-
-
 def test_a_tiny_network_fits_ground_truth_masks_well_above_all_background(tiny_bench: Path, tmp_path: Path) -> None:
     history = train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(tmp_path / "seg"), ground_truth=True,
                                                  epochs=12, val_split=None, scale_range=(0.9, 1.1), jitter=0.0,
@@ -70,7 +62,7 @@ def test_a_tiny_network_fits_ground_truth_masks_well_above_all_background(tiny_b
     model, config = load_segmentation_run(tmp_path / "seg")
     train = VOCDataset(tiny_bench, "train")
     fitted = score_network(model, train)[0].miou()
-    assert fitted >= _background_miou(train) + 0.2, (fitted, _background_miou(train))
+    assert fitted >= all_background_miou(train) + 0.2, (fitted, all_background_miou(train))
     assert config.labels == {"source": "ground-truth", "masks": "SegmentationClass"}
 
 

@@ -30,10 +30,11 @@ from wsseg.errors import DataError, WssegError
 from wsseg.io import write_json_atomic
 from wsseg.outputs import claimed_output
 from wsseg.models.classifier import FCNClassifier, build_classifier
-from wsseg.models.run import RunConfig, read_checkpoint, read_history, save_checkpoint
+from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
-from wsseg.training import (PRECISIONS, drop_bad, poly_lr, precision_name, resolve_workers, resume_checkpoint,
-                            synchronize, timed_batches, training_autocast)
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
+                            precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
+                            timed_batches, training_autocast)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -106,15 +107,6 @@ def _equal_shape_runs(items: list) -> list[list]:
 def _stack(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images, labels, errors = zip(*items)
     return torch.stack(images), torch.stack(labels), list(errors)
-
-
-def _optimizer(model: FCNClassifier, lr: float, weight_decay: float, head_lr_scale: float) -> torch.optim.Optimizer:
-    """AdamW; the new 1x1 classifier learns faster than the pretrained backbone (as IRN does)."""
-    head = list(model.classifier.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}],
-                             lr=lr, weight_decay=weight_decay)
 
 
 # the largest --image-size accepted: beyond it one batch would not fit in memory
@@ -243,10 +235,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     resume_state = resume_checkpoint(out) if options.resume else None
     if resume_state is not None:
         previous = RunConfig.load(out)
-        changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
-        if changed:
-            raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
-                             "differ); use another --out for a new run")
+        refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
@@ -263,22 +252,12 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     model = build_classifier(train_set.num_classes, backbone=options.backbone, pooling=options.pooling,
                              pretrained=not options.random_init, weights=options.weights,
                              output_stride=options.output_stride, lse_r=options.lse_r)
-    optimizer = _optimizer(model, options.lr, options.weight_decay, options.head_lr_scale)
+    optimizer = head_optimizer(model, model.classifier.parameters(), options.lr, options.weight_decay,
+                               options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
-        try:
-            model.load_state_dict(resume_state["model"])
-            if "optimizer" in resume_state:
-                optimizer.load_state_dict(resume_state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise WssegError(f"{out}: the checkpoint to resume does not fit this run's model "
-                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
-    # channels-last: CPU convolutions (depthwise ones above all) run markedly faster so
-    model.to(group.device, memory_format=torch.channels_last)
-    net: torch.nn.Module = model
-    if group.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
+        restore(model, optimizer, resume_state, out)
+    net = place(model, group)  # the model, or its DDP wrapper
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out)
@@ -309,12 +288,9 @@ def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
 
 def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
     options = session.options
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if group.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
     elapsed_before = float(session.history[-1].get("elapsed", 0.0)) if session.history else 0.0
     run_started = time.perf_counter()
-    try:
+    with deterministic_on_cpu(group.device):
         last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
         patience = options.patience if session.val_set is not None else None
         for epoch in range(len(session.history), last_epoch):
@@ -328,8 +304,6 @@ def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
                     print(f"[train] stopping early: val mAP has not improved for {patience} epochs; "
                           f"model.pt keeps epoch {best_record(session.history)['epoch']}", flush=True)
                 break
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
     return session.history
 
 

@@ -41,8 +41,9 @@ from wsseg.models.segnet import HEADS, SegmentationNet, SegRunConfig, build_segm
 from wsseg.outputs import claimed_output
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (PRECISIONS, drop_bad, poly_lr, precision_name, resolve_workers, resume_checkpoint,
-                            synchronize, timed_batches, training_autocast)
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
+                            precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
+                            timed_batches, training_autocast)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
@@ -173,10 +174,7 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     resume_state = resume_checkpoint(out) if options.resume else None
     if resume_state is not None:
         previous = SegRunConfig.load(out)
-        changed = [name for name in _RESUME_MUST_MATCH if getattr(previous, name) != getattr(config, name)]
-        if changed:
-            raise WssegError(f"{out}: cannot resume with other settings or labels than the run's "
-                             f"({', '.join(changed)} differ); use another --out for a new run")
+        refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         if len(history) >= options.epochs:
             if group.is_main:
@@ -190,24 +188,12 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     torch.manual_seed(options.seed)
     model = build_segmentation_net(train_set.num_classes, options.backbone, options.head, weights=options.weights,
                                    output_stride=options.output_stride)
-    head_ids = {id(p) for p in model.head_parameters()}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": options.lr},
-                                   {"params": model.head_parameters(), "lr": options.lr * options.head_lr_scale}],
-                                  lr=options.lr, weight_decay=options.weight_decay)
+    optimizer = head_optimizer(model, model.head_parameters(), options.lr, options.weight_decay,
+                               options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
     if resume_state is not None:
-        try:
-            model.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise WssegError(f"{out}: the checkpoint to resume does not fit this run's network "
-                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
-    model.to(group.device, memory_format=torch.channels_last)
-    net: torch.nn.Module = model
-    if group.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
+        restore(model, optimizer, resume_state, out)
+    net = place(model, group)  # the model, or its DDP wrapper
     if group.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out)
@@ -228,12 +214,9 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
 
 def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
     options = session.options
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if group.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
     elapsed_before = float(session.history[-1].get("elapsed", 0.0)) if session.history else 0.0
     started = time.perf_counter()
-    try:
+    with deterministic_on_cpu(group.device):
         last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
         for epoch in range(len(session.history), last_epoch):
             record = _train_one_epoch(session, group, epoch)
@@ -241,8 +224,6 @@ def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
                 record["elapsed"] = elapsed_before + time.perf_counter() - started
                 _validate_and_checkpoint(session, group, epoch, record)
             group.barrier()
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
     return session.history
 
 

@@ -5,12 +5,15 @@ timing the loader, and finding the checkpoint to resume from.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from wsseg.data.loading import auto_workers, cpus_per_rank
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
 
@@ -111,3 +114,56 @@ def timed_batches(batches, waits: list[float]):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def head_optimizer(model: torch.nn.Module, head: Sequence[torch.nn.Parameter], lr: float, weight_decay: float,
+                   head_lr_scale: float) -> torch.optim.Optimizer:
+    """AdamW in two groups: the pretrained body at ``lr``, the new head ``head_lr_scale`` times
+    faster (as IRN trains its new layers)."""
+    head = list(head)
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}],
+                             lr=lr, weight_decay=weight_decay)
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, out: Path) -> None:
+    """Load a checkpoint to resume from, refusing one made for another network in one line."""
+    try:
+        model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise WssegError(f"{out}: the checkpoint to resume does not fit this run's model "
+                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
+
+
+def place(model: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
+    """Move the model to this rank's device (channels-last: CPU convolutions, depthwise ones above
+    all, run markedly faster so) and wrap it for DistributedDataParallel under torchrun."""
+    model.to(group.device, memory_format=torch.channels_last)
+    if not group.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
+
+
+def refuse_changed(previous: object, config: object, must_match: Sequence[str], out: Path) -> None:
+    """``--resume`` continues a run only with the settings it was started with."""
+    changed = [name for name in must_match if getattr(previous, name) != getattr(config, name)]
+    if changed:
+        raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
+                         "differ); use another --out for a new run")
+
+
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels while training on a CPU (bit-identical reruns and resumes); the
+    previous setting restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
