@@ -8,7 +8,6 @@ continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -25,16 +24,15 @@ from tqdm import tqdm
 from wsseg.data.images import read_image_size
 from wsseg.data.loading import EpochShards, LabelledImages, loader_settings
 from wsseg.data.voc import VOCDataset
-from wsseg.distributed import ProcessGroup, process_group
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_json_atomic
-from wsseg.outputs import claimed_output
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
 from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
                             precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
-                            timed_batches, training_autocast)
+                            timed_batches, training_autocast, training_run)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -172,11 +170,7 @@ def train(options: TrainOptions) -> list[dict]:
     RUN/model.pt holds the epoch with the best val mAP (image labels only, so no oracle), the
     last epoch when there is no val split; RUN/last.pt the last epoch, for ``--resume``."""
     _check_options(options)
-    with process_group(options.device) as group, contextlib.ExitStack() as held:
-        with group.together():  # the output-folder rules of wsseg.outputs; a refusal stops every rank
-            # the lock (rank 0's) also clears the temporaries of a killed run
-            held.enter_context(claimed_output(options.out, ["config.json", "history.json"], options.data,
-                                              options.masks, group.is_main))
+    with training_run(options.device, options.out, options.data, options.masks) as group:
         session = _setup(options, group)
         if session is None:
             return read_history(Path(options.out))

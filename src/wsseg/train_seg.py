@@ -14,7 +14,6 @@ uninterrupted run would), under torchrun too.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -32,18 +31,17 @@ from tqdm import tqdm
 from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
 from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
-from wsseg.distributed import ProcessGroup, process_group
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import write_json_atomic
 from wsseg.models.run import read_history, save_checkpoint
 from wsseg.models.segnet import HEADS, SegmentationNet, SegRunConfig, build_segmentation_net
-from wsseg.outputs import claimed_output
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
 from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
                             precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
-                            timed_batches, training_autocast)
+                            timed_batches, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
@@ -118,10 +116,7 @@ def train_segmentation(options: SegTrainOptions) -> list[dict]:
     (for ``--resume``), SEGRUN/history.json one record per epoch (loss, images/s, peak memory,
     val mIoU), SEGRUN/config.json the network and where its labels came from."""
     _check_options(options)
-    with process_group(options.device) as group, contextlib.ExitStack() as held:
-        with group.together():  # the output-folder rules of wsseg.outputs; a refusal stops every rank
-            held.enter_context(claimed_output(options.out, ["config.json", "history.json"], options.data,
-                                              options.masks, group.is_main))
+    with training_run(options.device, options.out, options.data, options.masks) as group:
         with group.together():
             session = _setup(options, group)
         if session is None:

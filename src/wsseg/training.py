@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from wsseg.data.loading import auto_workers, cpus_per_rank
-from wsseg.distributed import ProcessGroup
+from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
+from wsseg.outputs import claimed_output
 
 
 def drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -167,3 +168,14 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+@contextlib.contextmanager
+def training_run(device: str | None, out: str | Path, data: str | Path, masks: str) -> Iterator[ProcessGroup]:
+    """Join torchrun's process group and claim the run folder ``out`` by the rules of
+    :mod:`wsseg.outputs` (rank 0 holds the lock, which also clears a killed run's temporaries; a
+    refusal on any rank stops them all)."""
+    with process_group(device) as group, contextlib.ExitStack() as held:
+        with group.together():
+            held.enter_context(claimed_output(out, ["config.json", "history.json"], data, masks, group.is_main))
+        yield group
