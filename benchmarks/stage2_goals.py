@@ -75,8 +75,11 @@ def run_training(args: argparse.Namespace) -> dict:
     # limit keeps what matters most
     for bench in args.benchmarks:
         pseudo = Path(args.pseudo_root) / f"pseudo-{bench}-dcsm-crf-confident"
-        _goal(args, results, bench, "pseudo", {"pseudo": str(pseudo)})
-        _goal(args, results, bench, "ground-truth", {"ground_truth": True})
+        for source, labels in (("pseudo", {"pseudo": str(pseudo)}), ("ground-truth", {"ground_truth": True})):
+            if args.goals is None or source in args.goals:
+                _goal(args, results, bench, source, labels)
+    if args.goals is not None:  # only the goals asked for
+        return results
     for bench in args.benchmarks:
         data = Path(getattr(args, f"data_{bench}"))
         pseudo = Path(args.pseudo_root) / f"pseudo-{bench}-dcsm-crf-confident"
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--work", required=True)
     train.add_argument("--device", default="auto")
     train.add_argument("--epochs", type=int, default=SegTrainOptions(data="", out="").epochs)
+    train.add_argument("--goals", type=lambda text: text.split(","), default=None, metavar="SOURCES",
+                       help="only these goal runs (pseudo, ground-truth), e.g. to run them side by side on one GPU")
     train.add_argument("--with-plain", action="store_true",
                        help="also train on dcsm-crf's plain pseudo-labels (P/pseudo-<benchmark>-dcsm-crf), reported only")
     speed = commands.add_parser("speed")

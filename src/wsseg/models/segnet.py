@@ -31,10 +31,10 @@ from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from wsseg.models.classifier import MIN_INPUT_SIDE
 from wsseg.models.run import read_checkpoint
 
 HEADS = ("deeplabv3plus", "lraspp")
+PAD_TO = 32  # inputs are padded to a multiple of the backbone's largest stride
 # what a segmentation run's config.json says it is: a classifier's run folder says nothing
 SEGMENTATION_NETWORK = "segmentation"
 
@@ -119,13 +119,15 @@ class SegmentationNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        x = (images - self.mean) / self.std
-        if min(height, width) < MIN_INPUT_SIDE:  # too small for the strided convolutions
-            x = F.interpolate(x, size=(max(height, MIN_INPUT_SIDE), max(width, MIN_INPUT_SIDE)), mode="bilinear",
-                              align_corners=False)
+        # Pad bottom and right to a multiple of 32 (with the mean colour: zero once normalised), as
+        # DeepLab pads to its crop: the strided layers then see whole cells, tiny images work, and
+        # a GPU meets few distinct input shapes (cuDNN plans a convolution per shape, which made
+        # scoring 200 differently sized images take minutes), then crop the logits back.
+        padded = (height + (-height) % PAD_TO, width + (-width) % PAD_TO)
+        x = F.pad((images - self.mean) / self.std, (0, padded[1] - width, 0, padded[0] - height))
         found = self.backbone.forward_taps(x, self.taps)
         logits = self.head(found[self.taps[0]], found[self.taps[1]])
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[..., :height, :width]
 
 
 def build_segmentation_net(num_classes: int, backbone: str = "efficientnet-lite0", head: str = "deeplabv3plus",
