@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsseg.cli import main
-from wsseg.registry import SEGMENT_METHODS
+from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, stage2_row
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,13 +26,22 @@ def test_quick_demo_runs_end_to_end_and_resumes(quick_demo, capsys) -> None:
     out = quick_demo
     scores = json.loads((out / "scores" / "background-only.json").read_text())
     assert 0 < scores["miou"] < 0.5 and scores["n_images"] == 20
-    assert {p.stem for p in (out / "scores").glob("*.json")} == {"background-only", *SEGMENT_METHODS}
+    stage2 = {stage2_row("dcsm-crf"), STAGE2_BOUND_ROW}
+    assert {p.stem for p in (out / "scores").glob("*.json")} == {"background-only", *SEGMENT_METHODS, *stage2}
+    # stage 2 learnt from dcsm-crf's confident pseudo-labels, as its run records
+    labels = json.loads((out / "stage2" / stage2_row("dcsm-crf") / "config.json").read_text())["labels"]
+    assert labels["source"] == "pseudo" and labels["method"] == "dcsm-crf" and labels["ignore_uncertain"] is True
     model_bytes = (out / "run" / "model.pt").read_bytes()
+    seg_bytes = (out / "stage2" / STAGE2_BOUND_ROW / "model.pt").read_bytes()
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0  # rerun: nothing retrained
     printed = capsys.readouterr().out
     assert "background-only" in printed and "val mAP" in printed
     assert f"report: {(out / 'report' / 'index.html').resolve()}" in printed
     assert (out / "run" / "model.pt").read_bytes() == model_bytes
+    assert (out / "stage2" / STAGE2_BOUND_ROW / "model.pt").read_bytes() == seg_bytes
+    assert "seg (ground-truth masks: upper bound)" in printed and "weak/full ratio" in printed
+    page = (out / "report" / "index.html").read_text()
+    assert "seg (from dcsm-crf)" in page and 'id="weak-full"' in page
     # the rerun keeps the first run's timings instead of timing skipped work as ~0 s per image
     assert json.loads((out / "scores" / "dcsm.json").read_text())["seconds_per_image"] > 0.001
 
@@ -95,7 +104,7 @@ def test_report_renders_in_headless_chromium(quick_demo) -> None:
     assert len(images) > 10
     broken = [src for src, complete, width in images if not complete or width == 0]
     assert not broken, f"images that did not load: {broken}"
-    assert rows == ["background-only", *SEGMENT_METHODS]  # one row per method, in order
+    assert rows == ["background-only", *SEGMENT_METHODS, stage2_row("dcsm-crf"), STAGE2_BOUND_ROW]  # in order
     for name in ("background", "circle", "square", "triangle", "star", "cross", "ring", "void"):
         assert name in legend
     assert screenshot.stat().st_size > 10_000
