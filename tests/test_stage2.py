@@ -119,9 +119,13 @@ def test_pseudo_label_run_records_its_source_and_segments_a_split(tiny_bench: Pa
     assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--method", "dcsm", "--tta",
                  "--out", str(tmp_path / "other")]) == 2
     assert "--tta" in capsys.readouterr().err
-    # a classifier's run is not a segmentation network's
+    # a folder that is no segmentation network's run is refused, and a network's run for a map method
     assert main(["segment", "--run", str(tmp_path / "pred"), "--data", str(tiny_bench), "--method", "seg",
                  "--out", str(tmp_path / "other")]) == 2
+    assert "train-seg" in capsys.readouterr().err
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--method", "cam",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "use it with --method seg" in capsys.readouterr().err
 
 
 def test_tta_changes_the_segmentation_and_is_recorded(tiny_bench: Path, tmp_path: Path) -> None:

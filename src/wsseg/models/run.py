@@ -69,6 +69,9 @@ class RunConfig:
             raise WssegError(f"{path}: unreadable run config ({exc.__class__.__name__}: {str(exc)[:80]})") from None
         if not isinstance(data, dict):
             raise WssegError(f"{path}: run config must be a JSON object, not {type(data).__name__}")
+        if data.get("network") == "segmentation":  # wsseg.models.segnet.SEGMENTATION_NETWORK
+            raise WssegError(f"{path}: this is a stage-2 segmentation network's run (`wsseg train-seg`), not a "
+                             "classifier's: use it with --method seg")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for name, value in values.items():
