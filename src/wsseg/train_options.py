@@ -47,3 +47,8 @@ class TrainOptions:
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
     device: str | None = None
     progress: bool = True
+
+
+# ``wsseg train-affinity``'s defaults (wsseg.train_affinity.AffinityOptions reads them; docs/method.md 6)
+AFFINITY_DEFAULTS: dict = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4, "scale_range": (0.7, 1.3),
+                           "radius": 5}
