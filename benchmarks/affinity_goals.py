@@ -5,10 +5,12 @@
 
 For each benchmark: train the affinity network (RUN/affinity.pt, unless there) on PSEUDO, the
 confident dcsm-crf pseudo-labels of the whole train split; then on the first 100 train images
-(ground-truth image labels: pseudo-label quality) score cam, dcsm-crf and the random-walk
-methods at every threshold of the CRF grid, choose each rw method's threshold by the mean of
-both benchmarks at one shared threshold (as docs/method.md 3.1), and score the first 100 val
-images (predicted labels) at the chosen thresholds. Then the extra cost of the walk per image
+(ground-truth image labels: pseudo-label quality) score cam and dcsm-crf at their defaults and
+cam-rw, dcsm-rw at every threshold of the CRF grid for each beta of BETAS; choose beta by the
+mean of both methods and benchmarks (each method at its best shared threshold), then each rw
+method's threshold (and the rw-crf variants') by the mean of both benchmarks at one shared
+threshold (as docs/method.md 3.1); score the first 100 val images (predicted labels) at the
+chosen settings. Then the extra cost of the walk per image
 at 224 px and the peak memory at 224 and 512 px, each in a fresh process.
 
 Maps are computed once per image; the walk is linear, so each image's class maps are walked
@@ -18,11 +20,13 @@ once and each threshold's background channel alone. Runs in about 20 minutes on 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
-import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +41,7 @@ from wsseg.fusion.random_walk import PSA_LOGT, transition_matrix, walk_scores
 from wsseg.maps import CAM, DCSM
 from wsseg.models.affinity import load_affinity, neighbours_per_pixel
 from wsseg.models.run import load_run
-from wsseg.pipelines import CRF_GRID, DEFAULT_CRF, RW_BETA, walked_probabilities
+from wsseg.pipelines import CRF_GRID, DEFAULT_CRF, walked_probabilities
 from wsseg.registry import method_info
 from wsseg.runner import batch_classes, iter_batches
 from wsseg.train_affinity import AffinityOptions, train_affinity
@@ -46,54 +50,81 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "affinity_goals.json"
 IMAGES = 100
 RW_METHODS = ("cam-rw", "dcsm-rw", "cam-rw-crf", "dcsm-rw-crf")
+BETAS = (8.0, 16.0)  # psa's 8, and twice as sharp (IRN uses 10)
 
 
 def _labels(scores: np.ndarray, labels: list[int]) -> np.ndarray:
     return np.array([0, *labels], np.uint8)[np.argmax(scores, axis=0)]
 
 
-def score_split(run: Path, data: Path, split: str, labels: str, thresholds: dict[str, tuple[float, ...]],
-                limit: int = IMAGES) -> dict[str, dict[float, float]]:
-    """mIoU (%) of every method at each of its thresholds on the first ``limit`` images of the split."""
+@dataclass
+class Item:
+    """One image with what every setting reads: its classes, maps and affinity embedding."""
+
+    image: np.ndarray
+    truth: np.ndarray
+    present: list[int]
+    maps: dict[str, np.ndarray]  # "cam", "dcsm": [K, H, W] in [0, 1]
+    embedding: torch.Tensor
+
+
+def compute_items(run: Path, data: Path, split: str, labels: str, limit: int) -> tuple[list[Item], int]:
+    """The first ``limit`` images of the split with their maps (computed once for every setting)."""
     model, _ = load_run(run)
     affinity = load_affinity(run)
     dataset = VOCDataset(data, split)
-    ids = dataset.ids[:limit]
     methods = {"cam": CAM(), "dcsm": DCSM()}
-    matrices = {name: {t: ConfusionMatrix(dataset.num_classes + 1) for t in grid} for name, grid in thresholds.items()}
-    for batch in iter_batches(dataset, ids, 8, skip_bad=False, need_labels=labels == "gt"):
+    items = []
+    for batch in iter_batches(dataset, dataset.ids[:limit], 8, skip_bad=False, need_labels=labels == "gt"):
         images = batch_tensor([item.image for item in batch])
         classes = batch_classes(model, batch, labels)
         maps = {name: method.normalize(method(model, images, classes)).cpu().numpy() for name, method in methods.items()}
         embeddings = affinity.embed(model, images)
         for n, item in enumerate(batch):
             present = [c + 1 for c in classes[n]]
-            truth = dataset.load_mask(item.id)
-            transition = transition_matrix(embeddings[n], affinity.config.radius, RW_BETA)
-            grid = tuple(embeddings.shape[-2:])
-            for source in ("cam", "dcsm"):
-                class_maps = np.clip(maps[source][n][: len(present)], 0, 1)
-                walked = walk_scores(class_maps, transition, grid, PSA_LOGT)
-                for name, grid_t in thresholds.items():
-                    if not name.startswith(source):
-                        continue
-                    for t in grid_t:
-                        if name == source:
-                            pred = labels_from_maps(class_maps, present, t)
-                        elif name == f"{source}-crf":
-                            pred = _labels(dense_crf(item.image, soft_probabilities(class_maps, t), DEFAULT_CRF),
-                                           present)
-                        else:
-                            background = walk_scores(soft_background(class_maps, t)[None], transition, grid, PSA_LOGT)
-                            scores = np.concatenate([background, walked])
-                            if name.endswith("-crf"):
-                                scores = dense_crf(item.image, walked_probabilities(scores), DEFAULT_CRF)
-                            pred = _labels(scores, present)
-                        matrices[name][t].update(pred, truth)
+            items.append(Item(item.image, dataset.load_mask(item.id), present,
+                              {name: np.clip(values[n][: len(present)], 0, 1) for name, values in maps.items()},
+                              embeddings[n]))
+    return items, dataset.num_classes + 1
+
+
+def score_items(items: list[Item], num_labels: int, radius: int, beta: float,
+                thresholds: dict[str, tuple[float, ...]]) -> dict[str, dict[float, float]]:
+    """mIoU (%) of each method at each of its thresholds (the walk with ``beta``)."""
+    matrices = {name: {t: ConfusionMatrix(num_labels) for t in grid} for name, grid in thresholds.items()}
+    for item in items:
+        transition = transition_matrix(item.embedding, radius, beta)
+        grid = tuple(item.embedding.shape[-2:])
+        for source in ("cam", "dcsm"):
+            class_maps = item.maps[source]
+            wanted = {name: grid_t for name, grid_t in thresholds.items() if name.split("-")[0] == source}
+            walked = walk_scores(class_maps, transition, grid, PSA_LOGT) if any("-rw" in n for n in wanted) else None
+            for name, grid_t in wanted.items():
+                for t in grid_t:
+                    if name == source:
+                        pred = labels_from_maps(class_maps, item.present, t)
+                    elif name == f"{source}-crf":
+                        pred = _labels(dense_crf(item.image, soft_probabilities(class_maps, t), DEFAULT_CRF),
+                                       item.present)
+                    else:
+                        background = walk_scores(soft_background(class_maps, t)[None], transition, grid, PSA_LOGT)
+                        scores = np.concatenate([background, walked])
+                        if name.endswith("-crf"):
+                            scores = dense_crf(item.image, walked_probabilities(scores), DEFAULT_CRF)
+                        pred = _labels(scores, item.present)
+                    matrices[name][t].update(pred, item.truth)
     return {name: {t: 100 * m.miou() for t, m in by_t.items()} for name, by_t in matrices.items()}
 
 
-def _extra_cost_probe(run: str, size: int, repeats: int) -> dict:
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (kB there), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _extra_cost_probe(run: str, size: int, repeats: int, beta: float) -> dict:
     """In this (fresh) process: seconds per image of CAM alone and of the walk's extra steps, and
     the peak RSS before and after the walk, at size x size."""
     torch.set_num_threads(1)
@@ -103,65 +134,102 @@ def _extra_cost_probe(run: str, size: int, repeats: int) -> dict:
     images = batch_tensor([image])
     cam = CAM()
     classes = [[0, 1]]
-    maps = cam.normalize(cam(model, images, classes)).cpu().numpy()[0]  # warm-up
+    maps = cam.normalize(cam(model, images, classes)).cpu().numpy()[0]
+    embedding = affinity.embed(model, images)[0]
+    # the walk's own peak: freed heap handed back (malloc_trim), the peak RSS reset (Linux:
+    # 5 > /proc/self/clear_refs), then the transition matrix and the walk alone
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_bytes("VmRSS")
+    transition = transition_matrix(embedding, affinity.config.radius, beta)
+    channels = np.concatenate([soft_background(maps, 0.55)[None], maps])
+    walk_scores(channels, transition, tuple(embedding.shape[-2:]), PSA_LOGT)
+    after = _status_bytes("VmHWM")
     started = time.perf_counter()
     for _ in range(repeats):
         maps = cam.normalize(cam(model, images, classes)).cpu().numpy()[0]
     cam_seconds = (time.perf_counter() - started) / repeats
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
     for _ in range(repeats):
         embedding = affinity.embed(model, images)[0]
-        transition = transition_matrix(embedding, affinity.config.radius, RW_BETA)
+        transition = transition_matrix(embedding, affinity.config.radius, beta)
         channels = np.concatenate([soft_background(maps, 0.55)[None], maps])
         walk_scores(channels, transition, tuple(embedding.shape[-2:]), PSA_LOGT)
     walk_seconds = (time.perf_counter() - started) / repeats
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    process_peak = _status_bytes("VmHWM")
     grid_pixels = embedding.shape[-1] * embedding.shape[-2]
-    return {"size": size, "cam_seconds": cam_seconds, "extra_seconds": walk_seconds, "peak_rss_before": before,
-            "peak_rss_after": after, "extra_peak_bytes": after - before, "pixels": size * size,
+    return {"size": size, "cam_seconds": cam_seconds, "extra_seconds": walk_seconds, "rss_before_walk": before,
+            "walk_peak_rss": after, "process_peak_rss": process_peak, "extra_peak_bytes": after - before, "pixels": size * size,
             "bytes_per_pixel": (after - before) / (size * size), "grid_pixels": grid_pixels,
             "nonzeros": int(transition._nnz()), "nonzero_bound": grid_pixels * neighbours_per_pixel(
                 affinity.config.radius), "pi_r2_bound": grid_pixels * (np.pi * affinity.config.radius ** 2 + 1)}
 
 
-def probe(run: Path, size: int, repeats: int) -> dict:
+def probe(run: Path, size: int, repeats: int, beta: float) -> dict:
+    """:func:`_extra_cost_probe` in a fresh process (its peak RSS is this measurement's alone)."""
     code = ("import json, sys; sys.path.insert(0, %r); from affinity_goals import _extra_cost_probe; "
-            "print(json.dumps(_extra_cost_probe(%r, %d, %d)))" % (str(HERE), str(run), size, repeats))
+            "print(json.dumps(_extra_cost_probe(%r, %d, %d, %r)))" % (str(HERE), str(run), size, repeats, beta))
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(benches: list[tuple[str, Path, Path, Path]]) -> dict:
-    results: dict = {"benchmarks": {}, "images": IMAGES}
+def _shared_best(per_benchmark: list[dict[float, float]]) -> tuple[float, float]:
+    """The threshold with the best mean over the benchmarks, and that mean."""
+    means = {t: float(np.mean([scores[t] for scores in per_benchmark])) for t in per_benchmark[0]}
+    best = max(means, key=means.get)
+    return best, means[best]
+
+
+def run(benches: list[tuple[str, Path, Path, Path]], images: int = IMAGES, out: Path = RESULTS) -> dict:
+    results: dict = {"benchmarks": {}, "images": images, "betas": BETAS, "logt": PSA_LOGT}
     grid = tuple(CRF_GRID)
+    baselines = {"cam": (method_info("cam").threshold,), "dcsm-crf": (method_info("dcsm-crf").threshold,)}
+    train_items = {}
     for name, run_dir, data, pseudo in benches:
-        started = time.perf_counter()
         if not (run_dir / "affinity.pt").exists():
             train_affinity(AffinityOptions(run=str(run_dir), data=str(data), pseudo=str(pseudo), progress=False))
         history = json.loads((run_dir / "affinity-history.json").read_text())
-        trained = time.perf_counter() - started
-        thresholds = {"cam": (method_info("cam").threshold,), "dcsm-crf": (method_info("dcsm-crf").threshold,),
-                      **{m: grid for m in RW_METHODS}}
-        train_scores = score_split(run_dir, data, "train", "gt", thresholds)
-        results["benchmarks"][name] = {"train": train_scores, "train_seconds": time.perf_counter() - started - trained,
-                                       "affinity_training_seconds": sum(r["seconds"] for r in history),
-                                       "affinity_epochs": len(history), "run": str(run_dir), "data": str(data)}
-        print(f"[affinity-goals] {name}: train scored", flush=True)
-    chosen = {}
-    for method in RW_METHODS:
-        means = {t: np.mean([results["benchmarks"][b]["train"][method][t] for b in results["benchmarks"]])
-                 for t in grid}
-        chosen[method] = max(means, key=means.get)
-    results["chosen_thresholds"] = chosen
+        radius = load_affinity(run_dir).config.radius
+        started = time.perf_counter()
+        train_items[name] = compute_items(run_dir, data, "train", "gt", images)
+        search = {str(beta): score_items(*train_items[name], radius, beta,
+                                         {**(baselines if beta == BETAS[0] else {}), "cam-rw": grid, "dcsm-rw": grid})
+                  for beta in BETAS}
+        results["benchmarks"][name] = {"search": search, "affinity_training_seconds": sum(r["seconds"] for r in history),
+                                       "affinity_epochs": len(history), "affinity_final_loss": history[-1]["loss"],
+                                       "radius": radius, "run": str(run_dir), "data": str(data),
+                                       "train_search_seconds": time.perf_counter() - started}
+        print(f"[affinity-goals] {name}: beta and thresholds searched on train", flush=True)
+    names = list(results["benchmarks"])
+    # beta: the best mean of cam-rw and dcsm-rw over both benchmarks, each at its best shared threshold
+    quality = {beta: np.mean([_shared_best([results["benchmarks"][b]["search"][str(beta)][m] for b in names])[1]
+                              for m in ("cam-rw", "dcsm-rw")]) for beta in BETAS}
+    beta = max(quality, key=quality.get)
+    chosen = {m: _shared_best([results["benchmarks"][b]["search"][str(beta)][m] for b in names])[0]
+              for m in ("cam-rw", "dcsm-rw")}
+    for name in names:
+        bench = results["benchmarks"][name]
+        started = time.perf_counter()
+        crf = score_items(*train_items[name], bench["radius"], beta, {"cam-rw-crf": grid, "dcsm-rw-crf": grid})
+        bench["search"][str(beta)].update(crf)
+        bench["train_search_seconds"] += time.perf_counter() - started
+    for m in ("cam-rw-crf", "dcsm-rw-crf"):
+        chosen[m] = _shared_best([results["benchmarks"][b]["search"][str(beta)][m] for b in names])[0]
+    results.update(beta=beta, beta_quality={str(b): q for b, q in quality.items()}, chosen_thresholds=chosen)
     for name, run_dir, data, _ in benches:
-        thresholds = {"cam": (method_info("cam").threshold,), "dcsm-crf": (method_info("dcsm-crf").threshold,),
-                      **{m: (chosen[m],) for m in RW_METHODS}}
-        results["benchmarks"][name]["val"] = score_split(run_dir, data, "val", "predicted", thresholds)
+        bench = results["benchmarks"][name]
+        bench["train"] = {"cam": bench["search"][str(BETAS[0])]["cam"],
+                          "dcsm-crf": bench["search"][str(BETAS[0])]["dcsm-crf"],
+                          **{m: {t: bench["search"][str(beta)][m][t]} for m, t in chosen.items()}}
+        started = time.perf_counter()
+        items = compute_items(run_dir, data, "val", "predicted", images)
+        bench["val"] = score_items(*items, bench["radius"], beta, {**baselines, **{m: (t,) for m, t in chosen.items()}})
+        bench["val_seconds"] = time.perf_counter() - started
         print(f"[affinity-goals] {name}: val scored", flush=True)
     glyph_run = next(run_dir for name, run_dir, _, _ in benches if name == "glyphs")
-    results["cost"] = [probe(glyph_run, 224, 5), probe(glyph_run, 512, 2)]
-    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["cost"] = [probe(glyph_run, 224, 5, beta), probe(glyph_run, 512, 2, beta)]
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
@@ -180,12 +248,14 @@ def table(results: dict) -> str:
 
             row = [at("cam"), at("dcsm-crf"), *(at(m) for m in RW_METHODS)]
             lines.append(f"| {name} | {split} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
-    lines += ["", "| image | CAM s/img | extra s/img (embedding + T + walk) | extra peak RSS | bytes per pixel | "
-              "grid pixels | non-zeros of T | P (pi r^2 + 1) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| image | CAM s/img | extra s/img (embedding + T + walk) | peak RSS (CAM, then walk) | "
+              "walk's extra peak | bytes per image pixel | grid pixels | non-zeros of T | P (pi r^2 + 1) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cost in results["cost"]:
         lines.append(f"| {cost['size']} px | {cost['cam_seconds']:.3f} | {cost['extra_seconds']:.3f} | "
-                     f"{cost['extra_peak_bytes'] / 2 ** 20:.1f} MiB | {cost['bytes_per_pixel']:.0f} | "
-                     f"{cost['grid_pixels']} | {cost['nonzeros']} | {cost['pi_r2_bound']:.0f} |")
+                     f"{cost['process_peak_rss'] / 2 ** 20:.0f} MiB | {cost['extra_peak_bytes'] / 2 ** 20:.1f} MiB | "
+                     f"{cost['bytes_per_pixel']:.0f} | {cost['grid_pixels']} | {cost['nonzeros']} | "
+                     f"{cost['pi_r2_bound']:.0f} |")
     return "\n".join(lines)
 
 
@@ -193,11 +263,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "table"])
     parser.add_argument("--bench", nargs=4, action="append", metavar=("NAME", "RUN", "DATA", "PSEUDO"), default=[])
+    parser.add_argument("--images", type=int, default=IMAGES, help=f"first N images of each split (default {IMAGES})")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="results file (default beside this script)")
     args = parser.parse_args()
     if args.command == "run":
-        results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench])
+        results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench], args.images, args.json)
     else:
-        results = json.loads(RESULTS.read_text())
+        results = json.loads(args.json.read_text())
     print(table(results))
 
 

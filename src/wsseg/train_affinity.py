@@ -235,8 +235,9 @@ def _record(options: AffinityOptions, config: AffinityConfig, run: Path, pseudo:
     training = {name: getattr(options, name) for name in _RESUME_MUST_MATCH}
     training.update(image_size=image_size, scale_range=list(options.scale_range), images=images,
                     data=str(Path(options.data).resolve()), backbone_frozen=True)
-    return {"network": dataclasses.asdict(config), "classifier_sha256": file_sha256(run / "model.pt"),
-            "training": training, "labels": label_source(pseudo, options.pseudo)}
+    record = {"network": dataclasses.asdict(config), "classifier_sha256": file_sha256(run / "model.pt"),
+              "training": training, "labels": label_source(pseudo, options.pseudo)}
+    return json.loads(json.dumps(record))  # as it reads back from the file (lists, not tuples)
 
 
 def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
@@ -286,6 +287,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     torch.manual_seed(options.seed)
     head = config.build()
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    base_lrs = [group_["lr"] for group_ in optimizer.param_groups]  # before a resumed state's decayed rates
     if state is not None:
         try:
             head.load_state_dict(state["model"])
@@ -308,7 +310,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main and options.progress:
         print(f"[train-affinity] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s); frozen backbone, head on {', '.join(config.taps)}", flush=True)
-    return _Session(options, classifier, config, head, net, optimizer, [g["lr"] for g in optimizer.param_groups],
+    return _Session(options, classifier, config, head, net, optimizer, base_lrs,
                     history, sampler, loader, math.ceil(len(sampler) / options.batch_size), autocast_dtype)
 
 

@@ -50,5 +50,5 @@ class TrainOptions:
 
 
 # ``wsseg train-affinity``'s defaults (wsseg.train_affinity.AffinityOptions reads them; docs/method.md 6)
-AFFINITY_DEFAULTS: dict = {"epochs": 8, "batch_size": 16, "lr": 3e-3, "weight_decay": 1e-4, "scale_range": (0.7, 1.3),
+AFFINITY_DEFAULTS: dict = {"epochs": 8, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "scale_range": (0.7, 1.3),
                            "radius": 5}

@@ -21,37 +21,46 @@ import torch
 import torch.nn.functional as F
 
 from wsseg.fusion.background import soft_background
-from wsseg.models.affinity import pair_affinities, pair_offsets
+from wsseg.models.affinity import pair_offsets
 
 PSA_BETA = 8.0
 PSA_LOGT = 8
 
 
 def transition_matrix(embedding: torch.Tensor, radius: int, beta: float = PSA_BETA) -> torch.Tensor:
-    """[D, h, w] embedding -> [P, P] sparse CSR transition matrix (P = h w, row-major), rows summing to 1."""
+    """[D, h, w] embedding -> [P, P] sparse CSR transition matrix (P = h w, row-major), rows summing to 1.
+
+    Built row by row without sorting: every pixel's neighbours, in the order of their linear
+    offset (so each row's columns ascend, as CSR wants), the pixel itself among them."""
     height, width = embedding.shape[-2:]
     count = height * width
     device = embedding.device
-    index = torch.arange(count, device=device).view(height, width)
-    rows, cols, values = [index.flatten()], [index.flatten()], [torch.ones(count, device=device)]
+    half = pair_offsets(radius)
+    offsets = sorted([(0, 0), *half, *((-dy, -dx) for dy, dx in half)], key=lambda o: o[0] * width + o[1])
+    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                indexing="ij")
+    values = torch.zeros(count, len(offsets), device=device)
+    valid = torch.zeros(count, len(offsets), dtype=torch.bool, device=device)
+    features = embedding.float()
     with torch.no_grad():
-        affinities = pair_affinities(embedding[None].float(), radius)
-    for (dy, dx), affinity in zip(pair_offsets(radius), affinities):
-        x0, x1 = max(0, -dx), width - max(0, dx)
-        first = index[: height - dy, x0:x1].flatten()
-        second = index[dy:, x0 + dx:x1 + dx].flatten()
-        weight = affinity[0].flatten().pow(beta)
-        rows += [first, second]  # both directions: A is symmetric
-        cols += [second, first]
-        values += [weight, weight]
-    rows_, cols_, values_ = torch.cat(rows), torch.cat(cols), torch.cat(values)
-    degree = torch.zeros(count, device=device).index_add_(0, rows_, values_)
-    values_ = values_ / degree[rows_]
-    matrix = torch.sparse_coo_tensor(torch.stack([rows_, cols_]), values_, (count, count),
-                                     check_invariants=False).coalesce()
+        for k, (dy, dx) in enumerate(offsets):
+            inside = (rows + dy >= 0) & (rows + dy < height) & (cols + dx >= 0) & (cols + dx < width)
+            y0, y1, x0, x1 = max(0, -dy), height - max(0, dy), max(0, -dx), width - max(0, dx)
+            affinity = torch.zeros(height, width, device=device)
+            if y1 > y0 and x1 > x0:
+                here = features[:, y0:y1, x0:x1]
+                there = features[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx]
+                affinity[y0:y1, x0:x1] = torch.exp(-(here - there).abs().mean(dim=0)).pow(beta)
+            values[:, k] = affinity.flatten()
+            valid[:, k] = inside.flatten()
+    values = values / values.sum(dim=1, keepdim=True)  # the pixel itself has affinity 1: never 0
+    linear = torch.tensor([dy * width + dx for dy, dx in offsets], device=device)
+    columns = (torch.arange(count, device=device)[:, None] + linear[None])[valid]
+    crow = torch.zeros(count + 1, dtype=torch.int64, device=device)
+    crow[1:] = valid.sum(dim=1).cumsum(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": it works on CPU and GPU
-        return matrix.to_sparse_csr()
+        return torch.sparse_csr_tensor(crow, columns, values[valid], (count, count), check_invariants=False)
 
 
 def random_walk(scores: torch.Tensor, transition: torch.Tensor, logt: int = PSA_LOGT) -> torch.Tensor:
