@@ -233,9 +233,37 @@ def run(benches: list[tuple[str, Path, Path, Path]], images: int = IMAGES, out: 
     return results
 
 
+def search_table(results: dict) -> str:
+    """The train-split search: each setting's best threshold per benchmark and the shared one."""
+    names = list(results["benchmarks"])
+    lines = ["| setting | " + " | ".join(f"{n}: best (threshold)" for n in names) + " | mean of both at one threshold |",
+             "|---|" + "---:|" * (len(names) + 1)]
+    for beta in results["betas"]:
+        methods = results["benchmarks"][names[0]]["search"][str(beta)]
+        for method in methods:
+            if method in ("cam", "dcsm-crf"):
+                continue
+            curves = [{float(t): v for t, v in results["benchmarks"][n]["search"][str(beta)][method].items()}
+                      for n in names]
+            best = [max(curve, key=curve.get) for curve in curves]
+            shared, mean = _shared_best(curves)
+            chosen = float(beta) == float(results["beta"]) and results["chosen_thresholds"].get(method) == shared
+            cells = [f"{curve[t]:.1f} ({t:g})" for curve, t in zip(curves, best)]
+            mean_text = f"{mean:.1f} at {shared:g}"
+            lines.append(f"| {method}, beta {beta:g} | " + " | ".join(cells) + " | "
+                         + (f"**{mean_text}**" if chosen else mean_text) + " |")
+    return "\n".join(lines)
+
+
+def _verdict(margin: float, goal: float) -> str:
+    return "met" if margin >= goal else f"missed by {goal - margin:.1f}"
+
+
 def table(results: dict) -> str:
     chosen = results["chosen_thresholds"]
     defaults = {"cam": method_info("cam").threshold, "dcsm-crf": method_info("dcsm-crf").threshold}
+    goals = ["| benchmark | split | cam-rw - cam (goal +10) | best random walk - dcsm-crf (goal +3) |",
+             "|---|---|---:|---:|"]
     lines = ["| benchmark | split | cam | dcsm-crf | " + " | ".join(f"{m} ({chosen[m]})" for m in RW_METHODS) + " |",
              "|---|---|" + "---:|" * (2 + len(RW_METHODS))]
     for name, bench in results["benchmarks"].items():
@@ -248,6 +276,10 @@ def table(results: dict) -> str:
 
             row = [at("cam"), at("dcsm-crf"), *(at(m) for m in RW_METHODS)]
             lines.append(f"| {name} | {split} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
+            best = max(RW_METHODS, key=at)
+            goals.append(f"| {name} | {split} | {at('cam-rw') - at('cam'):+.1f} ({_verdict(at('cam-rw') - at('cam'), 10)}) | "
+                         f"{best} {at(best) - at('dcsm-crf'):+.1f} ({_verdict(at(best) - at('dcsm-crf'), 3)}) |")
+    lines += ["", *goals]
     lines += ["", "| image | CAM s/img | extra s/img (embedding + T + walk) | peak RSS (CAM, then walk) | "
               "walk's extra peak | bytes per image pixel | grid pixels | non-zeros of T | P (pi r^2 + 1) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -270,6 +302,8 @@ def main() -> None:
         results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench], args.images, args.json)
     else:
         results = json.loads(args.json.read_text())
+    print(search_table(results))
+    print()
     print(table(results))
 
 

@@ -37,7 +37,7 @@ DEMO_EPOCHS = 12
 # The affinity network of cam-rw / dcsm-rw: trained on confident dcsm-crf pseudo-labels (one scale)
 # of the first train images, within about 45 s of the full demo (10 s quick) on 2 CPU cores.
 AFFINITY_IMAGES, QUICK_AFFINITY_IMAGES = 100, 16
-AFFINITY_EPOCHS, QUICK_AFFINITY_EPOCHS = 4, 2
+AFFINITY_EPOCHS, QUICK_AFFINITY_EPOCHS = 6, 2
 AFFINITY_SPLIT = "affinity"  # the demo's split file of those images
 
 
