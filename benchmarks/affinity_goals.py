@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "affinity_goals.json"
 IMAGES = 100
 RW_METHODS = ("cam-rw", "dcsm-rw", "cam-rw-crf", "dcsm-rw-crf")
-BETAS = (8.0, 16.0, 32.0)  # psa's 8 (IRN: 10), and sharper: the search chose the sharpest but one
+BETAS = (8.0, 16.0, 32.0)  # psa's 8 (IRN: 10), and sharper
 
 
 def _labels(scores: np.ndarray, labels: list[int]) -> np.ndarray:
