@@ -122,8 +122,8 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
 
 def provenance(source: SplitSource, method: str) -> dict[str, Any]:
     """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
-    the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained model at the same path
-    makes other segmentations."""
+    the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained
+    model at the same path makes other segmentations."""
     run = Path(source.run)
     misvm, affinity = run / MISVM_FILE, run / AFFINITY_FILE
     return {"split": source.split, "data": str(Path(source.data).resolve()),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +177,6 @@ class PairTargets:
     foreground: list[torch.Tensor]  # both the same class: attract
     different: list[torch.Tensor]  # different labels: repel
 
-    def counts(self) -> tuple[int, int, int]:
-        return tuple(int(sum(int(m.sum()) for m in group))  # type: ignore[return-value]
-                     for group in (self.background, self.foreground, self.different))
-
 
 def pair_targets(labels: torch.Tensor, radius: int) -> PairTargets:
     """[..., h, w] label grid (0 background, 1..C, 255 uncertain) -> the pair groups; a pair with
@@ -219,11 +214,6 @@ def label_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[N, H, W] uint8 label maps -> [N, h, w] on the embedding grid, nearest neighbour (as psa
     down-samples its labels): no label is invented between two."""
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(torch.uint8)
-
-
-def grid_size(height: int, width: int, stride: int) -> tuple[int, int]:
-    """The size of a stride-``stride`` grid over an image (convolutions with padding round up)."""
-    return math.ceil(height / stride), math.ceil(width / stride)
 
 
 @dataclass(frozen=True, eq=False)
