@@ -41,10 +41,12 @@ from wsseg.fusion.random_walk import PSA_LOGT, transition_matrix, walk_scores
 from wsseg.maps import CAM, DCSM
 from wsseg.models.affinity import load_affinity, neighbours_per_pixel
 from wsseg.models.run import load_run
+from wsseg.outputs import LOCK_FILE
 from wsseg.pipelines import CRF_GRID, DEFAULT_CRF, walked_probabilities
 from wsseg.registry import method_info
 from wsseg.runner import batch_classes, iter_batches
 from wsseg.train_affinity import AffinityOptions, train_affinity
+from wsseg.train_options import AFFINITY_DEFAULTS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "affinity_goals.json"
@@ -181,14 +183,18 @@ def _shared_best(per_benchmark: list[dict[float, float]]) -> tuple[float, float]
     return best, means[best]
 
 
-def run(benches: list[tuple[str, Path, Path, Path]], images: int = IMAGES, out: Path = RESULTS) -> dict:
+def run(benches: list[tuple[str, Path, Path, Path]], images: int = IMAGES, out: Path = RESULTS,
+        epochs: int = AFFINITY_DEFAULTS["epochs"]) -> dict:
     results: dict = {"benchmarks": {}, "images": images, "betas": BETAS, "logt": PSA_LOGT}
     grid = tuple(CRF_GRID)
     baselines = {"cam": (method_info("cam").threshold,), "dcsm-crf": (method_info("dcsm-crf").threshold,)}
     train_items = {}
     for name, run_dir, data, pseudo in benches:
-        if not (run_dir / "affinity.pt").exists():
-            train_affinity(AffinityOptions(run=str(run_dir), data=str(data), pseudo=str(pseudo), progress=False))
+        while (run_dir / LOCK_FILE).exists():  # a training of this run's affinity network still going
+            time.sleep(10)
+        # trains it, or finishes an interrupted training, or (finished) does nothing
+        train_affinity(AffinityOptions(run=str(run_dir), data=str(data), pseudo=str(pseudo), epochs=epochs,
+                                       resume=True, progress=False))
         history = json.loads((run_dir / "affinity-history.json").read_text())
         radius = load_affinity(run_dir).config.radius
         started = time.perf_counter()
@@ -297,9 +303,12 @@ def main() -> None:
     parser.add_argument("--bench", nargs=4, action="append", metavar=("NAME", "RUN", "DATA", "PSEUDO"), default=[])
     parser.add_argument("--images", type=int, default=IMAGES, help=f"first N images of each split (default {IMAGES})")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file (default beside this script)")
+    parser.add_argument("--epochs", type=int, default=AFFINITY_DEFAULTS["epochs"],
+                        help=f"affinity training epochs (default {AFFINITY_DEFAULTS['epochs']}, wsseg's)")
     args = parser.parse_args()
     if args.command == "run":
-        results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench], args.images, args.json)
+        results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench], args.images, args.json,
+                      args.epochs)
     else:
         results = json.loads(args.json.read_text())
     print(search_table(results))
