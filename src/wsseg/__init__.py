@@ -8,7 +8,7 @@ the layers listed before it (tests/test_layering.py parses every import and enfo
     wsseg.data
     wsseg.evaluate
     wsseg.models
-    wsseg.train wsseg.train_options wsseg.training wsseg.train_seg
+    wsseg.train wsseg.train_options wsseg.training wsseg.train_seg wsseg.train_affinity
     wsseg.maps
     wsseg.fusion
     wsseg.pipelines wsseg.runner wsseg.map_folders wsseg.tune wsseg.segment wsseg.train_misvm
@@ -20,7 +20,7 @@ The first line is the bottom of the house, usable from every layer: errors, atom
 the output-folder rules, the torch-free table of method names (so ``wsseg --help`` lists them
 without torch) and the process group. Then datasets; scoring; the classifier; its training (``train_options``, the
 torch-free table of training defaults, sits with it because it reads a data default; ``training``
-holds what every trainer shares); class
+holds what every trainer shares; ``train_affinity`` trains the affinity network on pseudo-labels); class
 maps; fusion from maps to labels, per image, no split loops; the segmentation floor (the typed
 segmenters, the one split runner and its clients); the HTML report; the demo; the command line,
 which alone may import lazily (to keep ``wsseg --help`` fast).

@@ -290,6 +290,23 @@ def _cmd_train_misvm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_affinity(args: argparse.Namespace) -> int:
+    from wsseg.train_affinity import AffinityOptions, train_affinity
+
+    options = AffinityOptions(
+        run=str(args.run), data=str(args.data), pseudo=str(args.pseudo), split=args.split, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
+        scale_range=args.scale_range, radius=args.radius, seed=args.seed, limit=args.limit, workers=args.workers,
+        precision=args.precision, device=args.device, resume=args.resume, stop_after=args.stop_after,
+        skip_bad=args.skip_bad, progress=not args.quiet, masks=args.masks, max_side=args.max_side,
+        max_file_size=args.max_file_size * 2 ** 20)
+    history = train_affinity(options)
+    if history:
+        print(f"[train-affinity] done: {len(history)} epochs, last loss {history[-1]['loss']:.4f}; "
+              f"{args.run}/affinity.pt and {args.run}/affinity.json")
+    return 0
+
+
 def _cmd_tune_background(args: argparse.Namespace) -> int:
     from wsseg.tune import tune_background_on_split
 
@@ -429,6 +446,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(misvm)
     _add_dataset_args(misvm, split_default="train")
     misvm.add_argument("--seed", type=_seed, default=0)
+
+    from wsseg.train_options import AFFINITY_DEFAULTS
+
+    affinity = command("train-affinity", _cmd_train_affinity,
+                       "train the affinity network of the random-walk methods (cam-rw, dcsm-rw) on confident "
+                       "pseudo-labels, into RUN/affinity.pt")
+    affinity.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
+                          help="the classifier's run folder (its backbone stays frozen; spell it --run-dir under "
+                               "torchrun)")
+    _add_dataset_args(affinity, split_default="train")
+    affinity.add_argument("--pseudo", required=True, type=Path,
+                          help="folder of pseudo-label PNGs written by `wsseg segment` (255 = ignored), e.g. "
+                               "--method dcsm-crf --labels gt --ignore-uncertain on the same split")
+    affinity.add_argument("--epochs", type=_positive_int, default=AFFINITY_DEFAULTS["epochs"])
+    affinity.add_argument("--batch-size", type=_positive_int, default=AFFINITY_DEFAULTS["batch_size"])
+    affinity.add_argument("--lr", type=_positive, default=AFFINITY_DEFAULTS["lr"],
+                          help=f"AdamW learning rate of the head (default {AFFINITY_DEFAULTS['lr']:g})")
+    affinity.add_argument("--weight-decay", type=_non_negative, default=AFFINITY_DEFAULTS["weight_decay"])
+    affinity.add_argument("--image-size", type=int, default=None,
+                          help="training crop side, a multiple of 32 (default: the classifier's)")
+    affinity.add_argument("--scale-range", type=_scale_range, default=AFFINITY_DEFAULTS["scale_range"],
+                          metavar="LOW,HIGH", help="random rescale around --image-size (default "
+                          f"{','.join(f'{v:g}' for v in AFFINITY_DEFAULTS['scale_range'])})")
+    affinity.add_argument("--radius", type=_positive_int, default=AFFINITY_DEFAULTS["radius"],
+                          help=f"pairs within this many grid pixels (stride 4; default {AFFINITY_DEFAULTS['radius']})")
+    affinity.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                          help="train on the split's first N images only")
+    affinity.add_argument("--seed", type=_seed, default=0)
+    affinity.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                          help="data-loading processes (default auto: 0 on a CPU)")
+    affinity.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                          help="training forward pass (default auto: bf16/fp16 autocast on CUDA, fp32 on a CPU)")
+    affinity.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    affinity.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    affinity.add_argument("--stop-after", type=_positive_int, metavar="EPOCH", help="stop after this epoch")
 
     tune = command("tune-background", _cmd_tune_background,
                    "choose a method's background threshold on a labelled split (an oracle choice)")

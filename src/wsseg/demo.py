@@ -1,10 +1,11 @@
 """``wsseg demo``: the whole chain on the synthetic benchmark, as far as it is built.
 
 Steps, each skipped when its output already exists so a rerun resumes:
-synthesise the benchmark -> train the classifier -> train pipeline A's mi-SVM -> segment val
-with each method -> evaluate -> stage 2: confident pseudo-labels of train by one method, a
-segmentation network trained on them and the same network trained on the ground-truth masks,
-each segmenting val -> HTML report (``OUT/report/index.html``) -> results table.
+synthesise the benchmark -> train the classifier -> train pipeline A's mi-SVM -> confident
+pseudo-labels of the first train images by one method -> train the affinity network of the
+random-walk methods on them -> segment val with each method -> evaluate -> stage 2: a
+segmentation network trained on the same pseudo-labels and the same network trained on the
+ground-truth masks, each segmenting val -> HTML report (``OUT/report/index.html``) -> results table.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import load_result
-from wsseg.io import write_text_atomic
 from wsseg.fusion.misvm import MISVM_FILE
+from wsseg.io import write_text_atomic
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, method_info, row_title, stage2_row
 from wsseg.report import build_report
 from wsseg.report.html import weak_full_ratio
 from wsseg.runner import SplitSource
 from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
 from wsseg.train import TrainOptions, best_record, train
+from wsseg.train_affinity import AffinityOptions, train_affinity
 from wsseg.train_options import SegTrainOptions
 from wsseg.train_seg import train_segmentation
 from wsseg.train_misvm import train_misvm_from_run
@@ -39,11 +41,13 @@ QUICK_EPOCHS = 3
 # The default recipe's 30 epochs (with early stopping) would take the full demo past its
 # 8-minute budget on 2 CPU cores; on the shapes benchmark 12 reach val mAP ~0.9 (docs/method.md 1.1).
 DEMO_EPOCHS = 12
-# Stage 2 in the demo: a budget that fits the 8 minutes (benchmarks/stage2_goals.py has its own,
-# larger one): the first `images` of train, pseudo-labels from DCSM at one scale, a few epochs of
-# small crops. Its numbers show the steps work, not what stage 2 reaches.
-STAGE2 = {"quick": dict(images=60, epochs=2, crop_size=64), "full": dict(images=160, epochs=4, crop_size=96)}
-STAGE2_SPLIT = "train-stage2"
+# Stage 2 and the random-walk methods in the demo: a budget that fits the 8 minutes (their
+# benchmarks have their own, larger ones): confident pseudo-labels (DCSM at one scale) of the first
+# `images` of train; on them the affinity network and the segmentation networks train for a few
+# epochs. Its numbers show the steps work, not what stage 2 and the walk reach.
+BUDGET = {"quick": dict(images=60, affinity_epochs=2, seg_epochs=2, crop_size=64),
+          "full": dict(images=160, affinity_epochs=4, seg_epochs=4, crop_size=96)}
+PSEUDO_SPLIT = "train-pseudo"  # the demo's split file of those images (its own benchmark: ours to add)
 
 
 def _background_baseline(dataset: VOCDataset, out: Path) -> int:
@@ -81,26 +85,31 @@ def _score(name: str, out: Path, data_root: Path, segment: Callable[[Path], int]
         results[name] = {"miou": scores.result.confusion.miou(), "seconds_per_image": seconds}
 
 
-def _stage2(out: Path, data_root: Path, run: Path, pseudo_method: str, quick: bool, progress: bool,
-            results: dict[str, dict]) -> None:
-    """Stage 2: ``pseudo_method``'s confident pseudo-labels of train (image labels known, as
-    pseudo-labels are made), a network trained on them and one on the ground truth, both on val."""
-    budget = dict(STAGE2["quick" if quick else "full"])
-    ids = VOCDataset(data_root, "train").ids[:budget.pop("images")]
-    write_text_atomic(data_root / "ImageSets" / "Segmentation" / f"{STAGE2_SPLIT}.txt", "".join(f"{i}\n" for i in ids))
+def _pseudo_labels(out: Path, data_root: Path, run: Path, pseudo_method: str, budget: dict,
+                   progress: bool) -> Path:
+    """``pseudo_method``'s confident pseudo-labels (``--ignore-uncertain``, image labels known, as
+    pseudo-labels are made) of the first train images: what the affinity network and stage 2 learn from."""
+    ids = VOCDataset(data_root, "train").ids[:budget["images"]]
+    write_text_atomic(data_root / "ImageSets" / "Segmentation" / f"{PSEUDO_SPLIT}.txt", "".join(f"{i}\n" for i in ids))
     pseudo = out / "pseudo" / pseudo_method
-    print(f"[demo] 5/6 stage 2: {pseudo_method}'s confident pseudo-labels of {len(ids)} train images "
-          f"(--ignore-uncertain) -> {pseudo}")
-    segment_dataset(SplitSource(run, data_root, STAGE2_SPLIT), pseudo,
+    print(f"[demo] 4/8 {pseudo_method}'s confident pseudo-labels of the first {len(ids)} train images -> {pseudo}")
+    segment_dataset(SplitSource(run, data_root, PSEUDO_SPLIT), pseudo,
                     SegmentOptions(pseudo_method, labels="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
+    return pseudo
+
+
+def _stage2(out: Path, data_root: Path, pseudo: Path, pseudo_method: str, budget: dict, progress: bool,
+            results: dict[str, dict]) -> None:
+    """Stage 2: a network trained on the pseudo-labels and one on the ground truth, both on val."""
     for row, labels in ((stage2_row(pseudo_method), {"pseudo": str(pseudo)}), (STAGE2_BOUND_ROW, {"ground_truth": True})):
         seg_run = out / "stage2" / row
-        print(f"[demo] 5/6 training {row_title(row)} ({len(ids)} images, {budget['epochs']} epochs, "
+        print(f"[demo] 7/8 training {row_title(row)} ({budget['images']} images, {budget['seg_epochs']} epochs, "
               f"{budget['crop_size']} px crops) into {seg_run}")
-        train_segmentation(SegTrainOptions(data=str(data_root), out=str(seg_run), split=STAGE2_SPLIT, resume=True,
-                                           progress=progress, **labels, **budget))
+        train_segmentation(SegTrainOptions(data=str(data_root), out=str(seg_run), split=PSEUDO_SPLIT, resume=True,
+                                           progress=progress, epochs=budget["seg_epochs"],
+                                           crop_size=budget["crop_size"], **labels))
         _score(row, out, data_root, _segmenting(SplitSource(seg_run, data_root, "val"), SegmentOptions("seg"), progress),
-               results, "5/6")
+               results, "7/8")
 
 
 def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = True,
@@ -110,17 +119,23 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     config = QUICK if quick else FULL
     data_root = out / "data"
     if not (data_root / "synth.json").exists():
-        print(f"[demo] 1/6 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
+        print(f"[demo] 1/8 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
         write_synthetic_dataset(data_root, config, progress=progress, force=True)  # ours: redo a cut-short one
     run = out / "run"
     options = TrainOptions(data=str(data_root), out=str(run), resume=True, progress=progress,
                            epochs=QUICK_EPOCHS if quick else DEMO_EPOCHS)
-    print(f"[demo] 2/6 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
+    print(f"[demo] 2/8 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
     history = train(options)
     val = VOCDataset(data_root, "val")
     if not (run / MISVM_FILE).exists():
-        print("[demo] 3/6 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
+        print("[demo] 3/8 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
         train_misvm_from_run(SplitSource(run, data_root, "train"), progress=progress)
+    budget = BUDGET["quick" if quick else "full"]
+    pseudo = _pseudo_labels(out, data_root, run, pseudo_method, budget, progress)
+    print(f"[demo] 5/8 training the affinity network of the random-walk methods on them ({budget['affinity_epochs']} "
+          "epochs)")
+    train_affinity(AffinityOptions(run=str(run), data=str(data_root), pseudo=str(pseudo), split=PSEUDO_SPLIT,
+                                   epochs=budget["affinity_epochs"], resume=True, progress=progress))
     results: dict[str, dict] = {}
     methods = ["background-only", *SEGMENT_METHODS]
     for step, name in enumerate(methods, start=1):
@@ -129,9 +144,9 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
         else:  # labels predicted by the classifier
             options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
             segment = _segmenting(SplitSource(run, data_root, "val"), options, progress)
-        _score(name, out, data_root, segment, results, f"4/6 ({step}/{len(methods)})")
-    _stage2(out, data_root, run, pseudo_method, quick, progress, results)
-    print("[demo] 6/6 writing the HTML report (results, training curve, example grid with DCSM maps)")
+        _score(name, out, data_root, segment, results, f"6/8 ({step}/{len(methods)})")
+    _stage2(out, data_root, pseudo, pseudo_method, budget, progress, results)
+    print("[demo] 8/8 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
     history = history or json.loads((run / "history.json").read_text())
     best, last = best_record(history), history[-1]

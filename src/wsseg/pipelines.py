@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from wsseg.data.images import voc_palette
@@ -33,10 +34,12 @@ from wsseg.fusion.crf import DEEPLAB, PSA, CRFParams, crf_from_labels, dense_crf
 from wsseg.fusion.ilp import solve_labels
 from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, MiSVM
 from wsseg.fusion.objectness import border_contrast
+from wsseg.fusion.random_walk import PSA_LOGT, transition_matrix, walk_with_background
 from wsseg.fusion.spcrf import contrast_weights, mean_field
 from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
+from wsseg.models.affinity import AffinityModel, load_affinity
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
 from wsseg.models.segnet import SegmentationNet, segment_probabilities
@@ -50,6 +53,8 @@ DEFAULT_CRF = PSA
 PIPELINE_A_MISVM_WEIGHT = 0.25  # the smallest tried above 0: without the mi-SVM (0) scored 1.6 points higher
 PIPELINE_B_OBJECTNESS_WEIGHT = 1.0
 PIPELINE_B_CAM_WEIGHT = 0.5
+RW_BETA = 32.0  # chosen on both train splits: psa's 8 scored 4.6 points lower, 16 tied (docs/method.md 7.1)
+RW_LOGT = PSA_LOGT  # psa's 2^8 steps
 
 
 @contextlib.contextmanager
@@ -69,7 +74,9 @@ class SegmentInput:
     image: np.ndarray  # [H, W, 3] uint8
     labels: list[int]  # mask values 1..C of the classes to segment
     maps: Mapping[MapMethod, np.ndarray]  # per declared map method: [len(labels), H, W] in [0, 1]
-    features: np.ndarray | None = None  # [D, H, W] zoom-out source features, when declared
+    # what Segmenter.image_features gives, when declared: zoom-out source features [D, H, W]
+    # (pipeline A), or the affinity embedding [D, h, w] on the walk's grid (torch, on the model's device)
+    features: np.ndarray | torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +94,13 @@ class Segmenter:
     def maps(self) -> tuple[MapMethod, ...]:
         """The map methods whose normalised maps :meth:`fuse` reads."""
         raise NotImplementedError
+
+    def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
+        """Per image of the batch, the features :meth:`prepare` reads (when ``needs_features``):
+        by default the zoom-out sources, the model's feature taps up-sampled to the image."""
+        if not self.needs_features:
+            return [None] * len(batch)
+        return list(layer_features(model, batch, zoomout_layers(model)))
 
     def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> object:
         """What :meth:`fuse` needs from the image and features alone (superpixels, objectness, the
@@ -230,6 +244,54 @@ class PipelineA(Segmenter):
         return _to_labels(inputs.labels, np.argmax(refined, axis=1))[prepared.superpixels]
 
 
+def walked_probabilities(scores: np.ndarray) -> np.ndarray:
+    """Walked [K + 1, H, W] scores -> per-pixel probabilities for the dense CRF's unary."""
+    scores = np.maximum(scores, 0.0) + 1e-5
+    return (scores / scores.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    transition: torch.Tensor  # [P, P] sparse CSR, rows summing to 1
+    grid: tuple[int, int]  # the walk's grid (h, w)
+
+
+@dataclass(frozen=True, eq=False)
+class RandomWalk(Thresholded):
+    """One method's maps, with the CRF unary's background channel, spread by a random walk over
+    the affinity network's transition matrix (psa), then the argmax; with ``crf``, the walked
+    scores are the dense CRF's unaries instead.
+
+    ``beta``: the power of the affinities (sharpens the edges); ``logt``: the walk takes 2^logt steps.
+    """
+
+    affinity: AffinityModel = dataclasses.field(kw_only=True)
+    beta: float = RW_BETA
+    logt: int = RW_LOGT
+    crf: CRFParams | None = None
+    needs_features: ClassVar[bool] = True
+    grid: ClassVar[tuple[float, ...]] = CRF_GRID
+
+    def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
+        return list(self.affinity.embed(model, batch))
+
+    def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> _Walk:
+        if not isinstance(inputs.features, torch.Tensor):
+            raise ValueError("a random walk needs the image's affinity embedding (SegmentInput.features)")
+        with timed(timings, "transition matrix"):
+            transition = transition_matrix(inputs.features, self.affinity.config.radius, self.beta)
+        return _Walk(transition, tuple(inputs.features.shape[-2:]))
+
+    def fuse(self, inputs: SegmentInput, prepared: _Walk, timings: dict[str, float]) -> np.ndarray:
+        with timed(timings, "random walk"):
+            scores = walk_with_background(inputs.maps[self.method], prepared.transition, prepared.grid,
+                                          self.threshold, self.logt)
+        if self.crf is not None:
+            with timed(timings, "crf"):
+                scores = dense_crf(inputs.image, walked_probabilities(scores), self.crf)
+        return _to_labels(inputs.labels, np.argmax(scores, axis=0))
+
+
 @dataclass(frozen=True, eq=False)
 class Confident(Segmenter):
     """Confident pseudo-labels, by IRN's rule: the base segmenter at a higher and at a lower
@@ -260,6 +322,9 @@ class Confident(Segmenter):
     def needs_features(self) -> bool:  # type: ignore[override]
         return self.base.needs_features
 
+    def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
+        return self.base.image_features(model, batch)
+
     def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> object:
         return self.base.prepare(inputs, timings)
 
@@ -284,6 +349,14 @@ def _misvm(run: Path | None) -> MiSVM:
     return MiSVM.load(run / MISVM_FILE, RunConfig.load(run).classes)
 
 
+def _affinity(run: Path | None) -> AffinityModel:
+    if run is None:
+        raise WssegError("the random-walk methods need a trained affinity network: build them from a run folder "
+                         "(build_segmenter(name, run)) after `wsseg train-affinity --run RUN --data ROOT --pseudo "
+                         "PSEUDO`")
+    return load_affinity(run)
+
+
 Scales = tuple[float, ...] | None
 # name -> segmenter from (threshold, scales, run folder); the names are wsseg.registry's
 BUILDERS: dict[str, Callable[[float, Scales, Path | None], Segmenter]] = {
@@ -296,6 +369,12 @@ BUILDERS: dict[str, Callable[[float, Scales, Path | None], Segmenter]] = {
     "dcsm-crf": lambda t, s, run: DenseCRF(DCSM().with_scales(s), threshold=t),
     "pipeline-a": lambda t, s, run: PipelineA(_misvm(run), DCSM().with_scales(s), threshold=t),
     "pipeline-b": lambda t, s, run: PipelineB(CAM().with_scales(s), DCSM().with_scales(s), threshold=t),
+    "cam-rw": lambda t, s, run: RandomWalk(CAM().with_scales(s), affinity=_affinity(run), threshold=t),
+    "dcsm-rw": lambda t, s, run: RandomWalk(DCSM().with_scales(s), affinity=_affinity(run), threshold=t),
+    "cam-rw-crf": lambda t, s, run: RandomWalk(CAM().with_scales(s), affinity=_affinity(run), crf=DEFAULT_CRF,
+                                               threshold=t),
+    "dcsm-rw-crf": lambda t, s, run: RandomWalk(DCSM().with_scales(s), affinity=_affinity(run), crf=DEFAULT_CRF,
+                                                threshold=t),
 }
 if list(BUILDERS) != list(SEGMENT_METHODS):
     raise ImportError("wsseg.pipelines.BUILDERS and wsseg.registry.SEGMENT_METHODS list different methods")
@@ -326,10 +405,10 @@ def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
             continue
         with timed(timings, f"maps ({method.name})"):
             prepared[method] = method.normalize(method(model, batch, classes)).cpu().numpy()
-    features: list[np.ndarray | None] = [None] * len(images)
+    features: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
     if segmenter.needs_features:
         with timed(timings, "features"):
-            features = layer_features(model, batch, zoomout_layers(model))
+            features = segmenter.image_features(model, batch)
     return [SegmentInput(image, [c + 1 for c in per_image],
                          {method: values[n][: len(per_image)] for method, values in prepared.items()}, features[n])
             for n, (image, per_image) in enumerate(zip(images, classes))]

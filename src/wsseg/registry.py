@@ -38,6 +38,12 @@ SEGMENT_METHODS: dict[str, MethodInfo] = {info.name: info for info in (
                              "CRF (the poster's A)", 0.75),
     MethodInfo("pipeline-b", "CAM x objectness and DCSM averaged per superpixel, labelled by an ILP (the poster's B)",
                0.55),
+    MethodInfo("cam-rw", "CAM spread by a random walk over learnt pixel affinities (psa's AffinityNet; "
+                         "needs wsseg train-affinity)", 0.55),
+    MethodInfo("dcsm-rw", "DCSM spread by a random walk over learnt pixel affinities (needs wsseg train-affinity)",
+               0.65),
+    MethodInfo("cam-rw-crf", "cam-rw's walked scores as unaries of the dense CRF", 0.45),
+    MethodInfo("dcsm-rw-crf", "dcsm-rw's walked scores as unaries of the dense CRF", 0.55),
 )}
 
 

@@ -33,6 +33,7 @@ from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import atomic_write, file_sha256, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, map_method
+from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
 from wsseg.models.segnet import load_segmentation_run
@@ -47,7 +48,7 @@ SEGMENT_RECORD = "segment.json"
 # the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
 _SHAPING = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold", "threshold_source",
             "tuned_on_ground_truth", "tta", "crf",
-            "split", "data", "model_sha256", "misvm_sha256")
+            "split", "data", "model_sha256", "misvm_sha256", "affinity_sha256")
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,14 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
 
 def provenance(source: SplitSource, method: str) -> dict[str, Any]:
     """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
-    the weights (and of the mi-SVM where the method reads it): a retrained model at the same path
-    makes other segmentations."""
+    the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained
+    model at the same path makes other segmentations."""
     run = Path(source.run)
-    misvm = run / MISVM_FILE
+    misvm, affinity = run / MISVM_FILE, run / AFFINITY_FILE
     return {"split": source.split, "data": str(Path(source.data).resolve()),
             "model_sha256": model_digest(run),
-            "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None}
+            "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None,
+            "affinity_sha256": file_sha256(affinity) if "-rw" in method and affinity.is_file() else None}
 
 
 def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> bool:

@@ -84,3 +84,8 @@ class SegTrainOptions:
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE
     device: str | None = None
     progress: bool = True
+
+
+# ``wsseg train-affinity``'s defaults (wsseg.train_affinity.AffinityOptions reads them; docs/method.md 7)
+AFFINITY_DEFAULTS: dict = {"epochs": 8, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "scale_range": (0.7, 1.3),
+                           "radius": 5}

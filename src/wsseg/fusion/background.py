@@ -41,10 +41,15 @@ def labels_from_maps(maps: np.ndarray, labels: Sequence[int], threshold: float) 
     return lookup[np.argmax(padded, axis=0)]
 
 
+def soft_background(maps: np.ndarray, threshold: float) -> np.ndarray:
+    """[K, H, W] maps in [0, 1] -> psa's background score (1 - max_k map_k)^alpha, [H, W]."""
+    maps = np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)
+    peak = maps.max(axis=0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
+    return np.power(1.0 - peak, alpha_for_threshold(threshold)).astype(np.float32)
+
+
 def soft_probabilities(maps: np.ndarray, threshold: float) -> np.ndarray:
     """[K, H, W] maps in [0, 1] -> [K + 1, H, W] probabilities (background first), summing to 1."""
     maps = np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)
-    peak = maps.max(axis=0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
-    background = np.power(1.0 - peak, alpha_for_threshold(threshold))[None]
-    stacked = np.concatenate([background, maps]) + 1e-5
+    stacked = np.concatenate([soft_background(maps, threshold)[None], maps]) + 1e-5
     return (stacked / stacked.sum(axis=0, keepdims=True)).astype(np.float32)

@@ -1,0 +1,390 @@
+"""Training the affinity network on confident pseudo-labels (``wsseg train-affinity``).
+
+The classifier of RUN stays frozen (its taps are read under no_grad); only the small head of
+:mod:`wsseg.models.affinity` learns, from the pairs within the radius of each augmented crop:
+same label attracts, different labels repel, 255 ignored, psa's three groups balanced. The
+result is RUN/affinity.pt (weights only, with the optimiser for ``--resume``), RUN/affinity.json
+(the head, the options, and where the labels came from: PSEUDO/segment.json's method, run,
+threshold ...) and RUN/affinity-history.json.
+
+Reproducible and resumable as ``wsseg train``: the epoch's order and each crop come from
+generators seeded by (seed, epoch) and (seed, epoch, index), torch's generator is reseeded at
+every epoch, and ``--resume`` after epoch k ends with the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wsseg.data.classes import VOID
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_label_png
+from wsseg.data.loading import EpochShards, loader_settings
+from wsseg.data.transforms import PAD_COLOUR, resize, to_tensor
+from wsseg.data.voc import VOCDataset
+from wsseg.distributed import ProcessGroup, process_group
+from wsseg.errors import DataError, WssegError
+from wsseg.io import file_sha256, write_json_atomic
+from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, AffinityConfig, AffinityHead,
+                                   affinity_loss, label_grid, pair_affinities, pair_targets, tap_outputs)
+from wsseg.models.classifier import FCNClassifier
+from wsseg.models.run import check_same_classes, load_run, read_checkpoint, save_checkpoint
+from wsseg.outputs import claimed_output
+from wsseg.train_options import AFFINITY_DEFAULTS
+from wsseg.training import (PRECISIONS, drop_bad, poly_lr, precision_name, resolve_workers, synchronize,
+                            timed_batches, training_autocast)
+
+AFFINITY_HISTORY = "affinity-history.json"
+PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
+
+
+@dataclass(frozen=True)
+class AffinityOptions:
+    """What ``wsseg train-affinity`` is asked to do, and the defaults (docs/method.md, section 7)."""
+
+    run: str
+    data: str
+    pseudo: str
+    split: str = "train"
+    epochs: int = AFFINITY_DEFAULTS["epochs"]
+    batch_size: int = AFFINITY_DEFAULTS["batch_size"]
+    lr: float = AFFINITY_DEFAULTS["lr"]  # AdamW on the new head alone (the backbone is frozen)
+    weight_decay: float = AFFINITY_DEFAULTS["weight_decay"]
+    image_size: int | None = None  # crop side; None: the classifier's training size
+    scale_range: tuple[float, float] = AFFINITY_DEFAULTS["scale_range"]
+    radius: int = AFFINITY_DEFAULTS["radius"]
+    seed: int = 0
+    limit: int | None = None  # train on the split's first N images only (None: all)
+    workers: int | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    resume: bool = False
+    stop_after: int | None = None
+    skip_bad: bool = False
+    progress: bool = True
+    masks: str = "SegmentationClass"
+    max_side: int = DEFAULT_MAX_SIDE
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE
+
+
+# options whose change makes another network: resuming with any of them changed is refused
+_RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "weight_decay", "image_size", "scale_range", "radius", "seed",
+                      "split", "limit")
+
+
+def read_pseudo_record(pseudo: str | Path) -> dict[str, Any]:
+    """PSEUDO/segment.json: what made the pseudo-labels (recorded in RUN/affinity.json)."""
+    path = Path(pseudo) / PSEUDO_RECORD
+    if not path.is_file():
+        raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
+                         "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+        raise WssegError(f"{path}: not a wsseg segment record (no method)")
+    return record
+
+
+def label_source(record: dict[str, Any], pseudo: str | Path) -> dict[str, Any]:
+    """The part of a segment record that says where pseudo-labels came from."""
+    keys = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
+            "run", "split", "data", "model_sha256", "scales")
+    return {"folder": str(Path(pseudo).resolve()), **{key: record.get(key) for key in keys}}
+
+
+def _scale_crop_flip(rgb: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator,
+                     scale_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """One random rescale, size x size crop (padding: mean colour, label 255) and flip for both."""
+    height, width = rgb.shape[:2]
+    scale = size / max(height, width) * rng.uniform(*scale_range)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    rgb = resize(rgb, new_h, new_w)
+    labels = np.asarray(Image.fromarray(labels).resize((new_w, new_h), Image.Resampling.NEAREST))
+    image_canvas = np.empty((size, size, 3), np.uint8)
+    image_canvas[:] = PAD_COLOUR
+    label_canvas = np.full((size, size), VOID, np.uint8)
+    crop_h, crop_w = min(size, new_h), min(size, new_w)
+    top, left = int(rng.integers(0, new_h - crop_h + 1)), int(rng.integers(0, new_w - crop_w + 1))
+    at_y, at_x = int(rng.integers(0, size - crop_h + 1)), int(rng.integers(0, size - crop_w + 1))
+    image_canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = rgb[top:top + crop_h, left:left + crop_w]
+    label_canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = labels[top:top + crop_h, left:left + crop_w]
+    if rng.random() < 0.5:
+        image_canvas, label_canvas = image_canvas[:, ::-1], label_canvas[:, ::-1]
+    return np.ascontiguousarray(image_canvas), np.ascontiguousarray(label_canvas)
+
+
+class PseudoLabelled(Dataset):
+    """(image crop, pseudo-label crop, error text) by ``(epoch, split index)`` key, augmented by a
+    generator seeded by (seed, epoch, index). A pseudo-label PNG must exist, hold only 0..C and
+    255, and have its image's size; otherwise the error names it."""
+
+    def __init__(self, dataset: VOCDataset, pseudo: str | Path, image_size: int, seed: int = 0,
+                 scale_range: tuple[float, float] = (0.7, 1.3)) -> None:
+        self.dataset = dataset
+        self.pseudo = Path(pseudo)
+        self.image_size = image_size
+        self.seed = seed
+        self.scale_range = scale_range
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The image and its pseudo-label map, checked."""
+        image = self.dataset.load_image(image_id)
+        path = self.pseudo / f"{image_id}.png"
+        labels = read_label_png(path, self.dataset.num_classes, "pseudo-label", self.dataset.max_file_size)
+        if labels.shape != image.shape[:2]:
+            raise DataError(path, f"pseudo-label is {labels.shape[1]}x{labels.shape[0]} but its image is "
+                                  f"{image.shape[1]}x{image.shape[0]}")
+        return image, labels
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        try:
+            image, labels = self.load(self.dataset.ids[index])
+        except DataError as exc:
+            size = self.image_size
+            return torch.zeros(3, size, size), torch.full((size, size), VOID, dtype=torch.uint8), str(exc)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image, labels = _scale_crop_flip(image, labels, self.image_size, rng, self.scale_range)
+        return to_tensor(image), torch.from_numpy(labels), ""
+
+
+def _check_options(options: AffinityOptions) -> None:
+    for name in ("epochs", "batch_size", "radius"):
+        if getattr(options, name) < 1:
+            raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(options.lr) and options.lr > 0):
+        raise WssegError(f"--lr {options.lr}: must be a finite positive number")
+    if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
+        raise WssegError(f"--weight-decay {options.weight_decay}: must be a finite number, 0 or more")
+    if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
+        raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.limit is not None and options.limit < 1:
+        raise WssegError(f"--limit {options.limit}: must be at least 1")
+    if not 0 <= options.seed < 2 ** 32:
+        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
+    if options.precision not in PRECISIONS:
+        raise WssegError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
+    low, high = options.scale_range
+    if not 0 < low <= high:
+        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
+
+
+@dataclass
+class _Session:
+    options: AffinityOptions
+    classifier: FCNClassifier
+    config: AffinityConfig
+    head: AffinityHead
+    net: torch.nn.Module  # the head, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    history: list[dict]
+    sampler: EpochShards
+    loader: DataLoader
+    steps_per_epoch: int
+    autocast_dtype: torch.dtype | None
+
+
+def train_affinity(options: AffinityOptions) -> list[dict]:
+    """Train (or resume) the affinity head of ``options.run``; returns the per-epoch history."""
+    _check_options(options)
+    run = Path(options.run)
+    with process_group(options.device) as group, contextlib.ExitStack() as held:
+        with group.together():  # the run folder is ours (config.json); one writer at a time
+            held.enter_context(claimed_output(run, ["config.json"], options.data, options.masks, group.is_main))
+        with group.together():
+            session = _setup(options, group)
+        if session is None:
+            return _read_history(run)
+        return _fit(session, group)
+
+
+def _read_history(run: Path) -> list[dict]:
+    path = run / AFFINITY_HISTORY
+    if not path.exists():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__})") from None
+    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                                 for r in history):
+        raise WssegError(f"{path}: not a training history (a list of epoch records)")
+    return history
+
+
+def _record(options: AffinityOptions, config: AffinityConfig, run: Path, pseudo: dict[str, Any],
+            image_size: int, images: int) -> dict[str, Any]:
+    training = {name: getattr(options, name) for name in _RESUME_MUST_MATCH}
+    training.update(image_size=image_size, scale_range=list(options.scale_range), images=images,
+                    data=str(Path(options.data).resolve()), backbone_frozen=True)
+    record = {"network": dataclasses.asdict(config), "classifier_sha256": file_sha256(run / "model.pt"),
+              "training": training, "labels": label_source(pseudo, options.pseudo)}
+    return json.loads(json.dumps(record))  # as it reads back from the file (lists, not tuples)
+
+
+def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
+    run = Path(options.run)
+    classifier, run_config = load_run(run, map_location=group.device)
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(False)
+    dataset = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                         max_file_size=options.max_file_size)
+    check_same_classes(run_config, dataset.classes, run, options.data)
+    if options.limit is not None:
+        dataset = VOCDataset(options.data, options.split, masks=options.masks, classes=dataset.classes,
+                             ids=dataset.ids[: options.limit], max_side=options.max_side,
+                             max_file_size=options.max_file_size)
+    if len(dataset) == 0:
+        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    pseudo = read_pseudo_record(options.pseudo)
+    image_size = options.image_size or run_config.image_size
+    config = AffinityConfig.for_classifier(classifier, options.radius)
+    record = _record(options, config, run, pseudo, image_size, len(dataset))
+
+    history: list[dict] = []
+    state = None
+    if options.resume and (run / AFFINITY_FILE).exists():
+        try:
+            previous = json.loads((run / AFFINITY_RECORD).read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict) or previous.get("training", {}).get("epochs") is None:
+            raise WssegError(f"{run / AFFINITY_RECORD}: missing or unreadable; cannot resume (train again without "
+                             "--resume)")
+        changed = [key for key in (*_RESUME_MUST_MATCH, "image_size")
+                   if previous["training"].get(key) != record["training"].get(key)]
+        changed += [key for key in ("network", "classifier_sha256", "labels") if previous.get(key) != record[key]]
+        if changed:
+            raise WssegError(f"{run / AFFINITY_RECORD}: cannot resume with other settings than the run's "
+                             f"({', '.join(changed)} differ); train again without --resume")
+        state = read_checkpoint(run / AFFINITY_FILE)
+        history = _read_history(run)[: int(state["epoch"]) + 1]
+        if len(history) >= options.epochs:
+            if group.is_main:
+                print(f"[train-affinity] {run / AFFINITY_FILE} finished after epoch {len(history)}; nothing to do")
+            return None
+        if group.is_main:
+            print(f"[train-affinity] resuming {run / AFFINITY_FILE} after epoch {len(history)}")
+
+    torch.manual_seed(options.seed)
+    head = config.build()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    base_lrs = [group_["lr"] for group_ in optimizer.param_groups]  # before a resumed state's decayed rates
+    if state is not None:
+        try:
+            head.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise WssegError(f"{run / AFFINITY_FILE}: does not fit this affinity head "
+                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
+    head.to(group.device)
+    net: torch.nn.Module = head
+    if group.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            head, device_ids=[group.device.index] if group.device.type == "cuda" else None)
+    if group.is_main and state is None:
+        write_json_atomic(run / AFFINITY_RECORD, record)
+    sampler = EpochShards(len(dataset), options.seed, group.rank, group.world_size)
+    workers = resolve_workers(options.workers, group.device, group.local_world_size)
+    loader = DataLoader(PseudoLabelled(dataset, options.pseudo, image_size, options.seed, options.scale_range),
+                        batch_size=options.batch_size, sampler=sampler, **loader_settings(group.device, workers))
+    autocast_dtype = training_autocast(group.device, options.precision)
+    if group.is_main and options.progress:
+        print(f"[train-affinity] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
+              f"{workers} loader worker(s); frozen backbone, head on {', '.join(config.taps)}", flush=True)
+    return _Session(options, classifier, config, head, net, optimizer, base_lrs,
+                    history, sampler, loader, math.ceil(len(sampler) / options.batch_size), autocast_dtype)
+
+
+def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
+    options = session.options
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if group.device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
+        for epoch in range(len(session.history), last_epoch):
+            record = _train_one_epoch(session, group, epoch)
+            if group.is_main:
+                _checkpoint(session, epoch, record)
+            group.barrier()
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+    return session.history
+
+
+def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
+    options = session.options
+    torch.manual_seed(options.seed * 100003 + epoch)
+    session.sampler.set_epoch(epoch)
+    session.net.train()
+    device = group.device
+    started = time.perf_counter()
+    losses: list[float] = []
+    groups = {"bg": [], "fg": [], "neg": []}
+    seen, skipped = 0, 0
+    waits: list[float] = []
+    total_steps = session.steps_per_epoch * options.epochs
+    bar = tqdm(session.loader, desc=f"affinity epoch {epoch + 1}/{options.epochs}", unit="batch",
+               disable=not (options.progress and group.is_main))
+    for step, batch in enumerate(timed_batches(bar, waits)):
+        images, labels, bad = drop_bad(batch, options.skip_bad)
+        skipped += bad
+        poly_lr(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
+        if len(images) == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
+            taps = tap_outputs(session.classifier, images, session.config.feature_taps())
+            embedding = session.net(taps)
+        embedding = embedding.float()
+        grid = label_grid(labels.to(device), tuple(embedding.shape[-2:]))
+        loss, parts = affinity_loss(pair_affinities(embedding, options.radius), pair_targets(grid, options.radius))
+        if not torch.isfinite(loss):
+            raise WssegError(f"affinity training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, "
+                             f"step {step + 1}; lower --lr (now {options.lr:g})")
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+        losses.append(float(loss.detach()))
+        for name, value in parts.items():
+            groups[name].append(value)
+        seen += len(images)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+            **{f"loss_{name}": float(np.mean(values)) if values else float("nan") for name, values in groups.items()},
+            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped,
+            "precision": precision_name(session.autocast_dtype), "loader_wait_seconds": float(sum(waits))}
+
+
+def _checkpoint(session: _Session, epoch: int, record: dict) -> None:
+    """history, then affinity.pt: resuming starts after affinity.pt's epoch and rewrites the rest."""
+    run = Path(session.options.run)
+    session.history.append(record)
+    write_json_atomic(run / AFFINITY_HISTORY, session.history)
+    save_checkpoint(run / AFFINITY_FILE, session.head, epoch, session.optimizer)
+    if session.options.progress:
+        print(f"[train-affinity] epoch {epoch + 1}/{session.options.epochs}: loss {record['loss']:.4f} "
+              f"(bg {record['loss_bg']:.3f}, fg {record['loss_fg']:.3f}, different {record['loss_neg']:.3f}; "
+              f"{record['images_per_second']:.1f} img/s)", flush=True)
