@@ -161,6 +161,8 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
     ratio = weak_full_ratio(results)
     if ratio is not None:
         print(f"weak/full ratio: {row_title(ratio[0])} reaches {ratio[1]:.2f} of the network trained on ground truth")
+        print(f"(stage 2 here: {budget['seg_epochs']} epochs on {budget['images']} images, to show the steps work; "
+              "what it reaches with a real budget: benchmarks/stage2_goals.py and benchmarks/RESULTS.md)")
     print(f"\n[demo] outputs in {out.resolve()}")
     print(f"[demo] report: {report.resolve()}")
     return results

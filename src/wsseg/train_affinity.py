@@ -25,17 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsseg.data.classes import VOID
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_label_png
-from wsseg.data.loading import EpochShards, loader_settings
-from wsseg.data.transforms import PAD_COLOUR, resize, to_tensor
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
+from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
-from wsseg.errors import DataError, WssegError
+from wsseg.errors import WssegError
 from wsseg.io import file_sha256, write_json_atomic
 from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, AffinityConfig, AffinityHead,
                                    affinity_loss, label_grid, pair_affinities, pair_targets, tap_outputs)
@@ -43,8 +40,8 @@ from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import check_same_classes, load_run, read_checkpoint, save_checkpoint
 from wsseg.outputs import claimed_output
 from wsseg.train_options import AFFINITY_DEFAULTS
-from wsseg.training import (PRECISIONS, drop_bad, poly_lr, precision_name, resolve_workers, synchronize,
-                            timed_batches, training_autocast)
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, place, poly_lr, precision_name,
+                            resolve_workers, restore, synchronize, timed_batches, training_autocast)
 
 AFFINITY_HISTORY = "affinity-history.json"
 PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
@@ -104,65 +101,6 @@ def label_source(record: dict[str, Any], pseudo: str | Path) -> dict[str, Any]:
     keys = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
             "run", "split", "data", "model_sha256", "scales")
     return {"folder": str(Path(pseudo).resolve()), **{key: record.get(key) for key in keys}}
-
-
-def _scale_crop_flip(rgb: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator,
-                     scale_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """One random rescale, size x size crop (padding: mean colour, label 255) and flip for both."""
-    height, width = rgb.shape[:2]
-    scale = size / max(height, width) * rng.uniform(*scale_range)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    rgb = resize(rgb, new_h, new_w)
-    labels = np.asarray(Image.fromarray(labels).resize((new_w, new_h), Image.Resampling.NEAREST))
-    image_canvas = np.empty((size, size, 3), np.uint8)
-    image_canvas[:] = PAD_COLOUR
-    label_canvas = np.full((size, size), VOID, np.uint8)
-    crop_h, crop_w = min(size, new_h), min(size, new_w)
-    top, left = int(rng.integers(0, new_h - crop_h + 1)), int(rng.integers(0, new_w - crop_w + 1))
-    at_y, at_x = int(rng.integers(0, size - crop_h + 1)), int(rng.integers(0, size - crop_w + 1))
-    image_canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = rgb[top:top + crop_h, left:left + crop_w]
-    label_canvas[at_y:at_y + crop_h, at_x:at_x + crop_w] = labels[top:top + crop_h, left:left + crop_w]
-    if rng.random() < 0.5:
-        image_canvas, label_canvas = image_canvas[:, ::-1], label_canvas[:, ::-1]
-    return np.ascontiguousarray(image_canvas), np.ascontiguousarray(label_canvas)
-
-
-class PseudoLabelled(Dataset):
-    """(image crop, pseudo-label crop, error text) by ``(epoch, split index)`` key, augmented by a
-    generator seeded by (seed, epoch, index). A pseudo-label PNG must exist, hold only 0..C and
-    255, and have its image's size; otherwise the error names it."""
-
-    def __init__(self, dataset: VOCDataset, pseudo: str | Path, image_size: int, seed: int = 0,
-                 scale_range: tuple[float, float] = (0.7, 1.3)) -> None:
-        self.dataset = dataset
-        self.pseudo = Path(pseudo)
-        self.image_size = image_size
-        self.seed = seed
-        self.scale_range = scale_range
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """The image and its pseudo-label map, checked."""
-        image = self.dataset.load_image(image_id)
-        path = self.pseudo / f"{image_id}.png"
-        labels = read_label_png(path, self.dataset.num_classes, "pseudo-label", self.dataset.max_file_size)
-        if labels.shape != image.shape[:2]:
-            raise DataError(path, f"pseudo-label is {labels.shape[1]}x{labels.shape[0]} but its image is "
-                                  f"{image.shape[1]}x{image.shape[0]}")
-        return image, labels
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        try:
-            image, labels = self.load(self.dataset.ids[index])
-        except DataError as exc:
-            size = self.image_size
-            return torch.zeros(3, size, size), torch.full((size, size), VOID, dtype=torch.uint8), str(exc)
-        rng = np.random.default_rng([self.seed, epoch, index])
-        image, labels = _scale_crop_flip(image, labels, self.image_size, rng, self.scale_range)
-        return to_tensor(image), torch.from_numpy(labels), ""
 
 
 def _check_options(options: AffinityOptions) -> None:
@@ -289,23 +227,14 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     optimizer = torch.optim.AdamW(head.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]  # before a resumed state's decayed rates
     if state is not None:
-        try:
-            head.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise WssegError(f"{run / AFFINITY_FILE}: does not fit this affinity head "
-                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]})") from None
-    head.to(group.device)
-    net: torch.nn.Module = head
-    if group.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            head, device_ids=[group.device.index] if group.device.type == "cuda" else None)
+        restore(head, optimizer, state, run / AFFINITY_FILE)
+    net = place(head, group)  # the head, or its DDP wrapper
     if group.is_main and state is None:
         write_json_atomic(run / AFFINITY_RECORD, record)
     sampler = EpochShards(len(dataset), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
-    loader = DataLoader(PseudoLabelled(dataset, options.pseudo, image_size, options.seed, options.scale_range),
-                        batch_size=options.batch_size, sampler=sampler, **loader_settings(group.device, workers))
+    pairs = SegmentationPairs(dataset, options.pseudo, image_size, options.seed, options.scale_range)
+    loader = DataLoader(pairs, batch_size=options.batch_size, sampler=sampler, **loader_settings(group.device, workers))
     autocast_dtype = training_autocast(group.device, options.precision)
     if group.is_main and options.progress:
         print(f"[train-affinity] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
@@ -316,18 +245,13 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
 
 def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
     options = session.options
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if group.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_on_cpu(group.device):
         last_epoch = options.epochs if options.stop_after is None else min(options.epochs, options.stop_after)
         for epoch in range(len(session.history), last_epoch):
             record = _train_one_epoch(session, group, epoch)
             if group.is_main:
                 _checkpoint(session, epoch, record)
             group.barrier()
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
     return session.history
 
 
