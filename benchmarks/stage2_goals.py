@@ -69,14 +69,15 @@ def _load(out: Path, device: str):
 def run_training(args: argparse.Namespace) -> dict:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict = {"device": args.device, "epochs": args.epochs, "machine": _machine(args.device),
-                     "head_choice": {}, "goals": {}}
+    results: dict = {"head_choice": {}, "goals": {}, **_read(args.json)}
+    run = {"device": args.device, "epochs": args.epochs, "machine": _machine(args.device)}
+    results.update({"head_choice_run": run} if args.heads_only else run)
     # the goals first, then the head choice, then the reported-only run: a run cut short by a time
     # limit keeps what matters most
     for bench in args.benchmarks:
         pseudo = Path(args.pseudo_root) / f"pseudo-{bench}-dcsm-crf-confident"
         for source, labels in (("pseudo", {"pseudo": str(pseudo)}), ("ground-truth", {"ground_truth": True})):
-            if args.goals is None or source in args.goals:
+            if not args.heads_only and (args.goals is None or source in args.goals):
                 _goal(args, results, bench, source, labels)
     if args.goals is not None:  # only the goals asked for
         return results
@@ -170,8 +171,9 @@ def print_table(path: Path) -> None:
     results = _read(path)
     quality = json.loads((HERE / "segment_quality.json").read_text())["val"]
     if results.get("head_choice"):
-        print(f"head choice ({results['epochs']} epochs on train300, dcsm-crf's confident pseudo-labels, "
-              f"scored on the rest of train; {results['machine']})")
+        run = results.get("head_choice_run", results)
+        print(f"head choice ({run['epochs']} epochs on train300, dcsm-crf's confident pseudo-labels, "
+              f"scored on the rest of train; {run['machine']})")
         print("| benchmark | head | train-rest mIoU | train images/s | peak memory MB |\n|---|---|---:|---:|---:|")
         for bench, heads in results["head_choice"].items():
             for head, row in heads.items():
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--epochs", type=int, default=SegTrainOptions(data="", out="").epochs)
     train.add_argument("--goals", type=lambda text: text.split(","), default=None, metavar="SOURCES",
                        help="only these goal runs (pseudo, ground-truth), e.g. to run them side by side on one GPU")
+    train.add_argument("--heads-only", action="store_true", help="only the head choice (train300 -> rest of train)")
     train.add_argument("--with-plain", action="store_true",
                        help="also train on dcsm-crf's plain pseudo-labels (P/pseudo-<benchmark>-dcsm-crf), reported only")
     speed = commands.add_parser("speed")

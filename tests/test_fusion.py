@@ -124,12 +124,13 @@ def test_cli_method_choices_are_the_registry() -> None:
     from wsseg.cli import build_parser
     from wsseg.maps import MAP_METHODS
     from wsseg.pipelines import BUILDERS
-    from wsseg.registry import SEGMENT_METHODS
+    from wsseg.registry import NETWORK_METHODS, SEGMENT_METHODS
 
     commands = next(a for a in build_parser()._actions if a.dest == "command").choices
     choices = {name: next(a.choices for a in commands[name]._actions if a.dest == "method")
                for name in ("segment", "tune-background", "maps")}
-    assert list(choices["segment"]) == list(choices["tune-background"]) == list(SEGMENT_METHODS) == list(BUILDERS)
+    assert list(choices["tune-background"]) == list(SEGMENT_METHODS) == list(BUILDERS)
+    assert list(choices["segment"]) == [*SEGMENT_METHODS, *NETWORK_METHODS]  # and stage 2's network
     assert sorted(choices["maps"]) == sorted(MAP_METHODS)
 
 
