@@ -40,8 +40,8 @@ from wsseg.models.segnet import load_segmentation_run
 from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segmenter, label_overlay, segment_images,
                              segment_inputs)
 from wsseg.registry import NETWORK_METHODS, method_info
-from wsseg.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source, open_split,
-                          predict_labels, run_split)
+from wsseg.runner import (ImageItem, OpenSplit, RunCounts, SplitSource, batch_classes, check_label_source,
+                          open_split, predict_labels, run_split)
 from wsseg.tune import load_choices
 
 SEGMENT_RECORD = "segment.json"
@@ -165,6 +165,18 @@ def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> 
     return False
 
 
+def start_output(split: OpenSplit, out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Refuse (every rank) a folder of segmentations made otherwise, unless ``overwrite``; then rank 0
+    removes the old PNGs and writes ``segment.json`` before any rank writes a PNG."""
+    replace = check_output(out, record, overwrite)
+    split.group.barrier()  # every rank has read the old record before rank 0 replaces it
+    if split.group.is_main:
+        if replace:
+            remove_outputs(out, ("*.png",))
+        write_json_atomic(out / SEGMENT_RECORD, record)
+    split.group.barrier()  # nothing is written before the old segmentations are gone
+
+
 def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
                   labels: str = "gt", batch_size: int = 8, label_threshold: float = 0.5, skip_bad: bool = False,
                   progress: bool = True, ids: Sequence[str] | None = None,
@@ -219,15 +231,9 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
                                  options.method) if maps else None
         record = {**segment_record(options, segmenter, threshold, source.run, stored),
                   **provenance(source, options.method)}
-        replace = check_output(out, record, overwrite)
-        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
-        if split.group.is_main:
-            if threshold.oracle:
-                print(threshold.warning(options.method), file=sys.stderr)
-            if replace:
-                remove_outputs(out, ("*.png",))
-            write_json_atomic(out / SEGMENT_RECORD, record)
-        split.group.barrier()  # nothing is written before the old segmentations are gone
+        if split.group.is_main and threshold.oracle:
+            print(threshold.warning(options.method), file=sys.stderr)
+        start_output(split, out, record, overwrite)
         counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
                                options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
                                stored)
@@ -250,20 +256,13 @@ def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions
     labels this rank's share of the split, no image labels needed."""
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD], load=load_segmentation_run) as split:
         record = network_record(options, source, split.config.labels)
-        replace = check_output(out, record, overwrite)
-        split.group.barrier()  # every rank has read the old record before rank 0 replaces it
-        if split.group.is_main:
-            if replace:
-                remove_outputs(out, ("*.png",))
-            write_json_atomic(out / SEGMENT_RECORD, record)
-        split.group.barrier()
+        start_output(split, out, record, overwrite)
         segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
         counts = RunCounts()
-        counts = run_split(split.dataset, lambda batch: segmenter([item.image for item in batch], counts.timings),
-                           lambda item, label_map: write_label_png(out / f"{item.id}.png", label_map), ids=split.ids,
-                           batch_size=batch_size, need_labels=False,
-                           is_done=lambda image_id: (out / f"{image_id}.png").exists(), skip_bad=skip_bad,
-                           progress=progress and split.group.is_main, desc="segment", counts=counts)
+        run_split(split.dataset, lambda batch: segmenter([item.image for item in batch], counts.timings),
+                  lambda item, label_map: write_label_png(out / f"{item.id}.png", label_map), ids=split.ids,
+                  batch_size=batch_size, need_labels=False, is_done=lambda image_id: (out / f"{image_id}.png").exists(),
+                  skip_bad=skip_bad, progress=progress and split.group.is_main, desc="segment", counts=counts)
     counts.rank_tag = split.rank_tag
     return counts
 
