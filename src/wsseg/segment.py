@@ -231,9 +231,9 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
                                  options.method) if maps else None
         record = {**segment_record(options, segmenter, threshold, source.run, stored),
                   **provenance(source, options.method)}
+        start_output(split, out, record, overwrite)
         if split.group.is_main and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
-        start_output(split, out, record, overwrite)
         counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
                                options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
                                stored)
