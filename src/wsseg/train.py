@@ -30,9 +30,9 @@ from wsseg.io import write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, EpochSteps, head_optimizer, place,
                             precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
-                            timed_batches, training_autocast, training_run)
+                            training_autocast, training_run)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -190,8 +190,7 @@ class _Session:
     base_lrs: list[float]
     history: list[dict]  # one record per finished epoch: the next epoch is len(history)
     steps_per_epoch: int
-    sampler: EpochShards  # this rank's share of each epoch; the loader's workers outlive epochs
-    loader: DataLoader
+    loader: DataLoader  # its sampler (EpochShards) deals this rank's share of each epoch; workers outlive epochs
     workers: int
     autocast_dtype: torch.dtype | None  # mixed precision of the training forward pass (None: float32)
     scaler: torch.amp.GradScaler  # enabled for float16 only
@@ -267,7 +266,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         print(f"[train] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s) per process", flush=True)
     return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
-                    steps_per_epoch=math.ceil(len(sampler) / options.batch_size), sampler=sampler, loader=loader,
+                    steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     workers=workers, autocast_dtype=autocast_dtype, scaler=scaler)
 
 
@@ -319,23 +318,14 @@ def best_record(history: list[dict]) -> dict:
 def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
     """One pass over this rank's share of the shuffled split; returns the epoch's record."""
     options = session.options
-    torch.manual_seed(options.seed * 100003 + epoch)
-    session.sampler.set_epoch(epoch)
-    session.net.train()
+    steps = EpochSteps(session.loader, session.net, session.optimizer, session.base_lrs, epoch, options.epochs,
+                       session.steps_per_epoch, options.seed, options.skip_bad, f"epoch {epoch + 1}/{options.epochs}",
+                       options.progress and group.is_main)
     started = time.perf_counter()
     losses: list[torch.Tensor] = []
-    seen, skipped, first_step_seconds = 0, 0, 0.0
-    waits: list[float] = []
-    total_steps = session.steps_per_epoch * options.epochs
+    seen, first_step_seconds = 0, 0.0
     device = group.device
-    bar = tqdm(session.loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
-               disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(timed_batches(bar, waits)):
-        inputs, targets, bad = drop_bad(batch, options.skip_bad)
-        skipped += bad
-        poly_lr(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
-        if len(inputs) == 0:
-            continue
+    for step, inputs, targets in steps:
         inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
             logits = session.net(inputs)
@@ -353,12 +343,12 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
             synchronize(device)
             first_step_seconds = time.perf_counter() - started
         if step % 10 == 0:  # reading the loss waits for the GPU: not at every step
-            bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
+            steps.bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
     mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
-            "seconds": seconds, "skipped": skipped, "precision": precision_name(session.autocast_dtype),
-            "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(waits))}
+            "seconds": seconds, "skipped": steps.skipped, "precision": precision_name(session.autocast_dtype),
+            "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(steps.waits))}
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
@@ -37,14 +36,13 @@ from wsseg.io import file_sha256, write_json_atomic
 from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, AffinityConfig, AffinityHead,
                                    affinity_loss, label_grid, pair_affinities, pair_targets, tap_outputs)
 from wsseg.models.classifier import FCNClassifier
-from wsseg.models.run import check_same_classes, load_run, read_checkpoint, save_checkpoint
+from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read_history, save_checkpoint
 from wsseg.outputs import claimed_output
 from wsseg.train_options import AFFINITY_DEFAULTS
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, place, poly_lr, precision_name,
-                            resolve_workers, restore, synchronize, timed_batches, training_autocast)
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, place, precision_name, pseudo_label_source,
+                            read_pseudo_record, resolve_workers, restore, synchronize, training_autocast)
 
 AFFINITY_HISTORY = "affinity-history.json"
-PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
 
 
 @dataclass(frozen=True)
@@ -81,28 +79,6 @@ _RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "weight_decay", "image_size"
                       "split", "limit")
 
 
-def read_pseudo_record(pseudo: str | Path) -> dict[str, Any]:
-    """PSEUDO/segment.json: what made the pseudo-labels (recorded in RUN/affinity.json)."""
-    path = Path(pseudo) / PSEUDO_RECORD
-    if not path.is_file():
-        raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
-                         "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("method"), str):
-        raise WssegError(f"{path}: not a wsseg segment record (no method)")
-    return record
-
-
-def label_source(record: dict[str, Any], pseudo: str | Path) -> dict[str, Any]:
-    """The part of a segment record that says where pseudo-labels came from."""
-    keys = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
-            "run", "split", "data", "model_sha256", "scales")
-    return {"folder": str(Path(pseudo).resolve()), **{key: record.get(key) for key in keys}}
-
-
 def _check_options(options: AffinityOptions) -> None:
     for name in ("epochs", "batch_size", "radius"):
         if getattr(options, name) < 1:
@@ -134,7 +110,6 @@ class _Session:
     optimizer: torch.optim.Optimizer
     base_lrs: list[float]
     history: list[dict]
-    sampler: EpochShards
     loader: DataLoader
     steps_per_epoch: int
     autocast_dtype: torch.dtype | None
@@ -150,22 +125,8 @@ def train_affinity(options: AffinityOptions) -> list[dict]:
         with group.together():
             session = _setup(options, group)
         if session is None:
-            return _read_history(run)
+            return read_history(run, AFFINITY_HISTORY)
         return _fit(session, group)
-
-
-def _read_history(run: Path) -> list[dict]:
-    path = run / AFFINITY_HISTORY
-    if not path.exists():
-        return []
-    try:
-        history = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__})") from None
-    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
-                                                 for r in history):
-        raise WssegError(f"{path}: not a training history (a list of epoch records)")
-    return history
 
 
 def _record(options: AffinityOptions, config: AffinityConfig, run: Path, pseudo: dict[str, Any],
@@ -174,7 +135,7 @@ def _record(options: AffinityOptions, config: AffinityConfig, run: Path, pseudo:
     training.update(image_size=image_size, scale_range=list(options.scale_range), images=images,
                     data=str(Path(options.data).resolve()), backbone_frozen=True)
     record = {"network": dataclasses.asdict(config), "classifier_sha256": file_sha256(run / "model.pt"),
-              "training": training, "labels": label_source(pseudo, options.pseudo)}
+              "training": training, "labels": pseudo_label_source(pseudo, options.pseudo)}
     return json.loads(json.dumps(record))  # as it reads back from the file (lists, not tuples)
 
 
@@ -192,7 +153,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
                              max_file_size=options.max_file_size)
     if len(dataset) == 0:
         raise WssegError(f"{options.data}: split {options.split!r} is empty")
-    pseudo = read_pseudo_record(options.pseudo)
+    pseudo = read_pseudo_record(options.pseudo, required=True)
     image_size = options.image_size or run_config.image_size
     config = AffinityConfig.for_classifier(classifier, options.radius)
     record = _record(options, config, run, pseudo, image_size, len(dataset))
@@ -214,7 +175,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
             raise WssegError(f"{run / AFFINITY_RECORD}: cannot resume with other settings than the run's "
                              f"({', '.join(changed)} differ); train again without --resume")
         state = read_checkpoint(run / AFFINITY_FILE)
-        history = _read_history(run)[: int(state["epoch"]) + 1]
+        history = read_history(run, AFFINITY_HISTORY)[: int(state["epoch"]) + 1]
         if len(history) >= options.epochs:
             if group.is_main:
                 print(f"[train-affinity] {run / AFFINITY_FILE} finished after epoch {len(history)}; nothing to do")
@@ -240,7 +201,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
         print(f"[train-affinity] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s); frozen backbone, head on {', '.join(config.taps)}", flush=True)
     return _Session(options, classifier, config, head, net, optimizer, base_lrs,
-                    history, sampler, loader, math.ceil(len(sampler) / options.batch_size), autocast_dtype)
+                    history, loader, math.ceil(len(sampler) / options.batch_size), autocast_dtype)
 
 
 def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
@@ -257,24 +218,15 @@ def _fit(session: _Session, group: ProcessGroup) -> list[dict]:
 
 def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
     options = session.options
-    torch.manual_seed(options.seed * 100003 + epoch)
-    session.sampler.set_epoch(epoch)
-    session.net.train()
+    steps = EpochSteps(session.loader, session.net, session.optimizer, session.base_lrs, epoch, options.epochs,
+                       session.steps_per_epoch, options.seed, options.skip_bad,
+                       f"affinity epoch {epoch + 1}/{options.epochs}", options.progress and group.is_main)
     device = group.device
     started = time.perf_counter()
     losses: list[float] = []
     groups = {"bg": [], "fg": [], "neg": []}
-    seen, skipped = 0, 0
-    waits: list[float] = []
-    total_steps = session.steps_per_epoch * options.epochs
-    bar = tqdm(session.loader, desc=f"affinity epoch {epoch + 1}/{options.epochs}", unit="batch",
-               disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(timed_batches(bar, waits)):
-        images, labels, bad = drop_bad(batch, options.skip_bad)
-        skipped += bad
-        poly_lr(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
-        if len(images) == 0:
-            continue
+    seen = 0
+    for step, images, labels in steps:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
             taps = tap_outputs(session.classifier, images, session.config.feature_taps())
@@ -293,13 +245,13 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
             groups[name].append(value)
         seen += len(images)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            steps.bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
     synchronize(device)
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
             **{f"loss_{name}": float(np.mean(values)) if values else float("nan") for name, values in groups.items()},
-            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped,
-            "precision": precision_name(session.autocast_dtype), "loader_wait_seconds": float(sum(waits))}
+            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": steps.skipped,
+            "precision": precision_name(session.autocast_dtype), "loader_wait_seconds": float(sum(steps.waits))}
 
 
 def _checkpoint(session: _Session, epoch: int, record: dict) -> None:

@@ -15,7 +15,6 @@ uninterrupted run would), under torchrun too.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import resource
 import time
@@ -26,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
 from wsseg.data.transforms import to_tensor
@@ -39,9 +37,9 @@ from wsseg.models.run import read_history, save_checkpoint
 from wsseg.models.segnet import HEADS, SegmentationNet, SegRunConfig, build_segmentation_net
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, head_optimizer, place, poly_lr,
-                            precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
-                            timed_batches, training_autocast, training_run)
+from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, head_optimizer, place, precision_name,
+                            pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers, restore,
+                            resume_checkpoint, synchronize, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
@@ -72,16 +70,7 @@ def label_source(options: SegTrainOptions, dataset: VOCDataset) -> tuple[Path | 
     if missing and not options.skip_bad:
         raise DataError(folder / f"{missing[0]}.png", f"pseudo-label is missing ({len(missing)} of the "
                         f"{len(dataset)} images of split {dataset.split!r} have none; --skip-bad trains without them)")
-    record: dict[str, Any] = {"source": "pseudo", "folder": str(folder.resolve())}
-    try:
-        made = json.loads((folder / "segment.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        made = None
-    if isinstance(made, dict):
-        record.update({key: made.get(key) for key in ("method", "run", "model_sha256", "labels", "threshold",
-                                                       "threshold_source", "ignore_uncertain", "split")})
-    else:
-        record["method"] = None  # made elsewhere (another tool's pseudo-labels): nothing to say
+    record = {"source": "pseudo", **pseudo_label_source(read_pseudo_record(folder, required=False), folder)}
     return folder, record
 
 
@@ -135,7 +124,6 @@ class _Session:
     base_lrs: list[float]
     history: list[dict]
     steps_per_epoch: int
-    sampler: EpochShards
     loader: DataLoader
     autocast_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
@@ -202,7 +190,7 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
         print(f"[train-seg] {options.head} on {options.backbone}, {group.world_size} x {group.device}, "
               f"{precision_name(autocast_dtype)}, {workers} loader worker(s) per process; {where}", flush=True)
     return _Session(options, config, val_set, model, net, optimizer, base_lrs, history,
-                    steps_per_epoch=math.ceil(len(sampler) / options.batch_size), sampler=sampler, loader=loader,
+                    steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     autocast_dtype=autocast_dtype,
                     scaler=torch.amp.GradScaler(group.device.type, enabled=autocast_dtype == torch.float16))
 
@@ -231,22 +219,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict:
     options, device = session.options, group.device
-    torch.manual_seed(options.seed * 100003 + epoch)
-    session.sampler.set_epoch(epoch)
-    session.net.train()
+    steps = EpochSteps(session.loader, session.net, session.optimizer, session.base_lrs, epoch, options.epochs,
+                       session.steps_per_epoch, options.seed, options.skip_bad, f"epoch {epoch + 1}/{options.epochs}",
+                       options.progress and group.is_main)
     epoch_started = time.perf_counter()
     losses: list[torch.Tensor] = []
-    waits: list[float] = []
-    seen, skipped = 0, 0
-    total_steps = session.steps_per_epoch * options.epochs
-    bar = tqdm(session.loader, desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch",
-               disable=not (options.progress and group.is_main))
-    for step, batch in enumerate(timed_batches(bar, waits)):
-        images, labels, bad = drop_bad(batch, options.skip_bad)
-        skipped += bad
-        poly_lr(session.optimizer, session.base_lrs, epoch * session.steps_per_epoch + step, total_steps)
-        if len(images) == 0:
-            continue
+    seen = 0
+    for step, images, labels in steps:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
@@ -262,13 +241,13 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
         losses.append(loss.detach())
         seen += len(images)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
+            steps.bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
     synchronize(device)
     seconds = time.perf_counter() - epoch_started
     return {"epoch": epoch + 1, "loss": float(torch.stack(losses).double().mean()) if losses else float("nan"),
-            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": skipped,
+            "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": steps.skipped,
             "precision": precision_name(session.autocast_dtype), "peak_memory_mb": peak_memory_mb(device),
-            "loader_wait_seconds": float(sum(waits))}
+            "loader_wait_seconds": float(sum(steps.waits))}
 
 
 @torch.no_grad()

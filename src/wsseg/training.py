@@ -6,11 +6,14 @@ timing the loader, and finding the checkpoint to resume from.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from wsseg.data.loading import auto_workers, cpus_per_rank
 from wsseg.distributed import ProcessGroup, process_group
@@ -179,3 +182,70 @@ def training_run(device: str | None, out: str | Path, data: str | Path, masks: s
         with group.together():
             held.enter_context(claimed_output(out, ["config.json", "history.json"], data, masks, group.is_main))
         yield group
+
+
+PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
+# what a trainer records of it: where the pseudo-labels it learnt from came from
+_PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
+                "run", "split", "data", "model_sha256", "scales")
+
+
+def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | None:
+    """PSEUDO/segment.json, what made the pseudo-labels; when not ``required`` (pseudo-labels another
+    tool made are welcome), None where it is missing or is no segment record."""
+    path = Path(pseudo) / PSEUDO_RECORD
+    if not path.is_file():
+        if not required:
+            return None
+        raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
+                         "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        if not required:
+            return None
+        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+        if not required:
+            return None
+        raise WssegError(f"{path}: not a wsseg segment record (no method)")
+    return record
+
+
+def pseudo_label_source(record: dict[str, Any] | None, pseudo: str | Path) -> dict[str, Any]:
+    """The part of a segment record that says where pseudo-labels came from (None for each key
+    when there is no record)."""
+    record = record or {}
+    return {"folder": str(Path(pseudo).resolve()), **{key: record.get(key) for key in _PSEUDO_KEYS}}
+
+
+class EpochSteps:
+    """One epoch of a trainer's steps, with what every trainer does around them: torch's generator
+    reseeded by (seed, epoch) (dropout, drop-connect: a resumed run draws as an uninterrupted one),
+    the sampler told the epoch, the network in train mode, a progress bar, bad items dropped (or
+    raised, without ``skip_bad``) and counted in ``skipped``, the poly learning rate set before
+    each step, and the seconds spent waiting for the loader in ``waits``.
+
+    Iterating yields ``(step, inputs, targets)`` for every batch with something left in it."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 base_lrs: list[float], epoch: int, epochs: int, steps_per_epoch: int, seed: int, skip_bad: bool,
+                 desc: str, show: bool) -> None:
+        torch.manual_seed(seed * 100003 + epoch)
+        loader.sampler.set_epoch(epoch)
+        net.train()
+        self.optimizer, self.base_lrs = optimizer, base_lrs
+        self.first_step = epoch * steps_per_epoch
+        self.total_steps = steps_per_epoch * epochs
+        self.skip_bad = skip_bad
+        self.bar = tqdm(loader, desc=desc, unit="batch", disable=not show)
+        self.skipped = 0
+        self.waits: list[float] = []
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for step, batch in enumerate(timed_batches(self.bar, self.waits)):
+            inputs, targets, bad = drop_bad(batch, self.skip_bad)
+            self.skipped += bad
+            poly_lr(self.optimizer, self.base_lrs, self.first_step + step, self.total_steps)
+            if len(inputs):
+                yield step, inputs, targets

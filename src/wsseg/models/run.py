@@ -115,10 +115,10 @@ def _field_problem(name: str, value: Any) -> str | None:
     return None
 
 
-def read_history(run: str | Path) -> list[dict]:
-    """RUN/history.json (one record per finished epoch; [] when absent); a damaged file is refused
-    with its name, as --resume and the report must not guess."""
-    path = Path(run) / "history.json"
+def read_history(run: str | Path, name: str = "history.json") -> list[dict]:
+    """RUN/history.json, or another trainer's ``name`` (one record per finished epoch; [] when
+    absent); a damaged file is refused with its name, as --resume and the report must not guess."""
+    path = Path(run) / name
     if not path.exists():
         return []
     try:
