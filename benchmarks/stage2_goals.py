@@ -76,7 +76,11 @@ def run_training(args: argparse.Namespace) -> dict:
     # limit keeps what matters most
     for bench in args.benchmarks:
         pseudo = Path(args.pseudo_root) / f"pseudo-{bench}-dcsm-crf-confident"
-        for source, labels in (("pseudo", {"pseudo": str(pseudo)}), ("ground-truth", {"ground_truth": True})):
+        # the bound starts where the pseudo-label network does (--init-from auto: the classifier that
+        # made the pseudo-labels), so the two differ by their labels alone
+        classifier = json.loads((pseudo / "segment.json").read_text())["run"]
+        for source, labels in (("pseudo", {"pseudo": str(pseudo)}),
+                               ("ground-truth", {"ground_truth": True, "init_from": classifier})):
             if not args.heads_only and (args.goals is None or source in args.goals):
                 _goal(args, results, bench, source, labels)
     if args.goals is not None:  # only the goals asked for

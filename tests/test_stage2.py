@@ -17,9 +17,12 @@ from wsseg.cli import main
 from wsseg.data.images import read_label_png, write_label_png
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.models.segnet import build_segmentation_net, load_segmentation_run, segment_probabilities
+from wsseg.io import file_sha256
+from wsseg.models.run import load_run
+from wsseg.models.segnet import (build_segmentation_net, init_backbone_from_classifier, load_segmentation_run,
+                                 segment_probabilities)
 from wsseg.train_options import SegTrainOptions
-from wsseg.train_seg import score_network, segmentation_loss, train_segmentation
+from wsseg.train_seg import backbone_start, label_source, score_network, segmentation_loss, train_segmentation
 
 # small and fast: 64 px crops, batches of 4
 FAST = dict(crop_size=64, batch_size=4, progress=False, device="cpu")
@@ -165,6 +168,42 @@ def test_bad_pseudo_label_png_exits_2_naming_the_file(tiny_bench: Path, tmp_path
     assert code == 2
     assert str(victim) in err and expected in err
     assert "Traceback" not in err
+
+
+def test_auto_start_is_the_classifier_that_made_the_pseudo_labels_while_its_weights_are_unchanged(
+        tiny_bench: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    pseudo = _pseudo_from_masks(tiny_bench, tmp_path / "pseudo")
+    record = json.loads((pseudo / "segment.json").read_text())
+    (pseudo / "segment.json").write_text(json.dumps({**record, "run": str(tiny_run),
+                                                     "model_sha256": file_sha256(tiny_run / "model.pt")}))
+    run = tmp_path / "seg"
+    assert main(["train-seg", "--data", str(tiny_bench), "--pseudo", str(pseudo), "--out", str(run), "--epochs", "1",
+                 "--crop-size", "64", "--batch-size", "4", "--device", "cpu", "--val-split", "none"]) == 0
+    assert f"backbone from the classifier {tiny_run}" in capsys.readouterr().out
+    init = json.loads((run / "config.json").read_text())["init"]
+    assert init == {"source": "classifier", "run": str(tiny_run.resolve()),
+                    "model_sha256": file_sha256(tiny_run / "model.pt")}
+
+    # other pseudo-labels' classifier (another digest), and the ground truth, start from ImageNet
+    (pseudo / "segment.json").write_text(json.dumps({**record, "run": str(tiny_run), "model_sha256": "0" * 64}))
+    labels = label_source(SegTrainOptions(data=str(tiny_bench), out="", pseudo=str(pseudo)),
+                          VOCDataset(tiny_bench, "train"))[1]
+    start, why = backbone_start(SegTrainOptions(data="", out="", pseudo=str(pseudo)), labels)
+    assert start is None and "changed since it made the pseudo-labels" in why
+    assert backbone_start(SegTrainOptions(data="", out="", ground_truth=True), {"source": "ground-truth"})[0] is None
+    explicit = SegTrainOptions(data="", out="", ground_truth=True, init_from=str(tiny_run))
+    assert backbone_start(explicit, {"source": "ground-truth"})[0] == tiny_run
+
+
+@pytest.mark.filterwarnings("ignore:vgg16 is randomly initialised")
+def test_a_classifier_start_copies_every_backbone_weight_and_refuses_another_backbone(tiny_run: Path) -> None:
+    classifier = load_run(tiny_run)[0]
+    net = build_segmentation_net(3, pretrained=False)
+    init_backbone_from_classifier(net, "efficientnet-lite0", tiny_run)
+    theirs = classifier.backbone.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in net.backbone.state_dict().items())
+    with pytest.raises(WssegError, match="backbone is efficientnet-lite0"):
+        init_backbone_from_classifier(build_segmentation_net(3, backbone="vgg16", pretrained=False), "vgg16", tiny_run)
 
 
 def test_pseudo_and_ground_truth_are_exclusive_and_one_is_required(tiny_bench: Path, tmp_path: Path, capsys) -> None:

@@ -398,8 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train on the dataset's masks (--masks) instead: the fully supervised bound")
     train_seg.add_argument("--masks", default="SegmentationClass",
                            help="mask folder: val mIoU per epoch, and the labels of --ground-truth")
+    train_seg.add_argument("--init-from", default=_SEG_DEFAULTS.init_from, metavar="auto|imagenet|RUN",
+                           help="where the backbone starts: auto (default) takes the classifier run that made the "
+                                "--pseudo labels (their segment.json names it; ImageNet when it is gone or changed, "
+                                "and with --ground-truth), imagenet, or a classifier run folder (give the pseudo "
+                                "network's run with --ground-truth for a like-for-like bound)")
     train_seg.add_argument("--head", default=_SEG_DEFAULTS.head, choices=["deeplabv3plus", "lraspp"],
-                           help="deeplabv3plus (ASPP + low-level skip, default) or lraspp (lighter)")
+                           help="lraspp (MobileNetV3's Lite R-ASPP, default) or deeplabv3plus (ASPP + low-level skip)")
     train_seg.add_argument("--output-stride", type=int, default=16, choices=[8, 16],
                            help="backbone output stride: 8 is finer and slower (default 16)")
     train_seg.add_argument("--crop-size", type=int, default=None,

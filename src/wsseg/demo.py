@@ -98,10 +98,13 @@ def _pseudo_labels(out: Path, data_root: Path, run: Path, pseudo_method: str, bu
     return pseudo
 
 
-def _stage2(out: Path, data_root: Path, pseudo: Path, pseudo_method: str, budget: dict, progress: bool,
+def _stage2(out: Path, data_root: Path, run: Path, pseudo: Path, pseudo_method: str, budget: dict, progress: bool,
             results: dict[str, dict]) -> None:
     """Stage 2: a network trained on the pseudo-labels and one on the ground truth, both on val."""
-    for row, labels in ((stage2_row(pseudo_method), {"pseudo": str(pseudo)}), (STAGE2_BOUND_ROW, {"ground_truth": True})):
+    # both start from the classifier's backbone (the pseudo-label network by --init-from auto): the
+    # bound then differs from it by the labels alone
+    for row, labels in ((stage2_row(pseudo_method), {"pseudo": str(pseudo)}),
+                        (STAGE2_BOUND_ROW, {"ground_truth": True, "init_from": str(run)})):
         seg_run = out / "stage2" / row
         print(f"[demo] 7/8 training {row_title(row)} ({budget['images']} images, {budget['seg_epochs']} epochs, "
               f"{budget['crop_size']} px crops) into {seg_run}")
@@ -145,7 +148,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
             options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
             segment = _segmenting(SplitSource(run, data_root, "val"), options, progress)
         _score(name, out, data_root, segment, results, f"6/8 ({step}/{len(methods)})")
-    _stage2(out, data_root, pseudo, pseudo_method, budget, progress, results)
+    _stage2(out, data_root, run, pseudo, pseudo_method, budget, progress, results)
     print("[demo] 8/8 writing the HTML report (results, training curve, example grid with DCSM maps)")
     report = build_report(out, examples=4 if quick else 8, title="wsseg demo: synthetic benchmark")
     history = history or json.loads((run / "history.json").read_text())

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,10 @@ from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
 from wsseg.evaluate import ConfusionMatrix
-from wsseg.io import write_json_atomic
-from wsseg.models.run import read_history, save_checkpoint
-from wsseg.models.segnet import HEADS, SegmentationNet, SegRunConfig, build_segmentation_net
+from wsseg.io import file_sha256, write_json_atomic
+from wsseg.models.run import RunConfig, read_history, save_checkpoint
+from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_segmentation_net,
+                                 init_backbone_from_classifier, start_record)
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
 from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, head_optimizer, place, precision_name,
@@ -43,7 +45,7 @@ from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, head_o
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
-_RESUME_MUST_MATCH = ("classes", "labels", "backbone", "head", "output_stride", "crop_size", "epochs", "batch_size",
+_RESUME_MUST_MATCH = ("classes", "labels", "init", "backbone", "head", "output_stride", "crop_size", "epochs", "batch_size",
                       "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split")
 
 
@@ -72,6 +74,34 @@ def label_source(options: SegTrainOptions, dataset: VOCDataset) -> tuple[Path | 
                         f"{len(dataset)} images of split {dataset.split!r} have none; --skip-bad trains without them)")
     record = {"source": "pseudo", **pseudo_label_source(read_pseudo_record(folder, required=False), folder)}
     return folder, record
+
+
+def backbone_start(options: SegTrainOptions, labels_record: dict[str, Any]) -> tuple[Path | None, str]:
+    """The classifier run whose backbone the network starts from (None: ImageNet's weights), and
+    a line saying why. ``--init-from auto`` takes the run that made the pseudo-labels, as their
+    segment.json names it, while its model.pt is the one that made them; a classifier that has
+    learnt the dataset's classes from image labels is a far better start than ImageNet on a small
+    dataset (docs/method.md, stage 2)."""
+    if options.init_from == "imagenet":
+        return None, "backbone from ImageNet (--init-from imagenet)"
+    if options.init_from != "auto":
+        return Path(options.init_from), f"backbone from the classifier {options.init_from} (--init-from)"
+    if labels_record.get("source") != "pseudo":
+        return None, ("backbone from ImageNet (--init-from auto with --ground-truth: give --init-from RUN to start "
+                      "as a pseudo-label network did, for a like-for-like bound)")
+    run, digest = labels_record.get("run"), labels_record.get("model_sha256")
+    if not (run and digest):
+        return None, "backbone from ImageNet (the pseudo-labels name no classifier run)"
+    weights = Path(run) / "model.pt"
+    if not weights.is_file():
+        return None, f"backbone from ImageNet (the pseudo-labels' classifier {weights} is gone)"
+    try:
+        RunConfig.load(run)
+    except WssegError:
+        return None, f"backbone from ImageNet ({run}, which made the pseudo-labels, is no classifier run)"
+    if file_sha256(weights) != digest:
+        return None, f"backbone from ImageNet ({weights} changed since it made the pseudo-labels)"
+    return Path(run), f"backbone from the classifier {run}, which made the pseudo-labels (--init-from auto)"
 
 
 def _check_options(options: SegTrainOptions) -> None:
@@ -153,10 +183,13 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
                           scale_range=list(options.scale_range), jitter=options.jitter, seed=options.seed,
                           split=options.split, val_split=options.val_split, data=str(options.data),
                           masks=options.masks)
+    start, start_note = backbone_start(options, labels_record)
     history: list[dict] = []
     resume_state = resume_checkpoint(out) if options.resume else None
     if resume_state is not None:
         previous = SegRunConfig.load(out)
+        # the weights come from the checkpoint: an explicit --init-from must be the run's, auto is
+        config.init = previous.init if options.init_from == "auto" else start_record(start)
         refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         if len(history) >= options.epochs:
@@ -169,8 +202,15 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
         print(f"[train-seg] no checkpoint to resume in {out}; starting fresh")
 
     torch.manual_seed(options.seed)
-    model = build_segmentation_net(train_set.num_classes, options.backbone, options.head, weights=options.weights,
-                                   output_stride=options.output_stride)
+    with warnings.catch_warnings():
+        if start is not None:  # no 'randomly initialised' warning: the classifier's weights come next
+            warnings.simplefilter("ignore")
+        model = build_segmentation_net(train_set.num_classes, options.backbone, options.head,
+                                       weights=options.weights, output_stride=options.output_stride,
+                                       pretrained=start is None)
+    if resume_state is None and start is not None:
+        init_backbone_from_classifier(model, options.backbone, start)
+        config.init = start_record(start)
     optimizer = head_optimizer(model, model.head_parameters(), options.lr, options.weight_decay,
                                options.head_lr_scale)
     base_lrs = [group_["lr"] for group_ in optimizer.param_groups]
@@ -188,7 +228,8 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main and options.progress:
         where = "ground-truth masks" if folder is None else f"pseudo-labels in {folder}"
         print(f"[train-seg] {options.head} on {options.backbone}, {group.world_size} x {group.device}, "
-              f"{precision_name(autocast_dtype)}, {workers} loader worker(s) per process; {where}", flush=True)
+              f"{precision_name(autocast_dtype)}, {workers} loader worker(s) per process; {where}; "
+              f"{start_note}", flush=True)
     return _Session(options, config, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     autocast_dtype=autocast_dtype,

@@ -9,10 +9,15 @@ for detail, the last block for semantics) with one of two heads:
   joined with 48 projected low-level channels, then two 3x3 convolutions. Convolutions are
   depthwise-separable, as in DeepLabV3+'s Xception variant, so the head costs about as much as
   the EfficientNet backbone;
-- ``lraspp`` (MobileNetV3's Lite R-ASPP): one 1x1 branch gated by global pooling, plus a linear
-  classifier on the low-level features. Cheaper, coarser.
+- ``lraspp`` (MobileNetV3's Lite R-ASPP, the default): one 1x1 branch gated by global pooling,
+  plus a linear classifier on the low-level features. Cheaper, and it learnt both benchmarks
+  where DeepLabV3+ at the same rate did not learn glyphs.
 
-docs/method.md (stage 2) gives the measurement that chose the default head.
+The backbone starts from ImageNet's weights or, better on small datasets, from the classifier
+run that made the pseudo-labels (:func:`init_backbone_from_classifier`): that backbone has
+already learnt the dataset's classes from the image labels, so stage 2 learns the masks instead
+of the classes. docs/method.md (stage 2) gives the measurements that chose the default head and
+start.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ from torch import nn
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import write_json_atomic
+from wsseg.io import file_sha256, write_json_atomic
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from wsseg.models.run import read_checkpoint
+from wsseg.models.run import load_run, read_checkpoint
 
 HEADS = ("deeplabv3plus", "lraspp")
 PAD_TO = 32  # inputs are padded to a multiple of the backbone's largest stride
@@ -139,6 +144,34 @@ def build_segmentation_net(num_classes: int, backbone: str = "efficientnet-lite0
     return SegmentationNet(num_classes, net, head)
 
 
+def init_backbone_from_classifier(model: SegmentationNet, backbone: str, run: str | Path) -> None:
+    """Load the backbone weights of a classifier run (``wsseg train``) into ``model``'s backbone
+    (the layers after its last tap, which the segmentation network drops, are skipped)."""
+    run = Path(run)
+    classifier, config = load_run(run)
+    if config.backbone != backbone:
+        raise WssegError(f"{run}: the classifier's backbone is {config.backbone}, the segmentation network's "
+                         f"{backbone}; give --backbone {config.backbone} or another --init-from")
+    missing, _dropped = model.backbone.load_state_dict(classifier.backbone.state_dict(), strict=False)
+    if missing:
+        raise WssegError(f"{run / 'model.pt'}: the classifier's backbone lacks {len(missing)} of the segmentation "
+                         f"network's weights (first: {missing[0]})")
+
+
+IMAGENET_START = {"source": "imagenet"}
+
+
+def start_record(run: str | Path | None) -> dict[str, Any]:
+    """What config.json records of where the backbone started: ImageNet, or a classifier run and
+    the SHA-256 of its model.pt."""
+    if run is None:
+        return dict(IMAGENET_START)
+    weights = Path(run) / "model.pt"
+    if not weights.is_file():
+        raise WssegError(f"{weights}: missing; --init-from needs a classifier run made by `wsseg train`")
+    return {"source": "classifier", "run": str(Path(run).resolve()), "model_sha256": file_sha256(weights)}
+
+
 @dataclass
 class SegRunConfig:
     """A stage-2 run folder's config.json: what the network is, how it was trained, and where its
@@ -147,6 +180,8 @@ class SegRunConfig:
 
     classes: list[str]
     labels: dict[str, Any]
+    # where the backbone's weights started: IMAGENET_START, or the classifier run's record
+    init: dict[str, Any] = field(default_factory=lambda: dict(IMAGENET_START))
     network: str = SEGMENTATION_NETWORK
     backbone: str = "efficientnet-lite0"
     head: str = "deeplabv3plus"
@@ -192,6 +227,8 @@ class SegRunConfig:
             problems.append("classes must be a non-empty list of names")
         if not isinstance(data.get("labels"), dict):
             problems.append("labels must be an object")
+        if not isinstance(data.get("init", IMAGENET_START), dict):
+            problems.append("init must be an object")
         if data.get("head", "deeplabv3plus") not in HEADS:
             problems.append(f"head must be one of {', '.join(HEADS)}")
         if data.get("output_stride", 16) not in (8, 16):
