@@ -195,6 +195,17 @@ def test_auto_start_is_the_classifier_that_made_the_pseudo_labels_while_its_weig
     assert backbone_start(explicit, {"source": "ground-truth"})[0] == tiny_run
 
 
+def test_an_init_from_folder_that_is_no_classifier_run_exits_2_naming_it(tiny_bench: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    not_a_run = tmp_path / "not-a-run"
+    not_a_run.mkdir()
+    code = main(["train-seg", "--quiet", "--data", str(tiny_bench), "--ground-truth", "--out", str(tmp_path / "seg"),
+                 "--init-from", str(not_a_run), "--epochs", "1", "--crop-size", "64", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(not_a_run) in err and "Traceback" not in err
+    assert not (tmp_path / "seg").exists()  # a refused run leaves no folder behind
+
+
 @pytest.mark.filterwarnings("ignore:vgg16 is randomly initialised")
 def test_a_classifier_start_copies_every_backbone_weight_and_refuses_another_backbone(tiny_run: Path) -> None:
     classifier = load_run(tiny_run)[0]

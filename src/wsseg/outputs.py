@@ -67,11 +67,13 @@ class OutputLock:
         self.path = Path(out) / LOCK_FILE
         self.enabled = enabled
         self.held = False
+        self.created = False  # we made the folder: a run refused before writing anything leaves none
         self.removed_temporaries = 0
 
     def __enter__(self) -> OutputLock:
         if not self.enabled:
             return self
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         for _attempt in range(2):
@@ -109,6 +111,9 @@ class OutputLock:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             self.held = False
+            if self.created:
+                with contextlib.suppress(OSError):  # not empty: the run wrote something, keep it
+                    self.path.parent.rmdir()
 
 
 @contextlib.contextmanager

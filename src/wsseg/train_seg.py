@@ -45,8 +45,8 @@ from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, head_o
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
-_RESUME_MUST_MATCH = ("classes", "labels", "init", "backbone", "head", "output_stride", "crop_size", "epochs", "batch_size",
-                      "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split")
+_RESUME_MUST_MATCH = ("classes", "labels", "init", "backbone", "head", "output_stride", "crop_size", "epochs",
+                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split")
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,8 @@ def backbone_start(options: SegTrainOptions, labels_record: dict[str, Any]) -> t
     if options.init_from != "auto":
         return Path(options.init_from), f"backbone from the classifier {options.init_from} (--init-from)"
     if labels_record.get("source") != "pseudo":
-        return None, ("backbone from ImageNet (--init-from auto with --ground-truth: give --init-from RUN to start "
-                      "as a pseudo-label network did, for a like-for-like bound)")
+        return None, ("backbone from ImageNet (--init-from auto with --ground-truth: give --init-from RUN to "
+                      "start as a pseudo-label network did, for a like-for-like bound)")
     run, digest = labels_record.get("run"), labels_record.get("model_sha256")
     if not (run and digest):
         return None, "backbone from ImageNet (the pseudo-labels name no classifier run)"
