@@ -3,6 +3,7 @@
     python benchmarks/stage2_goals.py train --data-shapes D --data-glyphs D --pseudo-root P --work W \
         [--device cuda] [--epochs 20] [--json benchmarks/stage2_goals.json]
     python benchmarks/stage2_goals.py speed --run RUN --seg-run SEGRUN [--json ...]   (2 CPU cores, 224 px)
+    python benchmarks/stage2_goals.py test-time --data-shapes D --data-glyphs D --work W [--json ...]
     python benchmarks/stage2_goals.py table [--json ...]
 
 ``train`` does two things, in order:
@@ -161,6 +162,31 @@ def run_speed(args: argparse.Namespace) -> dict:
     return result
 
 
+TEST_TIMES = {"plain": {}, "tta": {"tta": True}, "tta-crf": {"tta": True, "crf": True}}
+
+
+def run_test_time(args: argparse.Namespace) -> dict:
+    """The goal networks (in --work) segment val plain, with --tta, and with --tta --crf (DeepLab's
+    test-time recipe; dcsm-crf also averages three scales and runs a CRF); val mIoU of each."""
+    from wsseg.runner import SplitSource
+    from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
+
+    results = _read(args.json)
+    for bench in args.benchmarks:
+        data = Path(getattr(args, f"data_{bench}"))
+        for source in ("pseudo", "ground-truth"):
+            run = Path(args.work) / f"{bench}-full-{source}"
+            for name, flags in TEST_TIMES.items():
+                out = Path(args.work) / "test-time" / f"{bench}-{source}-{name}"
+                segment_dataset(SplitSource(run, data, "val"), out, SegmentOptions("seg", **flags),
+                                progress=False)
+                miou = score_segmentations(out, data, "val", progress=False).result.confusion.miou()
+                results.setdefault("test_time", {}).setdefault(bench, {}).setdefault(source, {})[name] = 100 * miou
+                print(f"[test-time] {bench} from {source}, {name}: val mIoU {100 * miou:.2f}", flush=True)
+                _save(args.json, results)
+    return results
+
+
 def _read(path: Path) -> dict:
     return json.loads(Path(path).read_text()) if Path(path).exists() else {}
 
@@ -200,6 +226,17 @@ def print_table(path: Path) -> None:
                 print(f"{bench}: from dcsm-crf's plain pseudo-labels (no pixel left out) val mIoU "
                       f"{rows['pseudo-plain']['val_miou']:.1f}, against {rows['pseudo']['val_miou']:.1f} from the "
                       "confident ones (reported only, not used to choose)")
+    if results.get("test_time"):
+        print("\ntest time (val mIoU of the goal networks; weak/full at the same test time)")
+        print("| benchmark | test time | dcsm-crf val | seg from dcsm-crf | gain | seg from ground truth | weak/full |\n"
+              "|---|---|---:|---:|---:|---:|---:|")
+        for bench, rows in results["test_time"].items():
+            base = quality[bench]["dcsm-crf"]
+            for name in TEST_TIMES:
+                pseudo, full = rows.get("pseudo", {}).get(name), rows.get("ground-truth", {}).get(name)
+                if pseudo is not None and full is not None:
+                    print(f"| {bench} | {name} | {base:.1f} | {pseudo:.1f} | {pseudo - base:+.1f} | {full:.1f} "
+                          f"| {pseudo / full:.2f} |")
     if results.get("speed_cpu"):
         speed = results["speed_cpu"]
         print(f"\ninference at 224 px ({speed['machine']}): seg {speed['seg_seconds']:.3f} s/img, dcsm-crf "
@@ -226,14 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--run", required=True, help="a classifier run (for dcsm-crf)")
     speed.add_argument("--seg-run", required=True, help="a train-seg run")
     speed.add_argument("--images", type=int, default=20)
+    test_time = commands.add_parser("test-time", help="the goal networks on val: plain, --tta, --tta --crf")
+    for bench in BENCHMARKS:
+        test_time.add_argument(f"--data-{bench}")
+    test_time.add_argument("--benchmarks", type=lambda text: text.split(","), default=list(BENCHMARKS))
+    test_time.add_argument("--work", required=True)
     commands.add_parser("table")
-    for sub in (train, speed, commands.choices["table"]):
+    for sub in (train, speed, test_time, commands.choices["table"]):
         sub.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     if args.command == "train":
         run_training(args)
     elif args.command == "speed":
         run_speed(args)
+    elif args.command == "test-time":
+        run_test_time(args)
     print_table(args.json)
     return 0
 
