@@ -108,8 +108,9 @@ def _stage2(out: Path, data_root: Path, run: Path, pseudo: Path, pseudo_method: 
         seg_run = out / "stage2" / row
         print(f"[demo] 7/8 training {row_title(row)} ({budget['images']} images, {budget['seg_epochs']} epochs, "
               f"{budget['crop_size']} px crops) into {seg_run}")
+        # val is scored once, below, not after every epoch: the demo's 8 minutes are tight
         train_segmentation(SegTrainOptions(data=str(data_root), out=str(seg_run), split=PSEUDO_SPLIT, resume=True,
-                                           progress=progress, epochs=budget["seg_epochs"],
+                                           val_split=None, progress=progress, epochs=budget["seg_epochs"],
                                            crop_size=budget["crop_size"], **labels))
         _score(row, out, data_root, _segmenting(SplitSource(seg_run, data_root, "val"), SegmentOptions("seg"), progress),
                results, "7/8")
