@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> dict:
               "start": config.init["source"], "trainrest_miou": round(100 * miou, 2),
               "seconds": round(time.perf_counter() - started)}
     stored = json.loads(args.json.read_text()) if args.json.exists() else []
+    if not isinstance(stored, list):
+        raise SystemExit(f"{args.json}: not a list of stage2_recipe runs; give another --json")
     args.json.write_text(json.dumps(stored + [result], indent=1) + "\n")
     print(json.dumps(result), flush=True)
     return result
