@@ -190,6 +190,7 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
         previous = SegRunConfig.load(out)
         # the weights come from the checkpoint: an explicit --init-from must be the run's, auto is
         config.init = previous.init if options.init_from == "auto" else start_record(start)
+        start_note = f"backbone as the run began ({config.init.get('source')}), its weights from last.pt"
         refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         if len(history) >= options.epochs:
