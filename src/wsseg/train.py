@@ -30,9 +30,9 @@ from wsseg.io import write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, drop_bad, EpochSteps, head_optimizer, place,
-                            precision_name, refuse_changed, resolve_workers, restore, resume_checkpoint, synchronize,
-                            training_autocast, training_run)
+from wsseg.training import (PRECISIONS, check_shared_options, deterministic_on_cpu, drop_bad, EpochSteps,
+                            head_optimizer, place, precision_name, refuse_changed, resolve_workers, restore,
+                            resume_checkpoint, synchronize, training_autocast, training_run)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -112,6 +112,7 @@ MAX_IMAGE_SIZE = 1024
 
 
 def _check_options(options: TrainOptions) -> None:
+    check_shared_options(options.seed, options.precision, options.scale_range)
     for name in ("epochs", "batch_size"):
         if getattr(options, name) < 1:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
@@ -127,17 +128,10 @@ def _check_options(options: TrainOptions) -> None:
         raise WssegError("--lr and --head-lr-scale must be positive")
     if options.weight_decay < 0:
         raise WssegError("--weight-decay must not be negative")
-    if not 0 <= options.seed < 2 ** 32:
-        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
     if options.stop_after is not None and options.stop_after < 1:
         raise WssegError(f"--stop-after {options.stop_after}: must be at least 1")
     if options.patience is not None and options.patience < 1:
         raise WssegError("--patience must be at least 1 (or 'none')")
-    low, high = options.scale_range
-    if not 0 < low <= high:
-        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
-    if options.precision not in PRECISIONS:
-        raise WssegError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
 

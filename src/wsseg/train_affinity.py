@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -39,8 +38,9 @@ from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read_history, save_checkpoint
 from wsseg.outputs import claimed_output
 from wsseg.train_options import AFFINITY_DEFAULTS
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, place, precision_name, pseudo_label_source,
-                            read_pseudo_record, resolve_workers, restore, synchronize, training_autocast)
+from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
+                            pseudo_label_source, read_pseudo_record, resolve_workers, restore, synchronize,
+                            training_autocast)
 
 AFFINITY_HISTORY = "affinity-history.json"
 
@@ -80,6 +80,7 @@ _RESUME_MUST_MATCH = ("epochs", "batch_size", "lr", "weight_decay", "image_size"
 
 
 def _check_options(options: AffinityOptions) -> None:
+    check_shared_options(options.seed, options.precision, options.scale_range)
     for name in ("epochs", "batch_size", "radius"):
         if getattr(options, name) < 1:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
@@ -91,13 +92,6 @@ def _check_options(options: AffinityOptions) -> None:
         raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
     if options.limit is not None and options.limit < 1:
         raise WssegError(f"--limit {options.limit}: must be at least 1")
-    if not 0 <= options.seed < 2 ** 32:
-        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
-    if options.precision not in PRECISIONS:
-        raise WssegError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
-    low, high = options.scale_range
-    if not 0 < low <= high:
-        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
 
 
 @dataclass
@@ -223,8 +217,8 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
                        f"affinity epoch {epoch + 1}/{options.epochs}", options.progress and group.is_main)
     device = group.device
     started = time.perf_counter()
-    losses: list[float] = []
-    groups = {"bg": [], "fg": [], "neg": []}
+    losses: list[torch.Tensor] = []
+    groups: dict[str, list[torch.Tensor]] = {"bg": [], "fg": [], "neg": []}
     seen = 0
     for step, images, labels in steps:
         images = images.to(device, non_blocking=True)
@@ -240,18 +234,22 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
         session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         session.optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         for name, value in parts.items():
             groups[name].append(value)
         seen += len(images)
-        if step % 10 == 0:
-            steps.bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if step % 10 == 0:  # reading the loss waits for the GPU: not at every step
+            steps.bar.set_postfix(loss=f"{float(torch.stack(losses[-20:]).mean()):.4f}")
     synchronize(device)
     seconds = time.perf_counter() - started
-    return {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-            **{f"loss_{name}": float(np.mean(values)) if values else float("nan") for name, values in groups.items()},
+    return {"epoch": epoch + 1, "loss": _mean(losses),
+            **{f"loss_{name}": _mean(values) for name, values in groups.items()},
             "images_per_second": seen * group.world_size / seconds, "seconds": seconds, "skipped": steps.skipped,
             "precision": precision_name(session.autocast_dtype), "loader_wait_seconds": float(sum(steps.waits))}
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    return float(torch.stack(values).double().mean()) if values else float("nan")
 
 
 def _checkpoint(session: _Session, epoch: int, record: dict) -> None:

@@ -39,7 +39,7 @@ from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_seg
                                  init_backbone_from_classifier, start_record)
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (PRECISIONS, deterministic_on_cpu, EpochSteps, head_optimizer, place, precision_name,
+from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place, precision_name,
                             pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers, restore,
                             resume_checkpoint, synchronize, training_autocast, training_run)
 
@@ -105,6 +105,7 @@ def backbone_start(options: SegTrainOptions, labels_record: dict[str, Any]) -> t
 
 
 def _check_options(options: SegTrainOptions) -> None:
+    check_shared_options(options.seed, options.precision, options.scale_range)
     for name in ("epochs", "batch_size"):
         if getattr(options, name) < 1:
             raise WssegError(f"--{name.replace('_', '-')} must be at least 1")
@@ -117,15 +118,8 @@ def _check_options(options: SegTrainOptions) -> None:
         raise WssegError("--lr and --head-lr-scale must be positive, --weight-decay not negative")
     if options.head not in HEADS:
         raise WssegError(f"--head {options.head!r}: choose from {', '.join(HEADS)}")
-    if options.precision not in PRECISIONS:
-        raise WssegError(f"--precision {options.precision!r}: choose from {', '.join(PRECISIONS)}")
-    low, high = options.scale_range
-    if not 0 < low <= high:
-        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
-    if not 0 <= options.seed < 2 ** 32:
-        raise WssegError(f"--seed {options.seed}: must be from 0 to 2**32 - 1")
 
 
 def train_segmentation(options: SegTrainOptions) -> list[dict]:

@@ -54,6 +54,17 @@ def resolve_workers(requested: int | None, device: torch.device, local_world_siz
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+def check_shared_options(seed: int, precision: str, scale_range: tuple[float, float]) -> None:
+    """The option checks every trainer shares, with one message each whichever trainer it is."""
+    if not 0 <= seed < 2 ** 32:
+        raise WssegError(f"--seed {seed}: must be from 0 to 2**32 - 1")
+    if precision not in PRECISIONS:
+        raise WssegError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
+
+
 def training_autocast(device: torch.device, precision: str = "auto", bf16_supported: bool | None = None
                       ) -> torch.dtype | None:
     """The autocast dtype of the training forward pass, None for plain float32.

@@ -192,10 +192,12 @@ def pair_targets(labels: torch.Tensor, radius: int) -> PairTargets:
     return PairTargets(background, foreground, different)
 
 
-def affinity_loss(affinities: Sequence[torch.Tensor], targets: PairTargets) -> tuple[torch.Tensor, dict[str, float]]:
+def affinity_loss(affinities: Sequence[torch.Tensor], targets: PairTargets
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """psa's balanced loss: the mean -log a over background pairs / 4, over foreground pairs / 4,
     and the mean -log(1 - a) over pairs of different labels / 2 (each group averaged on its own,
-    so the many background pairs do not drown the others); an empty group adds 0."""
+    so the many background pairs do not drown the others); an empty group adds 0. The groups'
+    losses come back detached, on the device (reading them would wait for a GPU)."""
     def mean_over(group: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         total = sum((v * m).sum() for v, m in zip(values, group))
         count = sum(m.sum() for m in group)
@@ -207,7 +209,7 @@ def affinity_loss(affinities: Sequence[torch.Tensor], targets: PairTargets) -> t
              for name, group in (("bg", targets.background), ("fg", targets.foreground), ("neg", targets.different))}
     bg, fg, neg = mean_over(masks["bg"], attract), mean_over(masks["fg"], attract), mean_over(masks["neg"], repel)
     loss = bg / 4 + fg / 4 + neg / 2
-    return loss, {"bg": float(bg.detach()), "fg": float(fg.detach()), "neg": float(neg.detach())}
+    return loss, {"bg": bg.detach(), "fg": fg.detach(), "neg": neg.detach()}
 
 
 def label_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
