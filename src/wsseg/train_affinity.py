@@ -39,8 +39,8 @@ from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read
 from wsseg.outputs import claimed_output
 from wsseg.train_options import AFFINITY_DEFAULTS
 from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
-                            pseudo_label_source, read_pseudo_record, resolve_workers, restore, synchronize,
-                            training_autocast)
+                            pseudo_label_source, read_pseudo_record, resolve_workers, restore, resumed_history,
+                            synchronize, training_autocast)
 
 AFFINITY_HISTORY = "affinity-history.json"
 
@@ -169,13 +169,10 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
             raise WssegError(f"{run / AFFINITY_RECORD}: cannot resume with other settings than the run's "
                              f"({', '.join(changed)} differ); train again without --resume")
         state = read_checkpoint(run / AFFINITY_FILE)
-        history = read_history(run, AFFINITY_HISTORY)[: int(state["epoch"]) + 1]
-        if len(history) >= options.epochs:
-            if group.is_main:
-                print(f"[train-affinity] {run / AFFINITY_FILE} finished after epoch {len(history)}; nothing to do")
+        history = resumed_history(read_history(run, AFFINITY_HISTORY), int(state["epoch"]), options.epochs,
+                                  "train-affinity", run / AFFINITY_FILE, group.is_main)
+        if history is None:
             return None
-        if group.is_main:
-            print(f"[train-affinity] resuming {run / AFFINITY_FILE} after epoch {len(history)}")
 
     torch.manual_seed(options.seed)
     head = config.build()

@@ -39,9 +39,9 @@ from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_seg
                                  init_backbone_from_classifier, start_record)
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place, precision_name,
-                            pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers, restore,
-                            resume_checkpoint, synchronize, training_autocast, training_run)
+from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
+                            precision_name, pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers,
+                            restore, resume_checkpoint, resumed_history, synchronize, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
@@ -186,13 +186,10 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
         config.init = previous.init if options.init_from == "auto" else start_record(start)
         start_note = f"backbone as the run began ({config.init.get('source')}), its weights from last.pt"
         refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
-        history = read_history(out)[:int(resume_state["epoch"]) + 1]
-        if len(history) >= options.epochs:
-            if group.is_main:
-                print(f"[train-seg] {out} finished after epoch {len(history)}; nothing to do")
+        history = resumed_history(read_history(out), int(resume_state["epoch"]), options.epochs, "train-seg", out,
+                                  group.is_main)
+        if history is None:
             return None
-        if group.is_main:
-            print(f"[train-seg] resuming {out} after epoch {len(history)}")
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train-seg] no checkpoint to resume in {out}; starting fresh")
 

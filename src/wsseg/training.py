@@ -195,6 +195,20 @@ def training_run(device: str | None, out: str | Path, data: str | Path, masks: s
         yield group
 
 
+def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what: str | Path,
+                    is_main: bool) -> list[dict] | None:
+    """The history of a run resumed from its checkpoint of ``epoch`` (0-based; records written
+    after it are dropped), saying so on rank 0; None when the run had already finished."""
+    history = records[:epoch + 1]
+    if len(history) >= epochs:
+        if is_main:
+            print(f"[{tag}] {what} finished after epoch {len(history)}; nothing to do")
+        return None
+    if is_main:
+        print(f"[{tag}] resuming {what} after epoch {len(history)}")
+    return history
+
+
 PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
 # what a trainer records of it: where the pseudo-labels it learnt from came from
 _PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
