@@ -1,8 +1,11 @@
 """Seconds per image of every segmentation method at 224 px on this machine, split by stage.
 
 Uses the default backbone with 20 classes (as PASCAL VOC), 2 classes per image, batches of 8
-natural-looking images (crops of the bundled photographs). Usage:
+natural-looking images (crops of the bundled photographs). ``--size 640x480`` times a photo of
+that size (width x height); ``--trained-at N`` times the classifier as a run trained at N px
+sees it (the map methods then compute at most at N px, their default, and up-sample). Usage:
     .venv/bin/python benchmarks/segment_speed.py [--size 224] [--images 16] [--scales 1]
+    .venv/bin/python benchmarks/segment_speed.py --size 640x480 --trained-at 256 --methods cam,dcsm,dcsm-crf
     .venv/bin/python benchmarks/segment_speed.py --voc-sizes --methods cam,dcsm,dcsm-crf
 """
 
@@ -30,7 +33,9 @@ from wsseg.registry import SEGMENT_METHODS
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", default="224", help="side, or WIDTHxHEIGHT (default 224)")
+    parser.add_argument("--trained-at", type=int, default=None,
+                        help="the classifier's training side (the maps' default resolution cap; default: none)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--scales", default="1", help="DCSM/CAM scales, comma-separated (default 1: one scale)")
@@ -42,8 +47,10 @@ def main() -> None:
     scales = tuple(float(s) for s in args.scales.split(","))
     torch.manual_seed(0)
     model = build_classifier(20).eval()
+    model.input_size = args.trained_at
     photos = load_backgrounds()
-    shapes = [(args.size, args.size)] * args.images
+    width, _, height = args.size.partition("x")
+    shapes = [(int(height or width), int(width))] * args.images
     if args.voc_sizes:
         rng_sizes = np.random.default_rng(1)
         shorter = rng_sizes.choice([375, 333, 281, 300, 353, 400, 500], size=args.images)
@@ -70,6 +77,7 @@ def main() -> None:
         total = (time.perf_counter() - started) / args.images
         rows.append((name, total, {k: v / args.images for k, v in timings.items()}))
     sizes = "VOC-like sizes (longer side 500), one image per batch" if args.voc_sizes else f"{args.size} px"
+    sizes += f", classifier trained at {args.trained_at} px" if args.trained_at else ""
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {sizes}, "
           f"{args.images} images in blocks of {args.batch}, 2 classes each, scales {scales}")
     stage_names = sorted({stage for _, _, stages in rows for stage in stages})

@@ -193,3 +193,33 @@ def test_folding_batch_norms_changes_dcsm_only_by_rounding() -> None:
     exact = dcsm(fcn, images, [[0, 1], [2]], scales=(1.0,), fold_bn=False)
     torch.testing.assert_close(folded.maps, exact.maps, atol=2e-3, rtol=0)
     assert all("forward" not in m.__dict__ for m in fcn.modules())
+
+
+@pytest.mark.parametrize("method", [CAM(), DCSM(scales=(1.0,))])
+def test_maps_are_computed_at_the_classifiers_training_side_and_returned_at_the_images(fcn, method) -> None:
+    """By default (max_side "auto") a classifier trained at 64 px computes a 128 px image's maps at
+    64 px and up-samples them; max_side=None computes at 128 px, and a model of unknown training
+    side is never capped."""
+    from wsseg.maps.resolution import grow, shrink
+
+    torch.manual_seed(1)
+    images = torch.rand(1, 3, 128, 96)
+    classes = [[0, 2]]
+    fcn.input_size = 64
+    try:
+        capped = method.normalize(method(fcn, images, classes))
+        full = method.normalize(method.with_max_side(None)(fcn, images, classes))
+        by_hand = method.normalize(grow(method.with_max_side(None)(fcn, shrink(images, 64), classes), (128, 96)))
+    finally:
+        fcn.input_size = None
+    assert capped.shape == full.shape == (1, 2, 128, 96)
+    assert torch.allclose(capped, by_hand, atol=1e-4)
+    assert (capped - full).abs().max() > 0.05
+    assert torch.equal(method.normalize(method(fcn, images, classes)), full)  # input_size None: the image's own size
+
+
+def test_a_map_side_too_small_to_locate_anything_is_refused() -> None:
+    with pytest.raises(WssegError, match="map side"):
+        DCSM(max_side=8)
+    with pytest.raises(WssegError, match="map side"):
+        CAM(max_side="big")

@@ -167,3 +167,57 @@ def test_validation_scores_do_not_depend_on_batch_neighbours_or_padding(tmp_path
         alone = [torch.sigmoid(model(to_tensor(resize_longer_side(dataset.load_image(i), 64))[None]))[0].numpy()
                  for i in dataset.ids]
     assert np.allclose(scores, np.stack(alone), atol=1e-5)
+
+
+def _backbone_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in weights.items() if k.startswith("backbone.")}
+
+
+def test_linear_probe_epochs_leave_the_backbone_as_pretrained(bench: Path, tmp_path: Path) -> None:
+    """--probe-epochs: during the probe only the head learns; afterwards the backbone moves too."""
+    from wsseg.models import build_classifier
+
+    pretrained = _backbone_state(build_classifier(6).state_dict())
+    train(TrainOptions(data=str(bench), out=str(tmp_path / "probe"), epochs=2, stop_after=1, probe_epochs=1,
+                       val_split=None, **TINY))
+    probed = _weights(tmp_path / "probe")
+    assert all(torch.equal(probed[k], pretrained[k]) for k in pretrained)  # weights and BN statistics alike
+    assert not torch.equal(probed["classifier.weight"], build_classifier(6).state_dict()["classifier.weight"])
+    train(TrainOptions(data=str(bench), out=str(tmp_path / "probe"), epochs=2, probe_epochs=1, val_split=None,
+                       resume=True, **TINY))
+    tuned = _weights(tmp_path / "probe")
+    assert any(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
+
+
+def test_frozen_batchnorm_makes_micro_batches_the_same_step(bench: Path, tmp_path: Path, monkeypatch) -> None:
+    """With --freeze-bn, a step on micro-batches of 2 equals the step on the whole batch of 4 (the
+    memory saving changes no result but drop-connect's random draws, switched off here), and the
+    batch-norm statistics stay the pretrained ones."""
+    import wsseg.train as trainer
+    from wsseg.models import build_classifier
+
+    def without_drop_connect(*args, **kwargs):
+        model = build_classifier(*args, **kwargs)
+        model.backbone.drop_connect_rate = 0.0
+        return model
+
+    monkeypatch.setattr(trainer, "build_classifier", without_drop_connect)
+
+    common = dict(data=str(bench), epochs=1, val_split=None, freeze_bn=True, **TINY)
+    train(TrainOptions(out=str(tmp_path / "whole"), micro_batch=4, **common))
+    train(TrainOptions(out=str(tmp_path / "parts"), micro_batch=2, **common))
+    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    # float summation order only: Adam's steps are 1e-3, the parts' weights agree to 1e-4
+    assert all(torch.allclose(whole[k], parts[k], atol=1e-4) for k in whole)
+    pretrained = build_classifier(6).state_dict()
+    assert all(torch.equal(whole[k], pretrained[k]) for k in whole if k.endswith(("running_mean", "running_var")))
+
+
+def test_recipe_options_are_recorded_and_a_changed_one_refuses_resume(bench: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(TrainOptions(data=str(bench), out=str(run), epochs=2, stop_after=1, probe_epochs=1, val_split=None, **TINY))
+    config = json.loads((run / "config.json").read_text())
+    assert config["probe_epochs"] == 1 and config["freeze_bn"] is False
+    code = main(["train", "--data", str(bench), "--out", str(run), "--epochs", "2", "--image-size", "64",
+                 "--batch-size", "4", "--val-split", "none", "--resume", "--quiet", "--freeze-bn", "--probe-epochs", "1"])
+    assert code == 2 and "freeze_bn" in capsys.readouterr().err

@@ -387,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=_patience, default=_TRAIN_DEFAULTS.patience,
                        help="stop when val mAP has not improved for this many epochs, or 'none' "
                             f"(default {_TRAIN_DEFAULTS.patience}); model.pt always keeps the best epoch")
+    train.add_argument("--micro-batch", type=int, default=None, metavar="N",
+                       help="images per forward pass; their gradients add up to one step of --batch-size "
+                            "(default auto: the whole batch on a GPU; on a CPU 4 crops of 512 px, 16 of 256, "
+                            "which keeps training at 512 px near 3 GB)")
+    train.add_argument("--probe-epochs", type=int, default=_TRAIN_DEFAULTS.probe_epochs,
+                       help="train only the new head for this many epochs first (a linear probe: the backbone "
+                            f"and its batch-norm statistics stay as pretrained), then fine-tune everything "
+                            f"(default {_TRAIN_DEFAULTS.probe_epochs})")
+    train.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=_TRAIN_DEFAULTS.freeze_bn,
+                       help="keep the backbone's pretrained batch-norm statistics while fine-tuning "
+                            f"(default {'on' if _TRAIN_DEFAULTS.freeze_bn else 'off'})")
 
     train_seg = command("train-seg", _cmd_train_seg,
                         "stage 2: train a segmentation network on pseudo-labels (or on ground truth: the bound)")

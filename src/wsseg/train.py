@@ -134,11 +134,16 @@ def _check_options(options: TrainOptions) -> None:
         raise WssegError("--patience must be at least 1 (or 'none')")
     if not 0 <= options.jitter < 1:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
+    if options.micro_batch is not None and options.micro_batch < 1:
+        raise WssegError(f"--micro-batch {options.micro_batch}: must be at least 1")
+    if not 0 <= options.probe_epochs < options.epochs:
+        raise WssegError(f"--probe-epochs {options.probe_epochs}: must be at least 0 and below --epochs "
+                         f"({options.epochs}), or nothing but the head would ever learn")
 
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
-                      "seed")
+                      "seed", "probe_epochs", "freeze_bn")
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
@@ -188,6 +193,7 @@ class _Session:
     workers: int
     autocast_dtype: torch.dtype | None  # mixed precision of the training forward pass (None: float32)
     scaler: torch.amp.GradScaler  # enabled for float16 only
+    micro_batch: int  # images per forward/backward pass; their gradients add up to the batch's step
 
     @property
     def out(self) -> Path:
@@ -261,7 +267,23 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
               f"{workers} loader worker(s) per process", flush=True)
     return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
-                    workers=workers, autocast_dtype=autocast_dtype, scaler=scaler)
+                    workers=workers, autocast_dtype=autocast_dtype, scaler=scaler,
+                    micro_batch=micro_batch_size(options, group.device))
+
+
+# On a CPU a step forwards at most this many pixels at once: 4 crops of 512 px (the default size
+# for photographs) peak near 3 GB where the whole batch of 16 needed 9.4 GB (benchmarks/train_memory.py)
+CPU_MICRO_BATCH_PIXELS = 4 * 512 * 512
+
+
+def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
+    """Images per forward pass: ``--micro-batch``, else on a CPU as many crops as fit
+    CPU_MICRO_BATCH_PIXELS (the whole batch at small sizes), on a GPU the whole batch."""
+    if options.micro_batch is not None:
+        return min(options.micro_batch, options.batch_size)
+    if device.type != "cpu":
+        return options.batch_size
+    return max(1, min(options.batch_size, CPU_MICRO_BATCH_PIXELS // (options.image_size or 512) ** 2))
 
 
 def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
@@ -315,20 +337,30 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     steps = EpochSteps(session.loader, session.net, session.optimizer, session.base_lrs, epoch, options.epochs,
                        session.steps_per_epoch, options.seed, options.skip_bad, f"epoch {epoch + 1}/{options.epochs}",
                        options.progress and group.is_main)
+    probing = epoch < options.probe_epochs
+    if probing:  # the linear probe: the backbone does not move; AdamW at lr 0 leaves it as it is
+        steps.base_lrs = [0.0, *session.base_lrs[1:]]
+    if probing or options.freeze_bn:
+        freeze_batchnorm(session.model.backbone)
     started = time.perf_counter()
     losses: list[torch.Tensor] = []
     seen, first_step_seconds = 0, 0.0
     device = group.device
     for step, inputs, targets in steps:
         inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
-            logits = session.net(inputs)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.to(device, non_blocking=True))
-        if not torch.isfinite(loss):  # nothing after this would be worth keeping
-            raise WssegError(f"training diverged: the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
-                             f"lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
+        targets = targets.to(device, non_blocking=True)
         session.optimizer.zero_grad(set_to_none=True)
-        session.scaler.scale(loss).backward()
+        loss = inputs.new_zeros((), dtype=torch.float32)
+        # micro-batches: the gradients of the parts add up to the whole batch's (the loss is a mean)
+        for part in torch.split(torch.arange(len(inputs)), session.micro_batch):
+            with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
+                logits = session.net(inputs[part])
+            part_loss = F.binary_cross_entropy_with_logits(logits.float(), targets[part]) * (len(part) / len(inputs))
+            if not torch.isfinite(part_loss):  # nothing after this would be worth keeping
+                raise WssegError(f"training diverged: the loss is {float(part_loss.detach())} at epoch {epoch + 1}, "
+                                 f"step {step + 1}; lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
+            session.scaler.scale(part_loss).backward()
+            loss = loss + part_loss.detach()
         session.scaler.step(session.optimizer)
         session.scaler.update()
         losses.append(loss.detach())
@@ -343,6 +375,15 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
             "seconds": seconds, "skipped": steps.skipped, "precision": precision_name(session.autocast_dtype),
             "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(steps.waits))}
+
+
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Batch norms in eval mode: they normalise with their stored (pretrained) statistics and
+    stop updating them. A batch of a few photos per class gives noisy statistics, and frozen ones
+    make a step on micro-batches the same as one on the whole batch."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:

@@ -30,12 +30,19 @@ class TrainOptions:
     output_stride: int = 16
     epochs: int = 30  # the chosen recipe peaked at epochs 22-23 of 30 on all four settings (docs/method.md 1.1)
     batch_size: int = 16
+    # images per forward pass, their gradients summed into one step of batch_size (None: auto, the
+    # whole batch on a GPU, on a CPU as many as keep a 512 px step near 3 GB; wsseg.train.micro_batch_size)
+    micro_batch: int | None = None
     lr: float = 1e-3  # the pretrained backbone's; the new head learns head_lr_scale times faster
     head_lr_scale: float = 10.0
     weight_decay: float = 1e-4
     scale_range: tuple[float, float] = (0.5, 1.5)  # random rescale of the longer side around image_size
     jitter: float = 0.4  # colour jitter strength (brightness, contrast, saturation factors 1 +- jitter)
     patience: int | None = 8  # stop when val mAP has not improved for this many epochs (None: never)
+    # a linear probe first: for this many epochs only the new head learns (the backbone and its
+    # batch-norm statistics stay as pretrained), then everything is fine-tuned (LP-FT)
+    probe_epochs: int = 0
+    freeze_bn: bool = False  # the backbone's batch norms keep their pretrained statistics throughout
     seed: int = 0
     workers: int | None = None  # loader processes; None (auto): 0 on a CPU, min(8, cores per rank - 1) on CUDA
     # the training forward pass: auto = bf16 on a CUDA GPU that has it, else fp16; fp32 on a CPU

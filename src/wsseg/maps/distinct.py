@@ -113,10 +113,11 @@ def finish_matconvnet(sums: torch.Tensor, valid: torch.Tensor, sharpness: float 
 def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],
          scales: Sequence[float] | None = None, layers: Sequence[str] | None = None,
          variant: str = "matconvnet", threshold: float = 0.5, min_candidates: int | None = None,
-         sharpness: float = 3.0, fold_bn: bool = True) -> DCSMResult:
+         sharpness: float = 3.0, fold_bn: bool = True, guided: bool = True) -> DCSMResult:
     """Distinct class-specific saliency maps of ``classes`` (0-based, per image) for ``images``.
 
-    ``fold_bn`` folds batch norms into convolutions while computing (faster; float rounding only).
+    ``fold_bn`` folds batch norms into convolutions while computing (faster; float rounding only);
+    ``guided=False`` takes plain gradients instead of guided back-propagation's (for comparison).
     """
     require_fcn(model, "dcsm")
     if variant not in VARIANTS:
@@ -128,7 +129,7 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
     minimum = min_candidates if min_candidates is not None else (3 if caffe else 4)
     names = list(layers or model.saliency_layers)
     batch, size = images.shape[0], images.shape[2:]
-    with inference_state(model), guided_relus(model), \
+    with inference_state(model), (guided_relus(model) if guided else contextlib.nullcontext()), \
             (folded_batchnorm(model) if fold_bn else contextlib.nullcontext()):
         passes = [forward_pass(model, images, names, scale) for scale in scales]
         scores = torch.stack([torch.sigmoid(p.logits.detach()) for p in passes], dim=1)  # [N, S, C]

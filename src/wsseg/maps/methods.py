@@ -24,6 +24,7 @@ from wsseg.maps.distinct import DCSMResult, dcsm
 from wsseg.maps.gradient import gradient_maps, guided_maps
 from wsseg.maps.layers import layer_maps
 from wsseg.maps.normalize import normalize_maps
+from wsseg.maps.resolution import MaxSide, check_max_side, grow, resolve_max_side, shrink
 from wsseg.registry import MAP_METHOD_NAMES
 
 Classes = Sequence[Sequence[int]]
@@ -89,10 +90,23 @@ class Layers(MapMethod):
 
 @dataclass(frozen=True)
 class _Scaled(MapMethod):
+    """A method with input scales, computed on the image shrunk to ``max_side`` (wsseg.maps.resolution:
+    "auto" = the side the classifier was trained at, None = the image's own size)."""
+
     scales: tuple[float, ...] | None = None
+    max_side: MaxSide = "auto"
+
+    def __post_init__(self) -> None:
+        check_max_side(self.max_side)
 
     def with_scales(self, scales: Sequence[float] | None) -> MapMethod:
         return self if scales is None else dataclasses.replace(self, scales=tuple(scales))
+
+    def with_max_side(self, max_side: MaxSide) -> MapMethod:
+        return dataclasses.replace(self, max_side=max_side)
+
+    def _inputs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return shrink(images, resolve_max_side(model, self.max_side))
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,7 @@ class CAM(_Scaled):
     scales: tuple[float, ...] | None = (1.0,)
 
     def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
-        return cam_maps(model, images, classes, self.scales or (1.0,))
+        return grow(cam_maps(model, self._inputs(model, images), classes, self.scales or (1.0,)), images.shape[-2:])
 
 
 @dataclass(frozen=True)
@@ -130,11 +144,14 @@ class DCSM(_Scaled):
     sharpness: float = 3.0
     fold_bn: bool = True
     normalization: str = "linear-minmax"
+    guided: bool = True
 
     def result(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> DCSMResult:
-        """The full :class:`DCSMResult` (class-agnostic map, candidates, scores)."""
-        return dcsm(model, images, classes, self.scales, self.layers, self.variant, self.threshold,
-                    self.min_candidates, self.sharpness, self.fold_bn)
+        """The full :class:`DCSMResult` (class-agnostic map, candidates, scores), its maps at the image's size."""
+        result = dcsm(model, self._inputs(model, images), classes, self.scales, self.layers, self.variant,
+                      self.threshold, self.min_candidates, self.sharpness, self.fold_bn, self.guided)
+        size = images.shape[-2:]
+        return dataclasses.replace(result, maps=grow(result.maps, size), agnostic=grow(result.agnostic, size))
 
     def __call__(self, model: nn.Module, images: torch.Tensor, classes: Classes) -> torch.Tensor:
         return self.result(model, images, classes).maps
@@ -145,6 +162,7 @@ class DCSM(_Scaled):
         return result.maps, {"agnostic": result.agnostic}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.normalization not in DCSM_NORMALIZATIONS:
             raise WssegError(f"unknown DCSM normalisation {self.normalization!r}; "
                              f"choose from {', '.join(DCSM_NORMALIZATIONS)}")

@@ -55,6 +55,9 @@ class FCNClassifier(nn.Module):
         self.classifier = nn.Conv2d(backbone.out_channels, num_classes, kernel_size=1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
+        # the crop side it was trained at (RunConfig.image_size, set by load_run; None: unknown): the map
+        # methods compute at most at this side by default, the scale at which it learnt its objects
+        self.input_size: int | None = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

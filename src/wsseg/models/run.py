@@ -44,6 +44,8 @@ class RunConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     jitter: float = 0.0
     patience: int | None = None
+    probe_epochs: int = 0
+    freeze_bn: bool = False
     seed: int = 0
     split: str = "train"
     val_split: str | None = "val"
@@ -84,7 +86,7 @@ class RunConfig:
 
 
 _NUMBERS = {"lse_r", "lr", "head_lr_scale", "weight_decay", "jitter"}
-_INTEGERS = {"image_size", "output_stride", "epochs", "batch_size", "seed"}
+_INTEGERS = {"image_size", "output_stride", "epochs", "batch_size", "seed", "probe_epochs"}
 _STRINGS = {"backbone", "pooling", "split", "data", "masks"}
 
 
@@ -110,6 +112,8 @@ def _field_problem(name: str, value: Any) -> str | None:
             "must be a whole number or null"
     if name == "val_split":
         return None if value is None or isinstance(value, str) else "must be a string or null"
+    if name == "freeze_bn":
+        return None if isinstance(value, bool) else "must be true or false"
     if name == "extra":
         return None if isinstance(value, dict) else "must be an object"
     return None
@@ -175,6 +179,7 @@ def load_run(run: str | Path, map_location: str | torch.device = "cpu") -> tuple
     except RuntimeError as exc:
         raise WssegError(f"{Path(run) / 'model.pt'}: weights do not fit the {config.backbone} classifier with "
                          f"{len(config.classes)} classes described in config.json ({str(exc).splitlines()[0]})") from None
+    model.input_size = config.image_size
     return model.to(map_location).eval(), config
 
 

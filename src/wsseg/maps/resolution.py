@@ -1,0 +1,59 @@
+"""Class maps at a capped resolution: the map methods compute on the image shrunk to at most
+``max_side`` pixels on its longer side and up-sample their raw maps to the image.
+
+Why: a classifier trained on crops of S pixels learnt its objects at that scale, and its maps
+have the resolution of its output stride whatever the input size; on a 640x480 photograph
+through a classifier trained at 256 px, computing at full size costs about six times the time
+of computing at 256 (DCSM's backward passes and its per-pixel distinct sums scale with the
+pixel count) for maps that the CRF then refines at full resolution anyway.
+``"auto"`` takes the side the classifier was trained at (``FCNClassifier.input_size``, set from
+the run's config.json), ``None`` computes at the image's own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsseg.errors import WssegError
+
+MaxSide = int | str | None
+# below this the backbones' strided convolutions leave too few score-map cells to locate anything
+MIN_MAP_SIDE = 32
+
+
+def check_max_side(max_side: MaxSide) -> None:
+    """``max_side`` is "auto", None or a whole number of pixels >= MIN_MAP_SIDE."""
+    if max_side is None or max_side == "auto":
+        return
+    if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < MIN_MAP_SIDE:
+        raise WssegError(f"map side {max_side!r}: give 'auto', 'none' or a whole number of pixels >= {MIN_MAP_SIDE}")
+
+
+def resolve_max_side(model: nn.Module, max_side: MaxSide) -> int | None:
+    """The side to compute at: ``"auto"`` -> the classifier's training side (None when unknown)."""
+    if max_side == "auto":
+        return getattr(model, "input_size", None)
+    return max_side  # type: ignore[return-value]
+
+
+def shrink(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """[N, 3, H, W] images scaled (anti-aliased) so the longer side is at most ``max_side``."""
+    height, width = images.shape[-2:]
+    if max_side is None or max(height, width) <= max_side:
+        return images
+    factor = max_side / max(height, width)
+    size = [max(1, round(height * factor)), max(1, round(width * factor))]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def grow(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """[N, K, h, w] (or [N, h, w]) maps bilinearly up-sampled to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    flat = maps.dim() == 3
+    grown = F.interpolate(maps.unsqueeze(1) if flat else maps, size=list(size), mode="bilinear", align_corners=False)
+    return grown[:, 0] if flat else grown
