@@ -15,6 +15,7 @@ from ../shared/data/coco97-voc (or --data); nothing is copied.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,11 @@ from wsseg.runner import iter_batches
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco97-voc"
-CRF_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65)
+CRF_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.5)
+# the CRF runs on a grid of at most this side (its spatial widths shrunk alike: CRFParams.max_side);
+# CRF_FULL_SIZE_VARIANTS also run it at full size, to show what the smaller grid costs
+CRF = dataclasses.replace(DEFAULT_CRF, max_side=320)
+CRF_FULL_SIZE_VARIANTS = ("cam", "dcsm (defaults)")
 Maps = Callable[[torch.nn.Module, torch.Tensor, list[list[int]]], torch.Tensor]
 
 
@@ -103,9 +108,15 @@ def collect(model: torch.nn.Module, dataset: VOCDataset, ids: Sequence[str], cho
     return records, {name: value / len(records) for name, value in seconds.items()}
 
 
-def crf_labels(image: np.ndarray, maps: np.ndarray, labels: list[int], threshold: float) -> np.ndarray:
-    refined = dense_crf(image, soft_probabilities(maps, threshold), DEFAULT_CRF)
-    return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+def crf_fuse(params) -> Callable[[np.ndarray, np.ndarray, list[int], float], np.ndarray]:
+    def fuse(image: np.ndarray, maps: np.ndarray, labels: list[int], threshold: float) -> np.ndarray:
+        refined = dense_crf(image, soft_probabilities(maps, threshold), params)
+        return np.array([0, *labels], np.uint8)[np.argmax(refined, axis=0)]
+    return fuse
+
+
+def threshold_fuse(image: np.ndarray, maps: np.ndarray, labels: list[int], threshold: float) -> np.ndarray:
+    return labels_from_maps(maps, labels, threshold)
 
 
 def curve(records: list[dict], name: str, grid: Sequence[float], fuse: Callable, num_labels: int) -> list[float]:
@@ -113,10 +124,7 @@ def curve(records: list[dict], name: str, grid: Sequence[float], fuse: Callable,
     for record in records:
         maps = record["maps"][name].astype(np.float32)
         for matrix, threshold in zip(matrices, grid):
-            if fuse is crf_labels:
-                matrix.update(crf_labels(record["image"], maps, record["labels"], threshold), record["truth"])
-            else:
-                matrix.update(labels_from_maps(maps, record["labels"], threshold), record["truth"])
+            matrix.update(fuse(record["image"], maps, record["labels"], threshold), record["truth"])
     return [100.0 * m.miou() for m in matrices]
 
 
@@ -156,9 +164,11 @@ def main() -> None:
     for name in records[0]["maps"]:
         started = time.perf_counter()
         entry = {"seconds_per_image": seconds.get(name),
-                 "threshold": curve(records, name, THRESHOLD_GRID, labels_from_maps, num_labels)}
+                 "threshold": curve(records, name, THRESHOLD_GRID, threshold_fuse, num_labels)}
         if not args.no_crf:
-            entry["crf"] = curve(records, name, CRF_THRESHOLDS, crf_labels, num_labels)
+            entry["crf"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(CRF), num_labels)
+            if name in CRF_FULL_SIZE_VARIANTS:
+                entry["crf_full_size"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(DEFAULT_CRF), num_labels)
         result["variants"][name] = entry
         print(f"{name}: best {max(entry['threshold']):.1f}" + (f", crf {max(entry['crf']):.1f}" if "crf" in entry else "")
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -171,17 +181,19 @@ def print_table(result: dict) -> None:
     grid, crf_grid = result["threshold_grid"], result["crf_grid"]
     print(f"\n{result['images']} images of {result['split']} ({result['data']}), true labels; classifier trained at "
           f"{result['image_size']} px; mIoU %")
-    print("| variant | maps s/img | thresholded: best (threshold) | + dense CRF: best (threshold) |")
-    print("|---|---:|---:|---:|")
+    print(f"| variant | maps s/img | thresholded: best (threshold) | + dense CRF at {CRF.max_side} px: best "
+          "(threshold) | + dense CRF at full size |")
+    print("|---|---:|---:|---:|---:|")
     for name, entry in result["variants"].items():
         plain = entry["threshold"]
         best = int(np.argmax(plain))
         cells = [f"{plain[best]:.1f} ({grid[best]:g})"]
-        if "crf" in entry:
-            crf_best = int(np.argmax(entry["crf"]))
-            cells.append(f"{entry['crf'][crf_best]:.1f} ({crf_grid[crf_best]:g})")
-        else:
-            cells.append("-")
+        for key in ("crf", "crf_full_size"):
+            if key in entry:
+                crf_best = int(np.argmax(entry[key]))
+                cells.append(f"{entry[key][crf_best]:.1f} ({crf_grid[crf_best]:g})")
+            else:
+                cells.append("-")
         speed = "-" if entry.get("seconds_per_image") is None else f"{entry['seconds_per_image']:.2f}"
         print(f"| {name} | {speed} | " + " | ".join(cells) + " |")
 

@@ -43,6 +43,9 @@ def main() -> None:
                         help="images of PASCAL VOC's shapes (longer side 500, shorter 281-500, either orientation), "
                              "each of its own size, so each is its own batch as in `wsseg segment`")
     parser.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split DCSM's time into its parts (forward, backward, up-sampling, distinct sums) "
+                             "and time the dense CRF, at the image's size and at the --trained-at cap")
     args = parser.parse_args()
     scales = tuple(float(s) for s in args.scales.split(","))
     torch.manual_seed(0)
@@ -67,6 +70,8 @@ def main() -> None:
           np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1)),
           class_names).save(run / MISVM_FILE)
     segment_images(model, images[:1], classes[:1], build_segmenter("dcsm-crf", scales=scales))  # warm-up
+    if args.profile:
+        profile(model, images, classes, args.trained_at)
     rows = []
     for name in args.methods.split(",") if args.methods else SEGMENT_METHODS:
         segmenter = build_segmenter(name, run, scales=scales)
@@ -86,6 +91,47 @@ def main() -> None:
     for name, total, stages in rows:
         cells = [f"{stages[k]:.4f}" if k in stages else "" for k in stage_names]
         print(f"| {name} | {total:.4f} | " + " | ".join(cells) + " |")
+
+
+def profile(model: torch.nn.Module, images: list[np.ndarray], classes: list[list[int]], cap: int | None) -> None:
+    """Seconds per image of DCSM's parts at the default scales, one image at a time, at the image's
+    own size and shrunk to ``cap``; then the dense CRF at full size and on the 320 px grid."""
+    import dataclasses
+
+    from wsseg.fusion.background import soft_probabilities
+    from wsseg.fusion.crf import dense_crf
+    from wsseg.maps.distinct import dcsm
+    from wsseg.maps.resolution import grow, shrink
+    from wsseg.pipelines import DEFAULT_CRF
+
+    sides = [None] + ([cap] if cap else [])
+    rows = {}
+    for side in sides:
+        timings: dict[str, float] = {}
+        for image, wanted in zip(images, classes):
+            batch = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            started = time.perf_counter()
+            small = shrink(batch, side)
+            timings["shrink"] = timings.get("shrink", 0.0) + time.perf_counter() - started
+            result = dcsm(model, small, [wanted], timings=timings)
+            started = time.perf_counter()
+            grow(result.maps, batch.shape[-2:])
+            timings["grow to the image"] = timings.get("grow to the image", 0.0) + time.perf_counter() - started
+        rows[f"dcsm at {'full size' if side is None else f'{side} px'}"] = {k: v / len(images) for k, v in timings.items()}
+    probabilities = soft_probabilities(np.random.default_rng(0).random((2, *images[0].shape[:2])).astype(np.float32), 0.3)
+    for label, params in (("dense CRF, full size", DEFAULT_CRF),
+                          ("dense CRF, 320 px grid", dataclasses.replace(DEFAULT_CRF, max_side=320))):
+        started = time.perf_counter()
+        for image in images[:4]:
+            dense_crf(image, probabilities, params)
+        rows[label] = {"crf": (time.perf_counter() - started) / min(4, len(images))}
+    parts = list(dict.fromkeys(part for row in rows.values() for part in row))
+    print(f"where the time goes (s/img, {images[0].shape[1]}x{images[0].shape[0]}, {torch.get_num_threads()} threads)")
+    print("| step | total | " + " | ".join(parts) + " |")
+    print("|---|---:|" + "---:|" * len(parts))
+    for label, row in rows.items():
+        print(f"| {label} | {sum(row.values()):.3f} | " + " | ".join(f"{row[p]:.3f}" if p in row else "" for p in parts)
+              + " |")
 
 
 def _equal_shape_batches(shapes: list[tuple[int, int]], batch: int) -> list[tuple[int, int]]:

@@ -1,11 +1,14 @@
 """The training-recipe search behind ``wsseg train``'s defaults (docs/method.md, "Training recipe").
 
 Trains the classifier with named recipes on the synthetic benchmarks, on the full train split and
-on its first 300 images, and records each run's per-epoch val mAP (image labels only: choosing a
+on its first 300 images, and on the real photographs of ../shared/data/coco97-voc (benchmark
+``real``, its 81 train photos, read in place; at ``--real-size`` px for ``--real-epochs`` epochs
+to fit a CPU; skipped when absent), and records each run's per-epoch val mAP (image labels only: choosing a
 recipe by it is no oracle for segmentation). Results accumulate in a JSON file, one entry per
 (benchmark, train size, recipe), so the search can be stopped and continued.
 
     python benchmarks/train_recipe.py --work /tmp/recipe --recipes old,new --benchmarks shapes,glyphs
+    python benchmarks/train_recipe.py --work /tmp/recipe --recipes new,lpft --benchmarks real --sizes full
     python benchmarks/train_recipe.py --table
 """
 
@@ -21,16 +24,24 @@ from wsseg.io import write_json_atomic, write_text_atomic
 from wsseg.train import TrainOptions, train
 
 HERE = Path(__file__).resolve().parent
+REAL = HERE.parent.parent / "shared" / "data" / "coco97-voc"
 # each recipe: TrainOptions fields that differ from the current defaults
 RECIPES: dict[str, dict] = {
     # the defaults before this search: keep the last of 10 epochs, no colour jitter
     "old": dict(epochs=10, lr=1e-3, head_lr_scale=10.0, weight_decay=1e-4, scale_range=(0.7, 1.3), jitter=0.0,
                 patience=None),
     "new": {},
+    # small-data fine-tuning (docs/method.md 1.2): a linear probe first, pretrained batch-norm statistics
+    "lpft": dict(probe_epochs=3, freeze_bn=True),
+    "frozenbn": dict(freeze_bn=True),
+    "frozenbn-lr1e-4": dict(freeze_bn=True, lr=1e-4),
+    "lpft-lr3e-4": dict(probe_epochs=3, freeze_bn=True, lr=3e-4),
 }
 
 
-def benchmark(work: Path, kind: str) -> Path:
+def benchmark(work: Path, kind: str) -> Path | None:
+    if kind == "real":  # read in place, never copied or written to; its train split is the whole set
+        return REAL if (REAL / "JPEGImages").is_dir() else None
     root = work / f"data-{kind}"
     if not (root / "synth.json").exists():
         write_synthetic_dataset(root, SynthConfig(kind=kind), progress=False, force=True)
@@ -49,6 +60,8 @@ def main() -> None:
     parser.add_argument("--recipes", default="old,new")
     parser.add_argument("--set", action="append", default=[], metavar="NAME:JSON",
                         help="define a recipe on the command line, e.g. 'lr3e-4:{\"lr\": 3e-4}'")
+    parser.add_argument("--real-size", type=int, default=256, help="image size of the real-photo runs")
+    parser.add_argument("--real-epochs", type=int, default=15, help="epochs of the real-photo runs")
     parser.add_argument("--table", action="store_true", help="print the results as a markdown table and exit")
     parser.add_argument("--patience", type=int, nargs="*", default=[4, 5, 6, 8],
                         help="for --table: where early stopping with these patiences would have stopped")
@@ -63,7 +76,10 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for kind in args.benchmarks.split(","):
         root = benchmark(args.work, kind)
-        for size in args.sizes.split(","):
+        if root is None:
+            print(f"skipped {kind}: no real-photo dataset at {REAL}")
+            continue
+        for size in args.sizes.split(",") if kind != "real" else ["full"]:
             for recipe in args.recipes.split(","):
                 key = f"{kind}/{size}/{recipe}"
                 if key in results:
@@ -71,6 +87,8 @@ def main() -> None:
                 options = RECIPES[recipe]
                 if "scale_range" in options:
                     options = {**options, "scale_range": tuple(options["scale_range"])}
+                if kind == "real":
+                    options = {"image_size": args.real_size, "epochs": args.real_epochs, **options}
                 started = time.perf_counter()
                 history = train(TrainOptions(data=str(root), out=str(args.work / "runs" / key.replace("/", "-")),
                                              split="train" if size == "full" else f"train{size}", progress=False,

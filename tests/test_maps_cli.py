@@ -147,3 +147,24 @@ def test_segment_refuses_to_resume_a_folder_made_with_other_options(tiny_run: Pa
     assert f"{out / 'segment.json'}: this folder holds segmentations made with another threshold" in err
     assert err.count("\n") == 1 and {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == written
     assert main(common) == 0 and "0 written, 4 already done" in capsys.readouterr().out  # same options resume
+
+
+def test_map_side_changes_the_maps_is_recorded_and_a_useless_one_is_refused(tiny_run: Path, tiny_bench: Path,
+                                                                             tmp_path: Path, capsys) -> None:
+    """--map-side 32 computes the 64 px images' maps at 32 px (the run was trained at 64, so auto
+    leaves them as they are): other maps, at the image's size, recorded in maps.json."""
+    import json
+
+    common = ["maps", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "dcsm",
+              "--scales", "1", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*common, "--out", str(tmp_path / "small"), "--map-side", "32"]) == 0
+    image_id = (tiny_bench / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    auto, small = read_maps(tmp_path / "auto" / f"{image_id}.npz"), read_maps(tmp_path / "small" / f"{image_id}.npz")
+    assert auto["maps"].shape == small["maps"].shape == (len(auto["labels"]), 64, 64)
+    assert not np.allclose(auto["maps"], small["maps"], atol=1e-4)  # the stored maps are the raw, saturated ones
+    assert json.loads((tmp_path / "small" / "maps.json").read_text())["options"]["max_side"] == 32
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "tiny"), "--map-side", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "map side 8" in err and "Traceback" not in err and not (tmp_path / "tiny").exists()

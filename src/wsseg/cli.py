@@ -140,6 +140,23 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-threshold", type=_finite, default=0.5, help="score threshold for --labels predicted")
     parser.add_argument("--scales", type=_parse_numbers, default=None,
                         help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
+    _add_map_side(parser)
+
+
+def _add_map_side(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--map-side", type=_map_side, default="auto", metavar="auto|none|PIXELS",
+                        help="compute the dcsm and cam maps on the image shrunk to this longer side, then up-sample "
+                             "them: auto (default) = the side the classifier was trained at; none = the image's own")
+
+
+def _map_side(text: str) -> int | str | None:
+    """--map-side: 'auto', 'none' or a whole number of pixels (its range is checked by the maps)."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give auto, none or a whole number of pixels") from None
 
 
 def _add_segment_method(parser: argparse.ArgumentParser, networks: bool = False) -> None:
@@ -250,14 +267,14 @@ def _segment_options(args: argparse.Namespace):
     from wsseg.segment import SegmentOptions
 
     return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
-                          args.ignore_uncertain, args.tta, args.crf)
+                          args.ignore_uncertain, args.tta, args.crf, map_side=args.map_side)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
     from wsseg.map_folders import export_maps
 
     counts = export_maps(_source(args), args.out, args.method, args.labels, args.label_threshold, args.scales,
-                         args.batch_size, args.device, args.skip_bad, not args.quiet, args.overwrite)
+                         args.batch_size, args.device, args.skip_bad, not args.quiet, args.overwrite, args.map_side)
     print(f"[maps]{counts.rank_tag} {counts.summary(args.out)}")
     return 0
 
@@ -311,7 +328,7 @@ def _cmd_tune_background(args: argparse.Namespace) -> int:
     from wsseg.tune import tune_background_on_split
 
     curve, best = tune_background_on_split(_source(args), args.method, args.thresholds, args.scales,
-                                           args.batch_size, args.device, args.skip_bad, not args.quiet)
+                                           args.batch_size, args.device, args.skip_bad, not args.quiet, args.map_side)
     print(f"{'threshold':>9}  {'mIoU':>7}")
     for row in curve:
         score = "-" if row["miou"] is None else f"{100 * row['miou']:6.2f}%"
@@ -506,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--thresholds", type=_parse_numbers, default=None,
                       help="comma-separated thresholds to try (default 0.05..0.95; coarser for CRF methods)")
     tune.add_argument("--scales", type=_parse_numbers, default=None, help="input scales for dcsm and cam")
+    _add_map_side(tune)
 
     report = command("report", _cmd_report, "write FOLDER/report/index.html from FOLDER's scores and predictions")
     report.add_argument("folder", type=Path, help="results folder: scores/<method>.json, predictions/<method>/ "

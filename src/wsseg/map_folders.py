@@ -24,6 +24,7 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256, remove_outputs, write_json_atomic
+from wsseg.maps.resolution import MaxSide
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
@@ -141,11 +142,14 @@ def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMet
 def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labels: str = "gt",
                 label_threshold: float = 0.5, scales: Sequence[float] | None = None, batch_size: int = 8,
                 device: str = "auto", skip_bad: bool = False, progress: bool = True,
-                overwrite: bool = False) -> RunCounts:
+                overwrite: bool = False, map_side: MaxSide = "auto") -> RunCounts:
     """``wsseg maps``: this rank's share of the split's maps into ``out``, with ``out/maps.json``;
-    ``overwrite`` replaces a folder of maps made another way (else refused)."""
+    ``overwrite`` replaces a folder of maps made another way (else refused); ``map_side``: the
+    longest side the maps are computed at, for the methods that have the option."""
     out = Path(out)
     chosen = map_method(method).with_scales(scales)
+    if hasattr(chosen, "with_max_side"):
+        chosen = chosen.with_max_side(map_side)
     check_label_source(labels)
     with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:
         record = maps_record(chosen, labels, label_threshold, source.run)

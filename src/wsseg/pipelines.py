@@ -39,6 +39,7 @@ from wsseg.fusion.spcrf import contrast_weights, mean_field
 from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
+from wsseg.maps.resolution import MaxSide
 from wsseg.models.affinity import AffinityModel, load_affinity
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
@@ -381,12 +382,21 @@ if list(BUILDERS) != list(SEGMENT_METHODS):
 
 
 def build_segmenter(name: str, run: str | Path | None = None, threshold: float | None = None,
-                    scales: Sequence[float] | None = None) -> Segmenter:
+                    scales: Sequence[float] | None = None, map_side: MaxSide = "auto") -> Segmenter:
     """The registry's method ``name``: trained artefacts it needs loaded from ``run``; ``threshold``
-    (default: the method's) and ``scales`` (input scales of its dcsm and cam maps) as given."""
+    (default: the method's), ``scales`` (input scales of its dcsm and cam maps) and ``map_side``
+    (the longest side they are computed at: wsseg.maps.resolution) as given."""
     info = method_info(name)
-    return BUILDERS[name](info.threshold if threshold is None else threshold,
-                          None if scales is None else tuple(scales), None if run is None else Path(run))
+    segmenter = BUILDERS[name](info.threshold if threshold is None else threshold,
+                               None if scales is None else tuple(scales), None if run is None else Path(run))
+    return with_map_side(segmenter, map_side)
+
+
+def with_map_side(segmenter: Segmenter, map_side: MaxSide) -> Segmenter:
+    """The segmenter with every map method that has a resolution option computing at ``map_side``."""
+    changes = {field.name: value.with_max_side(map_side) for field in dataclasses.fields(segmenter)
+               if hasattr(value := getattr(segmenter, field.name), "with_max_side")}
+    return dataclasses.replace(segmenter, **changes) if changes else segmenter
 
 
 def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],

@@ -63,6 +63,9 @@ class SegmentOptions:
     ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
     tta: bool = False  # --method seg: test-time scales and flips
     crf: bool = False  # --method seg: DeepLab's dense CRF on the softmax
+    # the longest side the dcsm and cam maps are computed at: "auto" (the classifier's training
+    # side), None (the image's own) or pixels (wsseg.maps.resolution)
+    map_side: int | str | None = "auto"
 
 
 def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
@@ -70,7 +73,8 @@ def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     if options.method in NETWORK_METHODS:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
                                        ("--threshold", options.threshold is not None),
-                                       ("--scales", options.scales is not None), ("--maps", stored_maps)) if on]
+                                       ("--scales", options.scales is not None), ("--maps", stored_maps),
+                                       ("--map-side", options.map_side != "auto")) if on]
         if given:
             raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no maps or "
                              "background threshold")
@@ -224,7 +228,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
-        segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
+        segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
         if options.ignore_uncertain:
             segmenter = Confident.of(segmenter)
         stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
@@ -296,7 +300,7 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
         threshold = choose_threshold(run, options.method, options.threshold)
         if threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
-        segmenter = build_segmenter(options.method, run, threshold.value, options.scales)
+        segmenter = build_segmenter(options.method, run, threshold.value, options.scales, options.map_side)
         (label_map,) = segment_images(model, [image], classes, segmenter)
         class_names = [config.classes[c] for c in classes[0]]
     out = Path(out)

@@ -50,10 +50,11 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
 
 def tune_background_on_split(source: SplitSource, method: str, thresholds: Sequence[float] | None = None,
                              scales: Sequence[float] | None = None, batch_size: int = 8, device: str = "auto",
-                             skip_bad: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
+                             skip_bad: bool = False, progress: bool = True,
+                             map_side: int | str | None = "auto") -> tuple[list[dict], dict]:
     """``wsseg tune-background``: the curve on the split, and the best threshold stored in the run."""
     with open_split(source, device, batch_size, shard=False) as split:
-        segmenter = build_segmenter(method, source.run, scales=scales)
+        segmenter = build_segmenter(method, source.run, scales=scales, map_side=map_side)
         curve = tune_background(split.model, split.dataset, segmenter, thresholds, batch_size, skip_bad, progress)
     return curve, store_choice(source.run, method, curve, source.split)
 

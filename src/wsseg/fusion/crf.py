@@ -7,6 +7,7 @@ is IRN's variant: a hard label map as unary with gt_prob=0.7 and bilateral sxy=5
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +17,19 @@ from wsseg.errors import WssegError
 
 @dataclass(frozen=True)
 class CRFParams:
+    """Mean-field iterations and kernel parameters (spatial ones in pixels of a full-size image).
+
+    ``max_side``: images larger than this are refined on a grid shrunk to it, with the spatial
+    parameters shrunk alike, and the refined probabilities up-sampled (the CRF's time grows with
+    the pixel count; None: always at full size)."""
+
     iterations: int = 10
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
     bilateral_sxy: float = 80.0
     bilateral_srgb: float = 13.0
     bilateral_compat: float = 10.0
+    max_side: int | None = None
 
 
 PSA = CRFParams()
@@ -40,10 +48,12 @@ def _densecrf():
 
 def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CRFParams = PSA) -> np.ndarray:
     """Mean-field inference: image H x W x 3 uint8, probabilities [L, H, W] -> refined [L, H, W]."""
-    dcrf = _densecrf()
     labels, height, width = probabilities.shape
     if image.shape[:2] != (height, width):
         raise ValueError(f"image {image.shape[:2]} and probabilities {(height, width)} differ in size")
+    if params.max_side is not None and max(height, width) > params.max_side:
+        return _dense_crf_shrunk(image, probabilities, params)
+    dcrf = _densecrf()
     crf = dcrf.DenseCRF2D(width, height, labels)
     unary = -np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(labels, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
@@ -68,3 +78,25 @@ def crf_from_labels(image: np.ndarray, label_map: np.ndarray, num_labels: int, g
                              rgbim=np.require(image, np.uint8, ["C", "W"]), compat=params.bilateral_compat)
     refined = np.asarray(crf.inference(params.iterations)).reshape(num_labels, height, width)
     return np.argmax(refined, axis=0)
+
+
+def _dense_crf_shrunk(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> np.ndarray:
+    """The CRF on the image and probabilities shrunk to ``params.max_side``, its spatial kernel
+    widths shrunk by the same factor, the result up-sampled bilinearly to the image."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = probabilities.shape[1:]
+    factor = params.max_side / max(height, width)
+    size = [max(1, round(height * factor)), max(1, round(width * factor))]
+
+    def resized(array: np.ndarray, to: list[int], antialias: bool) -> np.ndarray:
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+        return F.interpolate(tensor, size=to, mode="bilinear", align_corners=False, antialias=antialias)[0].numpy()
+
+    small_image = np.clip(resized(image.transpose(2, 0, 1), size, True), 0, 255).round().astype(np.uint8)
+    small = dataclasses.replace(params, max_side=None, gaussian_sxy=params.gaussian_sxy * factor,
+                                bilateral_sxy=params.bilateral_sxy * factor)
+    refined = dense_crf(np.ascontiguousarray(small_image.transpose(1, 2, 0)),
+                        resized(probabilities, size, True), small)
+    return resized(refined, [height, width], False)

@@ -24,6 +24,7 @@ N(x) = 3 x / max(x) (0 when max(x) <= 0), summed over layers and scales, then di
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from wsseg.errors import WssegError
 from wsseg.maps.hooks import folded_batchnorm, guided_relus, inference_state
-from wsseg.maps.layers import forward_pass, layer_saliency, require_fcn
+from wsseg.maps.layers import forward_pass, layer_saliency, require_fcn, stopwatch
 from wsseg.maps.targets import Targets, make_targets
 
 TINY = 1e-20
@@ -113,11 +114,13 @@ def finish_matconvnet(sums: torch.Tensor, valid: torch.Tensor, sharpness: float 
 def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]],
          scales: Sequence[float] | None = None, layers: Sequence[str] | None = None,
          variant: str = "matconvnet", threshold: float = 0.5, min_candidates: int | None = None,
-         sharpness: float = 3.0, fold_bn: bool = True, guided: bool = True) -> DCSMResult:
+         sharpness: float = 3.0, fold_bn: bool = True, guided: bool = True,
+         timings: dict[str, float] | None = None) -> DCSMResult:
     """Distinct class-specific saliency maps of ``classes`` (0-based, per image) for ``images``.
 
     ``fold_bn`` folds batch norms into convolutions while computing (faster; float rounding only);
-    ``guided=False`` takes plain gradients instead of guided back-propagation's (for comparison).
+    ``guided=False`` takes plain gradients instead of guided back-propagation's (for comparison);
+    ``timings``: seconds per part (forward, backward, up-sampling, distinct sums) are added to it.
     """
     require_fcn(model, "dcsm")
     if variant not in VARIANTS:
@@ -131,7 +134,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
     batch, size = images.shape[0], images.shape[2:]
     with inference_state(model), (guided_relus(model) if guided else contextlib.nullcontext()), \
             (folded_batchnorm(model) if fold_bn else contextlib.nullcontext()):
-        passes = [forward_pass(model, images, names, scale) for scale in scales]
+        with stopwatch(timings, "forward"):
+            passes = [forward_pass(model, images, names, scale) for scale in scales]
         scores = torch.stack([torch.sigmoid(p.logits.detach()) for p in passes], dim=1)  # [N, S, C]
         num_classes = scores.shape[2]
         targets = make_targets(classes, batch, num_classes)
@@ -147,7 +151,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
         for s, pass_ in enumerate(passes):
             for j in range(candidates.shape[1]):  # one backward pass per candidate
                 layer_saliency(pass_, candidate_targets.one_hot(j, num_classes), names, size,
-                               absolute=not caffe, out=saliency[:, j])
+                               absolute=not caffe, out=saliency[:, j], timings=timings)
+            distinct_started = time.perf_counter()
             for n in range(batch):
                 count = int(candidate_valid[n].sum())
                 for k in range(int(targets.valid[n].sum())):
@@ -156,6 +161,8 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
                     elif caffe or bool(use_scale[n, s, k]):
                         # t against every candidate: t - t is 0 everywhere, which both rules skip
                         sums[n, k] += combine(saliency[n, k], saliency[n, :count])
+            if timings is not None:
+                timings["distinct sums"] = timings.get("distinct sums", 0.0) + time.perf_counter() - distinct_started
         passes.clear()
     if caffe:
         peak = sums.amax(dim=(-2, -1), keepdim=True)

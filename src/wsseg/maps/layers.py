@@ -9,7 +9,8 @@ up-sampled bilinearly to the image size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,17 @@ from torch import nn
 from wsseg.errors import WssegError
 from wsseg.maps.hooks import capture_outputs, guided_relus, inference_state, prepare_inputs
 from wsseg.maps.targets import make_targets
+
+
+@contextlib.contextmanager
+def stopwatch(timings: dict[str, float] | None, part: str) -> Iterator[None]:
+    """Add the block's wall time to ``timings[part]`` (when timings are asked for)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[part] = timings.get(part, 0.0) + time.perf_counter() - started
 
 
 def require_fcn(model: nn.Module, method: str) -> None:
@@ -57,10 +69,11 @@ def forward_pass(model: nn.Module, images: torch.Tensor, layer_names: Sequence[s
 
 def layer_saliency(pass_: ForwardPass, selector: torch.Tensor, layer_names: Sequence[str],
                    size: Sequence[int], absolute: bool = True, target: str = "map",
-                   out: torch.Tensor | None = None) -> torch.Tensor:
+                   out: torch.Tensor | None = None, timings: dict[str, float] | None = None) -> torch.Tensor:
     """Per-layer saliency maps [N, L, H, W] for the classes picked by ``selector`` [N, C].
 
-    One backward pass; it stops at the deepest of the named layers. Written into ``out`` when given.
+    One backward pass; it stops at the deepest of the named layers. Written into ``out`` when given;
+    seconds of the backward pass and of the reduction and up-sampling added to ``timings``.
     """
     if target == "map":
         outputs, grad_outputs = pass_.score_maps, selector[:, :, None, None].expand_as(pass_.score_maps)
@@ -69,9 +82,16 @@ def layer_saliency(pass_: ForwardPass, selector: torch.Tensor, layer_names: Sequ
     else:
         raise WssegError(f"target must be 'map' or 'logit', not {target!r}")
     tensors = [pass_.layers[name] for name in layer_names]
-    grads = torch.autograd.grad(outputs, tensors, grad_outputs.to(outputs), retain_graph=True, allow_unused=True)
+    with stopwatch(timings, "backward"):
+        grads = torch.autograd.grad(outputs, tensors, grad_outputs.to(outputs), retain_graph=True, allow_unused=True)
+    with stopwatch(timings, "max over channels, up-sampling"):
+        return _reduce_and_grow(grads, tensors, selector.shape[0], size, absolute, out)
+
+
+def _reduce_and_grow(grads: Sequence[torch.Tensor | None], tensors: Sequence[torch.Tensor], batch: int,
+                     size: Sequence[int], absolute: bool, out: torch.Tensor | None) -> torch.Tensor:
     if out is None:
-        out = torch.empty(selector.shape[0], len(tensors), *size, device=pass_.inputs.device)
+        out = torch.empty(batch, len(tensors), *size, device=tensors[0].device)
     for index, (grad, tensor) in enumerate(zip(grads, tensors)):
         if grad is None:
             out[:, index] = 0
