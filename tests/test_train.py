@@ -221,3 +221,24 @@ def test_recipe_options_are_recorded_and_a_changed_one_refuses_resume(bench: Pat
     code = main(["train", "--data", str(bench), "--out", str(run), "--epochs", "2", "--image-size", "64",
                  "--batch-size", "4", "--val-split", "none", "--resume", "--quiet", "--freeze-bn", "--probe-epochs", "1"])
     assert code == 2 and "freeze_bn" in capsys.readouterr().err
+
+
+def test_cutmix_pastes_a_box_and_mixes_the_labels_by_its_area() -> None:
+    from wsseg.train import cutmix
+
+    torch.manual_seed(0)
+    inputs = torch.stack([torch.zeros(3, 32, 32), torch.ones(3, 32, 32)])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    same_inputs, same_targets = cutmix(inputs, targets, 0.0)
+    assert torch.equal(same_inputs, inputs) and torch.equal(same_targets, targets)
+    for _ in range(5):
+        mixed, labels = cutmix(inputs, targets, 1.0)
+        for index in range(2):
+            pasted = float((mixed[index, 0] != inputs[index, 0]).float().mean())  # the other image is 0 <-> 1
+            own, other = targets[index], targets[1 - index]
+            if pasted:
+                assert torch.allclose(labels[index], torch.clamp((1 - pasted) * own + pasted * other, max=1), atol=1e-6)
+                assert labels[index, 2] == 1.0  # a class both images hold stays certain
+            else:
+                assert torch.equal(labels[index], own)
+    assert torch.equal(inputs[0], torch.zeros(3, 32, 32))  # the caller's batch is not changed in place

@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train only the new head for this many epochs first (a linear probe: the backbone "
                             f"and its batch-norm statistics stay as pretrained), then fine-tune everything "
                             f"(default {_TRAIN_DEFAULTS.probe_epochs})")
+    train.add_argument("--cutmix", type=float, default=_TRAIN_DEFAULTS.cutmix, metavar="P",
+                       help="probability that a training crop gets a box of another crop of its batch pasted in, "
+                            f"its labels mixed by area (multi-label CutMix; default {_TRAIN_DEFAULTS.cutmix:g})")
     train.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=_TRAIN_DEFAULTS.freeze_bn,
                        help="keep the backbone's pretrained batch-norm statistics while fine-tuning "
                             f"(default {'on' if _TRAIN_DEFAULTS.freeze_bn else 'off'})")

@@ -136,6 +136,8 @@ def _check_options(options: TrainOptions) -> None:
         raise WssegError(f"--jitter {options.jitter}: must be in [0, 1)")
     if options.micro_batch is not None and options.micro_batch < 1:
         raise WssegError(f"--micro-batch {options.micro_batch}: must be at least 1")
+    if not 0 <= options.cutmix <= 1:
+        raise WssegError(f"--cutmix {options.cutmix}: a probability, in [0, 1]")
     if not 0 <= options.probe_epochs < options.epochs:
         raise WssegError(f"--probe-epochs {options.probe_epochs}: must be at least 0 and below --epochs "
                          f"({options.epochs}), or nothing but the head would ever learn")
@@ -143,7 +145,7 @@ def _check_options(options: TrainOptions) -> None:
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
-                      "seed", "probe_epochs", "freeze_bn")
+                      "seed", "probe_epochs", "freeze_bn", "cutmix")
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
@@ -349,6 +351,8 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     for step, inputs, targets in steps:
         inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        if options.cutmix > 0:
+            inputs, targets = cutmix(inputs, targets, options.cutmix)
         session.optimizer.zero_grad(set_to_none=True)
         loss = inputs.new_zeros((), dtype=torch.float32)
         # micro-batches: the gradients of the parts add up to the whole batch's (the loss is a mean)
@@ -375,6 +379,33 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     return {"epoch": epoch + 1, "loss": mean_loss, "images_per_second": seen * group.world_size / seconds,
             "seconds": seconds, "skipped": steps.skipped, "precision": precision_name(session.autocast_dtype),
             "first_step_seconds": first_step_seconds, "loader_wait_seconds": float(sum(steps.waits))}
+
+
+def cutmix(inputs: torch.Tensor, targets: torch.Tensor, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-label CutMix (Yun et al. 2019): with ``probability`` an image gets a box of another
+    image of the batch pasted in (its area a uniform fraction 1 - lambda of the image), and its
+    targets become lambda * own + (1 - lambda) * the other's, at most 1 (a class both hold stays
+    1). Two photos in one crop are a combination the network cannot have memorised. Draws from
+    torch's generator, which the trainer reseeds every epoch, so resumed runs repeat them."""
+    count, _, height, width = inputs.shape
+    chosen = torch.rand(count) < probability
+    if count < 2 or not chosen.any():
+        return inputs, targets
+    partners = torch.randperm(count)
+    source_inputs, source_targets = inputs, targets  # boxes and labels come from the unmixed batch
+    inputs, targets = inputs.clone(), targets.clone()
+    for index in torch.nonzero(chosen).flatten().tolist():
+        partner = int(partners[index])
+        if partner == index:
+            continue
+        fraction = float(torch.rand(()))  # the pasted area's share of the image
+        box_h, box_w = max(1, round(height * fraction ** 0.5)), max(1, round(width * fraction ** 0.5))
+        top, left = int(torch.randint(0, height - box_h + 1, ())), int(torch.randint(0, width - box_w + 1, ()))
+        inputs[index, :, top:top + box_h, left:left + box_w] = source_inputs[partner, :, top:top + box_h,
+                                                                             left:left + box_w]
+        pasted = box_h * box_w / (height * width)
+        targets[index] = torch.clamp((1 - pasted) * source_targets[index] + pasted * source_targets[partner], max=1.0)
+    return inputs, targets
 
 
 def freeze_batchnorm(module: torch.nn.Module) -> None:

@@ -43,6 +43,7 @@ class TrainOptions:
     # batch-norm statistics stay as pretrained), then everything is fine-tuned (LP-FT)
     probe_epochs: int = 0
     freeze_bn: bool = False  # the backbone's batch norms keep their pretrained statistics throughout
+    cutmix: float = 0.0  # probability that a training crop gets a box of another pasted in (wsseg.train.cutmix)
     seed: int = 0
     workers: int | None = None  # loader processes; None (auto): 0 on a CPU, min(8, cores per rank - 1) on CUDA
     # the training forward pass: auto = bf16 on a CUDA GPU that has it, else fp16; fp32 on a CPU

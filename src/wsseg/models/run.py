@@ -46,6 +46,7 @@ class RunConfig:
     patience: int | None = None
     probe_epochs: int = 0
     freeze_bn: bool = False
+    cutmix: float = 0.0
     seed: int = 0
     split: str = "train"
     val_split: str | None = "val"
@@ -85,7 +86,7 @@ class RunConfig:
         return cls(**values)
 
 
-_NUMBERS = {"lse_r", "lr", "head_lr_scale", "weight_decay", "jitter"}
+_NUMBERS = {"lse_r", "lr", "head_lr_scale", "weight_decay", "jitter", "cutmix"}
 _INTEGERS = {"image_size", "output_stride", "epochs", "batch_size", "seed", "probe_epochs"}
 _STRINGS = {"backbone", "pooling", "split", "data", "masks"}
 
