@@ -41,7 +41,7 @@ from wsseg.runner import iter_batches
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco97-voc"
-CRF_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.5)
+CRF_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75)  # CRF_GRID's, up to 0.75
 # the CRF runs on a grid of at most this side (its spatial widths shrunk alike: CRFParams.max_side);
 # CRF_FULL_SIZE_VARIANTS also run it at full size, to show what the smaller grid costs
 CRF = dataclasses.replace(DEFAULT_CRF, max_side=320)
@@ -75,6 +75,9 @@ def variants(model: torch.nn.Module) -> dict[str, Maps]:
         "dcsm, normalisation linear-max": method_maps(DCSM(normalization="linear-max")),
         "dcsm, normalisation saturated (authors')": method_maps(DCSM(normalization="saturated")),
         "dcsm, caffe variant": method_maps(DCSM(variant="caffe")),
+        # the authors pad the classes to subtract to 4 with the best-scoring absent ones
+        "dcsm, present classes only (min_candidates 1)": method_maps(DCSM(min_candidates=1)),
+        "dcsm, scale 1, present classes only": method_maps(DCSM(scales=(1.0,), min_candidates=1)),
         "no distinct subtraction (guided layers)": capped(Layers()),
     }
 
@@ -136,6 +139,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="the first N images of the split (default all)")
     parser.add_argument("--only", help="comma-separated variant names (default all)")
     parser.add_argument("--no-crf", action="store_true")
+    parser.add_argument("--full-size-crf", action="store_true",
+                        help=f"also run the CRF at full size for {', '.join(CRF_FULL_SIZE_VARIANTS)} (slow)")
     parser.add_argument("--json", help="write the curves here")
     parser.add_argument("--table", help="print the table of an earlier --json and stop")
     args = parser.parse_args()
@@ -167,7 +172,7 @@ def main() -> None:
                  "threshold": curve(records, name, THRESHOLD_GRID, threshold_fuse, num_labels)}
         if not args.no_crf:
             entry["crf"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(CRF), num_labels)
-            if name in CRF_FULL_SIZE_VARIANTS:
+            if args.full_size_crf and name in CRF_FULL_SIZE_VARIANTS:
                 entry["crf_full_size"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(DEFAULT_CRF), num_labels)
         result["variants"][name] = entry
         print(f"{name}: best {max(entry['threshold']):.1f}" + (f", crf {max(entry['crf']):.1f}" if "crf" in entry else "")

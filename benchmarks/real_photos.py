@@ -64,18 +64,17 @@ def all_background(dataset: VOCDataset, out: Path) -> int:
     return len(dataset.ids)
 
 
-def score_method(work: Path, data: Path, run: Path, split: str, labels: str, method: str, result: dict) -> None:
-    """Segment ``split`` with ``method`` (labels: gt or predicted), score it, keep mIoU and s/img."""
-    key = f"{split}/{method}"
-    pred, score_path = work / "pred" / split / method, work / "scores" / split / f"{method}.json"
+def score_method(work: Path, data: Path, run: Path, split: str, row: str, options: SegmentOptions | None,
+                 result: dict) -> None:
+    """Segment ``split`` with ``options`` (None: all background) into pred/<split>/<row>, score it,
+    keep its mIoU and seconds per image under "<split>/<row>"; a row scored before is kept."""
+    key = f"{split}/{row}"
+    pred, score_path = work / "pred" / split / row, work / "scores" / split / f"{row}.json"
     if not score_path.exists():
         started = time.perf_counter()
-        if method == "all-background":
+        if options is None:
             written = all_background(VOCDataset(data, split), pred)
         else:
-            options = SegmentOptions(method, labels="predicted" if method == "seg" else labels)
-            if method == "seg":
-                options = SegmentOptions("seg", labels="gt")
             written = segment_dataset(SplitSource(run, data, split), pred, options, progress=False).written
         seconds = (time.perf_counter() - started) / max(written, 1)
         score_path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +84,14 @@ def score_method(work: Path, data: Path, run: Path, split: str, labels: str, met
     result["miou"][key] = 100.0 * stored["miou"]
     result["seconds_per_image"][key] = stored.get("seconds_per_image")
     print(f"  {key}: {result['miou'][key]:.1f} % mIoU", flush=True)
+
+
+def score_map_methods(work: Path, data: Path, run: Path, methods: tuple[str, ...], result: dict) -> None:
+    """Each method on train with the true labels and on val with the classifier's."""
+    for split, labels in (("train", "gt"), ("val", "predicted")):
+        for method in methods:
+            options = None if method == "all-background" else SegmentOptions(method, labels=labels)
+            score_method(work, data, run, split, method, options, result)
 
 
 def run_chain(args: argparse.Namespace) -> dict:
@@ -108,9 +115,7 @@ def run_chain(args: argparse.Namespace) -> dict:
         print("2. mi-SVM")
         timed_step(result, "train-misvm", lambda: train_misvm_from_run(SplitSource(run, data, "train"), progress=False))
     print("3. map methods (train: true labels; val: predicted)")
-    for split, labels in (("train", "gt"), ("val", "predicted")):
-        for method in ("all-background", *MAP_METHODS):
-            score_method(work, data, run, split, labels, method, result)
+    score_map_methods(work, data, run, ("all-background", *MAP_METHODS), result)
     print("4. confident pseudo-labels, affinity, random walk")
     pseudo = work / "pseudo" / PSEUDO_METHOD
     if not (pseudo / "segment.json").exists() or len(list(pseudo.glob("*.png"))) < len(VOCDataset(data, "train")):
@@ -119,22 +124,18 @@ def run_chain(args: argparse.Namespace) -> dict:
             progress=False))
     timed_step(result, "train-affinity", lambda: train_affinity(AffinityOptions(
         run=str(run), data=str(data), pseudo=str(pseudo), resume=True, progress=False)))
-    for split, labels in (("train", "gt"), ("val", "predicted")):
-        for method in WALK_METHODS:
-            score_method(work, data, run, split, labels, method, result)
+    score_map_methods(work, data, run, WALK_METHODS, result)
     print("5. stage 2")
+    seg_overrides = {k: v for k, v in (("crop_size", args.seg_crop), ("epochs", args.seg_epochs)) if v is not None}
     for row, labels in ((stage2_row(PSEUDO_METHOD), {"pseudo": str(pseudo)}),
                         (STAGE2_BOUND_ROW, {"ground_truth": True, "init_from": str(run)})):
         seg_run = work / "stage2" / row
         timed_step(result, f"train-seg ({row})", lambda: train_segmentation(SegTrainOptions(
-            data=str(data), out=str(seg_run), resume=True, val_split=None, progress=False, **labels)))
-        score_method(work, data, seg_run, "val", "predicted", "seg", result)
-        result["miou"][f"val/{row}"] = result["miou"].pop("val/seg")
-        result["seconds_per_image"][f"val/{row}"] = result["seconds_per_image"].pop("val/seg")
-        (work / "scores" / "val" / "seg.json").rename(work / "scores" / "val" / f"{row}.json")
-        os.rename(work / "pred" / "val" / "seg", work / "pred" / "val" / row)
+            data=str(data), out=str(seg_run), resume=True, val_split=None, progress=False, **labels, **seg_overrides)))
+        score_method(work, data, seg_run, "val", row, SegmentOptions("seg"), result)
     weak, full = result["miou"][f"val/{stage2_row(PSEUDO_METHOD)}"], result["miou"][f"val/{STAGE2_BOUND_ROW}"]
     result["weak_full_ratio"] = weak / full if full else None
+    result["settings"] = {"classifier": overrides, "stage2": seg_overrides}
     return result
 
 
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seg-crop", type=int, default=None, help="stage 2's crop size (default: train-seg's)")
+    parser.add_argument("--seg-epochs", type=int, default=None, help="stage 2's epochs (default: train-seg's)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--table", help="print the table of an earlier --json and stop")
     args = parser.parse_args()

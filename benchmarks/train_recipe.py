@@ -36,6 +36,9 @@ RECIPES: dict[str, dict] = {
     "frozenbn": dict(freeze_bn=True),
     "frozenbn-lr1e-4": dict(freeze_bn=True, lr=1e-4),
     "lpft-lr3e-4": dict(probe_epochs=3, freeze_bn=True, lr=3e-4),
+    "lpft-cutmix": dict(probe_epochs=3, freeze_bn=True, cutmix=0.5),
+    "lpft-lse": dict(probe_epochs=3, freeze_bn=True, pooling="lse"),
+    "lpft-384": dict(probe_epochs=3, freeze_bn=True, image_size=384),
 }
 
 
@@ -87,7 +90,7 @@ def main() -> None:
                 options = RECIPES[recipe]
                 if "scale_range" in options:
                     options = {**options, "scale_range": tuple(options["scale_range"])}
-                if kind == "real":
+                if kind == "real":  # a recipe's own image_size (lpft-384) stands
                     options = {"image_size": args.real_size, "epochs": args.real_epochs, **options}
                 started = time.perf_counter()
                 history = train(TrainOptions(data=str(root), out=str(args.work / "runs" / key.replace("/", "-")),
