@@ -119,6 +119,9 @@ def _add_training_args(parser: argparse.ArgumentParser, defaults, out_help: str)
                              "always fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its files are deleted first); without it, or "
+                             "--resume, a folder holding a run is refused")
     parser.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                         help="stop after this epoch (for time-limited jobs; continue later with --resume)")
     parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
@@ -297,7 +300,8 @@ def _cmd_train_affinity(args: argparse.Namespace) -> int:
         run=str(args.run), data=str(args.data), pseudo=str(args.pseudo), split=args.split, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
         scale_range=args.scale_range, radius=args.radius, seed=args.seed, limit=args.limit, workers=args.workers,
-        precision=args.precision, device=args.device, resume=args.resume, stop_after=args.stop_after,
+        precision=args.precision, device=args.device, resume=args.resume, overwrite=args.overwrite,
+        stop_after=args.stop_after,
         skip_bad=args.skip_bad, progress=not args.quiet, masks=args.masks, max_side=args.max_side,
         max_file_size=args.max_file_size * 2 ** 20)
     history = train_affinity(options)
@@ -485,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training forward pass (default auto: bf16/fp16 autocast on CUDA, fp32 on a CPU)")
     affinity.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     affinity.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    affinity.add_argument("--overwrite", action="store_true",
+                          help="replace the affinity network already in the run (its files are deleted first); "
+                               "without it, or --resume, a run holding one is refused")
     affinity.add_argument("--stop-after", type=_positive_int, metavar="EPOCH", help="stop after this epoch")
 
     tune = command("tune-background", _cmd_tune_background,

@@ -37,6 +37,7 @@ from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
 from wsseg.models.segnet import load_segmentation_run
+from wsseg.outputs import check_may_write
 from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segmenter, label_overlay, segment_images,
                              segment_inputs)
 from wsseg.registry import NETWORK_METHODS, method_info
@@ -283,6 +284,11 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
     label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``. With ``--method
     seg`` the run is a stage-2 network's, and the classes are those its label map holds."""
     check_options(options)
+    out = Path(out)
+    out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
+    overlay = out.with_name(out.stem + "_overlay.png")
+    for path in (out, overlay):  # before any work: neither may replace the image or a dataset's file
+        check_may_write(path, inputs=[image_path])
     image = read_image(image_path, max_side, max_file_size)
     if options.method in NETWORK_METHODS:
         network, network_config = load_segmentation_run(run, map_location=pick_device(device))
@@ -299,10 +305,7 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
         segmenter = build_segmenter(options.method, run, threshold.value, options.scales)
         (label_map,) = segment_images(model, [image], classes, segmenter)
         class_names = [config.classes[c] for c in classes[0]]
-    out = Path(out)
-    out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
     write_label_png(out, label_map)
-    overlay = out.with_name(out.stem + "_overlay.png")
     with atomic_write(overlay) as handle:
         Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
     return OneImage(out, overlay, class_names)
@@ -323,6 +326,8 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
                         ignore_uncertain: bool = False) -> Scores | None:
     """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
+    if json_path is not None:  # before scoring: the scores must not replace a prediction or the dataset's files
+        check_may_write(json_path, inputs=[pred], dataset_root=data, masks=masks)
     dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
     with process_group("cpu") as group:
         with group.together():

@@ -32,7 +32,7 @@ from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
 from wsseg.training import (PRECISIONS, check_shared_options, deterministic_on_cpu, drop_bad, EpochSteps,
                             head_optimizer, place, precision_name, refuse_changed, resolve_workers, restore,
-                            resume_checkpoint, synchronize, training_autocast, training_run)
+                            resume_point, synchronize, training_autocast, training_run)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -164,7 +164,8 @@ def train(options: TrainOptions) -> list[dict]:
     RUN/model.pt holds the epoch with the best val mAP (image labels only, so no oracle), the
     last epoch when there is no val split; RUN/last.pt the last epoch, for ``--resume``."""
     _check_options(options)
-    with training_run(options.device, options.out, options.data, options.masks) as group:
+    with training_run(options.device, options.out, options.data, options.masks, options.resume,
+                      options.overwrite) as group:
         session = _setup(options, group)
         if session is None:
             return read_history(Path(options.out))
@@ -176,6 +177,7 @@ class _Session:
     """Everything one training run carries from epoch to epoch."""
 
     options: TrainOptions
+    config: RunConfig  # written with every checkpoint, never before the first: it describes the weights
     train_set: VOCDataset
     val_set: VOCDataset | None
     model: FCNClassifier
@@ -219,10 +221,10 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
     history: list[dict] = []
-    resume_state = resume_checkpoint(out) if options.resume else None
-    if resume_state is not None:
-        previous = RunConfig.load(out)
+    resume_state, previous = resume_point(out, options.resume, RunConfig.load)
+    if previous is not None:
         refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
+    if resume_state is not None:
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
@@ -245,9 +247,6 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if resume_state is not None:
         restore(model, optimizer, resume_state, out)
     net = place(model, group)  # the model, or its DDP wrapper
-    if group.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out)
     sampler = EpochShards(len(train_set), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
     images = LabelledImages(train_set, options.image_size, options.seed, augment=True,
@@ -259,7 +258,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main and options.progress:
         print(f"[train] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s) per process", flush=True)
-    return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
+    return _Session(options, config, train_set, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     workers=workers, autocast_dtype=autocast_dtype, scaler=scaler)
 
@@ -346,7 +345,7 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
-    """Score val, mark the best epoch, write model.pt (when best) -> history.json -> last.pt.
+    """Score val, mark the best epoch, write config.json -> model.pt (when best) -> history.json -> last.pt.
 
     That order keeps a killed run consistent: resuming starts after last.pt's epoch, and what
     was written after it is simply written again, with the same bytes."""
@@ -368,6 +367,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
             previous["best"] = False
     record["best"] = is_best
     session.history.append(record)
+    session.config.save(out)
     if is_best:
         save_checkpoint(out / "model.pt", session.model, epoch)
     write_json_atomic(out / "history.json", session.history)

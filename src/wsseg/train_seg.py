@@ -41,7 +41,7 @@ from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
 from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
                             precision_name, pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers,
-                            restore, resume_checkpoint, resumed_history, synchronize, training_autocast, training_run)
+                            restore, resume_point, resumed_history, synchronize, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
@@ -129,7 +129,8 @@ def train_segmentation(options: SegTrainOptions) -> list[dict]:
     (for ``--resume``), SEGRUN/history.json one record per epoch (loss, images/s, peak memory,
     val mIoU), SEGRUN/config.json the network and where its labels came from."""
     _check_options(options)
-    with training_run(options.device, options.out, options.data, options.masks) as group:
+    with training_run(options.device, options.out, options.data, options.masks, options.resume,
+                      options.overwrite) as group:
         with group.together():
             session = _setup(options, group)
         if session is None:
@@ -179,13 +180,15 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
                           masks=options.masks)
     start, start_note = backbone_start(options, labels_record)
     history: list[dict] = []
-    resume_state = resume_checkpoint(out) if options.resume else None
+    resume_state, previous = resume_point(out, options.resume, SegRunConfig.load)
     if resume_state is not None:
-        previous = SegRunConfig.load(out)
         # the weights come from the checkpoint: an explicit --init-from must be the run's, auto is
         config.init = previous.init if options.init_from == "auto" else start_record(start)
         start_note = f"backbone as the run began ({config.init.get('source')}), its weights from last.pt"
-        refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
+    if previous is not None:  # without a checkpoint, where the backbone starts is decided afresh
+        refuse_changed(previous, config, _RESUME_MUST_MATCH if resume_state is not None else
+                       tuple(name for name in _RESUME_MUST_MATCH if name != "init"), out)
+    if resume_state is not None:
         history = resumed_history(read_history(out), int(resume_state["epoch"]), options.epochs, "train-seg", out,
                                   group.is_main)
         if history is None:
@@ -209,9 +212,6 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     if resume_state is not None:
         restore(model, optimizer, resume_state, out)
     net = place(model, group)  # the model, or its DDP wrapper
-    if group.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out)
     sampler = EpochShards(len(train_set), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
     pairs = SegmentationPairs(train_set, folder, config.crop_size, options.seed, options.scale_range, options.jitter)
@@ -312,7 +312,7 @@ def score_network(model: SegmentationNet, dataset: VOCDataset, device: torch.dev
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
-    """Score val (logged only), then write model.pt -> history.json -> last.pt: a run killed in
+    """Score val (logged only), then write config.json -> model.pt -> history.json -> last.pt: a run killed in
     between resumes after last.pt's epoch and writes the same bytes again."""
     options, out = session.options, session.out
     if session.val_set is not None:
@@ -322,6 +322,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
         record.update(val_miou=None if miou is None else float(miou), val_skipped=val_skipped,
                       val_seconds=time.perf_counter() - validation_started)
     session.history.append(record)
+    session.config.save(out)  # with every checkpoint, never before the first: it describes the weights
     save_checkpoint(out / "model.pt", session.model, epoch)
     write_json_atomic(out / "history.json", session.history)
     save_checkpoint(out / "last.pt", session.model, epoch, session.optimizer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from wsseg.data.loading import auto_workers, cpus_per_rank
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
-from wsseg.outputs import claimed_output
+from wsseg.outputs import claim_run_files, claimed_output
 
 
 def drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -184,15 +184,41 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+# what a run folder of `wsseg train` or `train-seg` holds, checkpoints first: --overwrite deletes them in
+# this order, so that a kill part-way never leaves a record over weights it does not describe
+RUN_FILES = ("last.pt", "model.pt", "affinity.pt", "misvm.npz", "history.json", "affinity-history.json",
+             "background.json", "affinity.json", "config.json")
+RUN_RECORD = "config.json"
+
+
 @contextlib.contextmanager
-def training_run(device: str | None, out: str | Path, data: str | Path, masks: str) -> Iterator[ProcessGroup]:
+def training_run(device: str | None, out: str | Path, data: str | Path, masks: str, resume: bool = False,
+                 overwrite: bool = False, records: Sequence[str] = (RUN_RECORD, "history.json"),
+                 run_files: Sequence[str] = RUN_FILES, what: str = "a training run") -> Iterator[ProcessGroup]:
     """Join torchrun's process group and claim the run folder ``out`` by the rules of
     :mod:`wsseg.outputs` (rank 0 holds the lock, which also clears a killed run's temporaries; a
-    refusal on any rank stops them all)."""
+    refusal on any rank stops them all); a folder already holding ``run_files`` is refused unless
+    ``resume`` or ``overwrite`` (then rank 0 deletes them first)."""
     with process_group(device) as group, contextlib.ExitStack() as held:
         with group.together():
-            held.enter_context(claimed_output(out, ["config.json", "history.json"], data, masks, group.is_main))
+            held.enter_context(claimed_output(out, records, data, masks, group.is_main))
+            if group.is_main:
+                claim_run_files(out, run_files, resume, overwrite, what)
         yield group
+
+
+def resume_point(out: Path, resume: bool, load_record: Callable[[Path], Any]) -> tuple[dict | None, Any]:
+    """With ``resume``: the checkpoint to resume from (None: start afresh) and the run's record (None
+    where it has none yet), read whenever it exists -- a damaged record, or one of another kind of
+    run, is refused, never taken for 'no record' -- and a checkpoint without a record is refused."""
+    if not resume:
+        return None, None
+    previous = load_record(out) if (out / RUN_RECORD).exists() else None
+    state = resume_checkpoint(out)
+    if state is not None and previous is None:
+        raise WssegError(f"{out / RUN_RECORD}: missing; the checkpoint in {out} has no record of its settings, so "
+                         "it cannot be resumed (--overwrite starts afresh)")
+    return state, previous
 
 
 def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what: str | Path,

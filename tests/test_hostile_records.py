@@ -1,0 +1,244 @@
+"""The second hostile-user pass (issue 23): nothing a user already has is replaced, and a record
+never describes what its folder does not hold. Each test names the failure it guards; all run
+offline on the tiny generated benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wsseg.cli import main
+from wsseg.errors import WssegError
+
+SEG_FAST = ["--crop-size", "64", "--batch-size", "4", "--val-split", "none", "--device", "cpu", "--quiet"]
+
+
+class Killed(BaseException):
+    """What ``kill -9`` does to a trainer, as far as its files can tell: it stops, mid-way."""
+
+
+def _killed(*args, **kwargs):
+    raise Killed()
+
+
+def _exit_or_killed(args: list[str]) -> int | str:
+    """The command's exit code, or 'killed' when it was stopped part-way by :func:`_killed`."""
+    try:
+        return main(args)
+    except Killed:
+        return "killed"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (relative name -> SHA-256): 'unchanged byte for byte'."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line_error(capsys, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def _seg_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train-seg", "--data", str(data), "--out", str(out), "--ground-truth", "--epochs", "1", *SEG_FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_seg(tiny_bench: Path, tmp_path_factory) -> Path:
+    """A finished one-epoch stage-2 run (seed 0) on ground truth."""
+    out = tmp_path_factory.mktemp("seg") / "seg"
+    assert main(_seg_args(tiny_bench, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pseudo(tiny_run: Path, tiny_bench: Path, tmp_path_factory) -> Path:
+    """Confident pseudo-labels of train by the tiny classifier (what train-affinity learns from)."""
+    out = tmp_path_factory.mktemp("pseudo") / "pseudo"
+    assert main(["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "train", "--labels", "gt",
+                 "--method", "cam-crf", "--ignore-uncertain", "--scales", "1", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _affinity_args(run: Path, data: Path, pseudo: Path, *extra: str) -> list[str]:
+    return ["train-affinity", "--run", str(run), "--data", str(data), "--pseudo", str(pseudo), "--epochs", "1",
+            "--batch-size", "4", "--device", "cpu", "--quiet", *extra]
+
+
+# --- 1. a record never describes weights it does not hold ----------------------------------------------------------
+
+
+def test_seg_config_is_not_replaced_before_a_new_seed_has_a_checkpoint(finished_seg: Path, tiny_bench: Path,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """Guards: `train-seg --seed 7` into a finished seed-0 folder, killed before its first checkpoint, left a seed-7
+    config.json over the seed-0 network (and `--resume` then said 'finished' with the wrong weights)."""
+    import wsseg.train_seg
+
+    out = tmp_path / "seg"
+    shutil.copytree(finished_seg, out)
+    weights = (out / "model.pt").read_bytes()
+    monkeypatch.setattr(wsseg.train_seg, "_train_one_epoch", _killed)
+    assert _exit_or_killed(_seg_args(tiny_bench, out, "--seed", "7")) in (2, "killed")
+    assert (out / "model.pt").read_bytes() == weights
+    assert json.loads((out / "config.json").read_text())["seed"] == 0  # the record still names what is held
+
+
+def test_seg_overwrite_killed_before_its_first_checkpoint_leaves_no_record_of_the_old_weights(
+        finished_seg: Path, tiny_bench: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Guards: a new run killed before its first checkpoint left config.json next to weights of other settings;
+    with --overwrite the old files go first and the new record comes with the first checkpoint."""
+    import wsseg.train_seg
+
+    out = tmp_path / "seg"
+    shutil.copytree(finished_seg, out)
+    with monkeypatch.context() as patch:
+        patch.setattr(wsseg.train_seg, "_train_one_epoch", _killed)
+        assert _exit_or_killed(_seg_args(tiny_bench, out, "--seed", "7", "--overwrite")) == "killed"
+    assert not any((out / name).exists() for name in ("config.json", "model.pt", "last.pt", "history.json"))
+    assert main(_seg_args(tiny_bench, out, "--seed", "7", "--resume")) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["seed"] == 7
+    assert (out / "model.pt").read_bytes() != (finished_seg / "model.pt").read_bytes()
+
+
+def test_affinity_record_is_not_replaced_before_a_new_radius_has_a_checkpoint(
+        tiny_run: Path, tiny_bench: Path, pseudo: Path, tmp_path: Path, monkeypatch) -> None:
+    """Guards: train-affinity with a new --radius, killed before its first checkpoint, left affinity.json saying
+    the new radius over the old network: segment then walked with the new radius over the old weights."""
+    import wsseg.train_affinity
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(_affinity_args(run, tiny_bench, pseudo)) == 0
+    weights = (run / "affinity.pt").read_bytes()
+    monkeypatch.setattr(wsseg.train_affinity, "_train_one_epoch", _killed)
+    assert _exit_or_killed(_affinity_args(run, tiny_bench, pseudo, "--radius", "3")) in (2, "killed")
+    assert (run / "affinity.pt").read_bytes() == weights
+    assert json.loads((run / "affinity.json").read_text())["training"]["radius"] == 5
+
+
+# --- 2. a trainer never replaces a finished or foreign run without being told --------------------------------------
+
+
+def test_train_seg_into_a_classifier_run_is_refused_and_leaves_it_whole(tiny_run: Path, tiny_bench: Path,
+                                                                        tmp_path: Path, capsys) -> None:
+    """Guards: `train-seg --out <classifier run>` replaced the classifier's model.pt with exit 0."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = _digests(run)
+    assert main(_seg_args(tiny_bench, run)) == 2
+    _one_line_error(capsys, str(run), "--overwrite")
+    assert _digests(run) == before
+    assert main(_seg_args(tiny_bench, run, "--resume")) == 2  # --resume continues only a run of its own kind
+    _one_line_error(capsys, "config.json")
+    assert _digests(run) == before
+
+
+@pytest.mark.parametrize("trainer", ["train", "train-seg"])
+def test_a_finished_run_is_not_retrained_over_without_resume_or_overwrite(trainer: str, finished_seg: Path,
+                                                                          tiny_run: Path, tiny_bench: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    """Guards: a trainer started again on a finished run's folder (no --resume) silently replaced it."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run if trainer == "train" else finished_seg, out)
+    before = _digests(out)
+    args = (["train", "--data", str(tiny_bench), "--out", str(out), "--epochs", "1", "--image-size", "64",
+             "--batch-size", "4", "--val-split", "none", "--device", "cpu", "--quiet"]
+            if trainer == "train" else _seg_args(tiny_bench, out))
+    assert main(args) == 2
+    _one_line_error(capsys, "already holds", "--resume", "--overwrite")
+    assert _digests(out) == before
+    assert main([*args, "--resume", "--overwrite"]) == 2
+    _one_line_error(capsys, "--resume", "--overwrite")
+    assert main([*args, "--overwrite"]) == 0
+    assert _digests(out) != before and (out / "config.json").is_file()
+
+
+def test_train_affinity_over_an_affinity_run_needs_resume_or_overwrite(tiny_run: Path, tiny_bench: Path,
+                                                                       pseudo: Path, tmp_path: Path, capsys) -> None:
+    """Guards: train-affinity into a run that already has an affinity network replaced it without being told."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(_affinity_args(run, tiny_bench, pseudo)) == 0
+    before = _digests(run)
+    assert main(_affinity_args(run, tiny_bench, pseudo, "--seed", "3")) == 2
+    _one_line_error(capsys, "affinity", "--overwrite")
+    assert _digests(run) == before
+    assert main(_affinity_args(run, tiny_bench, pseudo, "--seed", "3", "--overwrite")) == 0
+    assert json.loads((run / "affinity.json").read_text())["training"]["seed"] == 3
+
+
+# --- 3. no output path may replace an input ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scored(tiny_bench: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the benchmark, and a folder of val predictions (the masks themselves)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_bench, data)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for image_id in (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        shutil.copy(data / "SegmentationClass" / f"{image_id}.png", pred / f"{image_id}.png")
+    return data, pred
+
+
+@pytest.mark.parametrize("target", ["split file", "classes.txt", "mask", "prediction"])
+def test_evaluate_json_never_replaces_an_input(target: str, scored: tuple[Path, Path], tmp_path: Path,
+                                               capsys) -> None:
+    """Guards: `evaluate --json` pointed at the split file, classes.txt, a mask or a prediction PNG replaced it."""
+    data, pred = scored
+    first = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    path = {"split file": data / "ImageSets" / "Segmentation" / "val.txt", "classes.txt": data / "classes.txt",
+            "mask": data / "SegmentationClass" / f"{first}.png", "prediction": pred / f"{first}.png"}[target]
+    before = _digests(tmp_path)
+    assert main(["evaluate", "--pred", str(pred), "--data", str(data), "--json", str(path), "--quiet"]) == 2
+    _one_line_error(capsys, str(path))
+    assert _digests(tmp_path) == before
+    assert main(["evaluate", "--pred", str(pred), "--data", str(data), "--json", str(tmp_path / "scores.json"),
+                 "--quiet"]) == 0  # a new file beside them is fine
+
+
+@pytest.mark.parametrize("case", ["same file", "same file without .png", "overlay onto the input", "into the dataset"])
+def test_segment_image_never_writes_over_its_input_or_into_a_dataset(case: str, tiny_run: Path, tiny_bench: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    """Guards: `segment --image IN --out OUT` with OUT equal to IN (or its overlay landing on IN, or OUT inside a
+    dataset's folders) replaced the user's image or the dataset's mask."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_bench, data)
+    first = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image = photos / ("x_overlay.png" if case == "overlay onto the input" else "photo.png")
+    from PIL import Image
+    Image.open(next((data / "JPEGImages").glob(f"{first}.*"))).save(image)
+    out = {"same file": image, "same file without .png": photos / "photo", "overlay onto the input": photos / "x.png",
+           "into the dataset": data / "SegmentationClass" / f"{first}.png"}[case]
+    before = _digests(tmp_path)
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--out", str(out), "--method", "cam",
+                 "--scales", "1", "--device", "cpu", "--quiet"]) == 2
+    _one_line_error(capsys)
+    assert _digests(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["out", "out/data"])
+def test_demo_refuses_a_folder_of_files_it_did_not_write(where: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Guards: `wsseg demo --out DIR` wrote (and synthesised over) DIR or DIR/data holding the user's own files."""
+    import wsseg.demo
+
+    monkeypatch.setattr(wsseg.demo, "write_synthetic_dataset", _killed)  # the demo must stop before it
+    folder = tmp_path / where
+    folder.mkdir(parents=True)
+    (folder / "thesis.tex").write_text("years of work")
+    before = _digests(tmp_path)
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quick", "--quiet"]) == 2
+    _one_line_error(capsys, str(folder))
+    assert _digests(tmp_path) == before
