@@ -242,3 +242,58 @@ def test_demo_refuses_a_folder_of_files_it_did_not_write(where: str, tmp_path: P
     assert main(["demo", "--out", str(tmp_path / "out"), "--quick", "--quiet"]) == 2
     _one_line_error(capsys, str(folder))
     assert _digests(tmp_path) == before
+
+
+# --- 6. an empty split, or one of bad images only, is refused by every command ------------------------------------
+
+
+@pytest.fixture
+def odd_splits(tiny_bench: Path, tmp_path: Path) -> Path:
+    """A copy of the benchmark with an empty split and a split of two undecodable images."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_bench, data)
+    splits = data / "ImageSets" / "Segmentation"
+    (splits / "empty.txt").write_text("")
+    bad = (splits / "train.txt").read_text().split()[:2]
+    (splits / "bad.txt").write_text("".join(f"{i}\n" for i in bad))
+    for image_id in bad:
+        next((data / "JPEGImages").glob(f"{image_id}.*")).write_bytes(b"GIF89a not an image")
+    return data
+
+
+def test_tune_background_on_an_empty_split_leaves_the_tuned_threshold_alone(odd_splits: Path, tiny_run: Path,
+                                                                           tmp_path: Path, capsys) -> None:
+    """Guards: `tune-background` on an empty split wrote threshold 0.05 with mIoU null over a good tuned value (then
+    a traceback), and every later segment silently used 0.05."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    tuned = {"cam": {"threshold": 0.35, "miou": 0.5, "split": "train", "tuned_on_ground_truth": True, "curve": []}}
+    (run / "background.json").write_text(json.dumps(tuned))
+    before = _digests(run)
+    for split, skip in (("empty", []), ("bad", ["--skip-bad"])):
+        assert main(["tune-background", "--run", str(run), "--data", str(odd_splits), "--split", split, "--method",
+                     "cam", "--thresholds", "0.05,0.5", "--scales", "1", "--quiet", *skip]) == 2
+        _one_line_error(capsys, split)
+        assert _digests(run) == before
+
+
+@pytest.mark.parametrize("command", ["segment", "maps", "tune-background", "train", "evaluate"])
+def test_every_command_refuses_an_empty_split_and_a_split_of_bad_images_only(command: str, odd_splits: Path,
+                                                                            tiny_run: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    """Guards: `segment` and `maps` on an empty split (or, with --skip-bad, a split whose every image is bad) wrote
+    nothing and exited 0, where `train` and `evaluate` refuse: --skip-bad means the same for every command."""
+    for split in ("empty", "bad"):
+        out = tmp_path / f"{command}-{split}"
+        common = ["--data", str(odd_splits), "--split", split, "--skip-bad", "--quiet"]
+        args = {"segment": ["segment", "--run", str(tiny_run), "--method", "cam", "--scales", "1", "--out", str(out)],
+                "maps": ["maps", "--run", str(tiny_run), "--method", "cam", "--scales", "1", "--out", str(out)],
+                "tune-background": ["tune-background", "--run", str(tiny_run), "--method", "cam", "--scales", "1",
+                                    "--thresholds", "0.5"],
+                "train": ["train", "--out", str(out), "--epochs", "1", "--image-size", "64", "--val-split", "none"],
+                "evaluate": ["evaluate", "--pred", str(tmp_path)]}[command]  # no prediction: all bad
+        if command == "tune-background":
+            shutil.copytree(tiny_run, tmp_path / "run", dirs_exist_ok=True)
+            args[2] = str(tmp_path / "run")
+        assert main([*args, *common]) == 2, split
+        _one_line_error(capsys, split)

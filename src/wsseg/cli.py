@@ -20,6 +20,9 @@ _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 _SEG_DEFAULTS = SegTrainOptions(data="", out="")
 
 EXIT_USAGE = 2
+# one meaning for every command that reads a split
+SKIP_BAD_HELP = ("skip unreadable or inconsistent images and count them, instead of stopping (a split whose every "
+                 "image is bad is refused all the same)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,8 +72,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
     parser.add_argument("--split", default=split_default, help="split name: ImageSets/Segmentation/<split>.txt")
     parser.add_argument("--masks", default="SegmentationClass",
                         help="mask folder under the root (e.g. SegmentationClassAug)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable or inconsistent images and count them, instead of stopping")
+    parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(parser)
 
 
@@ -124,7 +126,7 @@ def _add_training_args(parser: argparse.ArgumentParser, defaults, out_help: str)
                              "--resume, a folder holding a run is refused")
     parser.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                         help="stop after this epoch (for time-limited jobs; continue later with --resume)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_args(segment)
     segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
-    segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    segment.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(segment)
 
     misvm = command("train-misvm", _cmd_train_misvm,

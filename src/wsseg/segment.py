@@ -328,13 +328,13 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
     if json_path is not None:  # before scoring: the scores must not replace a prediction or the dataset's files
         check_may_write(json_path, inputs=[pred], dataset_root=data, masks=masks)
-    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
+    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size).require_images()
     with process_group("cpu") as group:
         with group.together():
             result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
                                        progress=progress and group.is_main, ignore_uncertain=ignore_uncertain)
         result = sum_over_ranks(result, group)  # every rank scored its share: add them up
-    check_scored(result, pred)
+    check_scored(result, pred, split)
     if not group.is_main:
         return None
     record = read_segment_record(pred) or {}

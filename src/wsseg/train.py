@@ -211,8 +211,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     out = Path(options.out)
     train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
                            max_file_size=options.max_file_size)
-    if len(train_set) == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    train_set.require_images()
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,

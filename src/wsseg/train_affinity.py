@@ -148,8 +148,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
         dataset = VOCDataset(options.data, options.split, masks=options.masks, classes=dataset.classes,
                              ids=dataset.ids[: options.limit], max_side=options.max_side,
                              max_file_size=options.max_file_size)
-    if len(dataset) == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    dataset.require_images()
     pseudo = read_pseudo_record(options.pseudo, required=True)
     image_size = options.image_size or run_config.image_size
     config = AffinityConfig.for_classifier(classifier, options.radius)

@@ -289,14 +289,18 @@ class EpochSteps:
         self.first_step = epoch * steps_per_epoch
         self.total_steps = steps_per_epoch * epochs
         self.skip_bad = skip_bad
+        self.dataset = loader.dataset.dataset  # the split the loader's items come from
         self.bar = tqdm(loader, desc=desc, unit="batch", disable=not show)
         self.skipped = 0
         self.waits: list[float] = []
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        used = 0
         for step, batch in enumerate(timed_batches(self.bar, self.waits)):
             inputs, targets, bad = drop_bad(batch, self.skip_bad)
             self.skipped += bad
             poly_lr(self.optimizer, self.base_lrs, self.first_step + step, self.total_steps)
             if len(inputs):
+                used += len(inputs)
                 yield step, inputs, targets
+        self.dataset.require_used(self.skipped, used)  # every item bad: refused, as every command does

@@ -62,6 +62,8 @@ def store_choice(run: str | Path, method: str, curve: list[dict], split: str) ->
     """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice)."""
     best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
     path = Path(run) / BACKGROUND_FILE
+    if best["miou"] is None:  # nothing was scored: a stored choice would replace a good one with a guess
+        raise WssegError(f"split {split!r}: no threshold could be scored (no labelled pixel); {path} left unchanged")
     stored = load_choices(run)
     stored[method] = {"threshold": best["threshold"], "miou": best["miou"], "split": split,
                       "tuned_on_ground_truth": True, "curve": curve}

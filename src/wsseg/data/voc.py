@@ -114,6 +114,20 @@ class VOCDataset(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def require_images(self) -> VOCDataset:
+        """This split, refused when it lists no image: every command stops the same way on an empty split
+        (before writing anything), rather than writing an empty result."""
+        if not self.ids:
+            raise WssegError(f"{self.root}: split {self.split!r} is empty")
+        return self
+
+    def require_used(self, skipped: int, used: int) -> None:
+        """--skip-bad means the same for every command: bad images are counted and skipped, but a split
+        whose every image was bad is refused, as an empty one is, never a result made of nothing."""
+        if skipped and not used:
+            raise WssegError(f"{self.root}: every image of split {self.split!r} was skipped as bad ({skipped}); "
+                             "nothing to work on")
+
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         return self.load(self.ids[index])
 
