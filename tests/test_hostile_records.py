@@ -297,3 +297,18 @@ def test_every_command_refuses_an_empty_split_and_a_split_of_bad_images_only(com
             args[2] = str(tmp_path / "run")
         assert main([*args, *common]) == 2, split
         _one_line_error(capsys, split)
+
+
+# --- 11. options a method does not use are refused -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", [["--labels", "predicted"], ["--labels", "gt"], ["--label-threshold", "0.3"]])
+def test_segment_method_seg_refuses_label_options(flag: list[str], finished_seg: Path, tiny_bench: Path,
+                                                  tmp_path: Path, capsys) -> None:
+    """Guards: `segment --method seg` silently ignored --labels / --label-threshold (the network uses neither)."""
+    for target in (["--data", str(tiny_bench)], ["--image", str(next((tiny_bench / "JPEGImages").iterdir()))]):
+        out = tmp_path / "out"
+        assert main(["segment", "--run", str(finished_seg), *target, "--method", "seg", *flag, "--out", str(out),
+                     "--device", "cpu", "--quiet"]) == 2
+        _one_line_error(capsys, flag[0], "seg")
+        assert not out.exists() and not out.with_suffix(".png").exists()

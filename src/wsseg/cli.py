@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace the segmentations of a folder made with other options, data or weights "
                               "(else refused)")
     _add_label_args(segment)
+    segment.set_defaults(labels=None, label_threshold=None)  # not given: the method's (seg refuses them given)
     segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
     segment.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)

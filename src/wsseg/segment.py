@@ -57,24 +57,33 @@ class SegmentOptions:
     """Everything that decides what a segmentation is (``wsseg segment``'s options)."""
 
     method: str = "dcsm-crf"
-    labels: str = "gt"  # the image-level labels (pseudo-labels), or "predicted" by the classifier
-    label_threshold: float = 0.5  # score threshold for predicted labels
+    # the image-level labels (pseudo-labels), or "predicted" by the classifier; None: not given (gt, for
+    # the methods that use labels; --method seg uses none, and refuses them given)
+    labels: str | None = None
+    label_threshold: float | None = None  # score threshold for predicted labels; None: not given (0.5)
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
     threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
     ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
     tta: bool = False  # --method seg: test-time scales and flips
     crf: bool = False  # --method seg: DeepLab's dense CRF on the softmax
 
+    def __post_init__(self) -> None:
+        if self.method not in NETWORK_METHODS:  # the defaults of the methods that use labels
+            object.__setattr__(self, "labels", "gt" if self.labels is None else self.labels)
+            object.__setattr__(self, "label_threshold", 0.5 if self.label_threshold is None else self.label_threshold)
+
 
 def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
     if options.method in NETWORK_METHODS:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
+                                       ("--labels", options.labels is not None),
+                                       ("--label-threshold", options.label_threshold is not None),
                                        ("--threshold", options.threshold is not None),
                                        ("--scales", options.scales is not None), ("--maps", stored_maps)) if on]
         if given:
-            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no maps or "
-                             "background threshold")
+            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no image "
+                             "labels, maps or background threshold")
     elif options.tta or options.crf:
         raise WssegError("--tta and --crf are for --method seg (a network from `wsseg train-seg`); the other methods "
                          "have their own fusion")
@@ -219,10 +228,10 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     instead of computing the maps again (each checked against what the segmenter would compute).
     """
     out = Path(out)
-    check_label_source(options.labels)
     check_options(options, bool(maps))
     if options.method in NETWORK_METHODS:
         return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
+    check_label_source(options.labels)
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
