@@ -312,3 +312,79 @@ def test_segment_method_seg_refuses_label_options(flag: list[str], finished_seg:
                      "--device", "cpu", "--quiet"]) == 2
         _one_line_error(capsys, flag[0], "seg")
         assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+# --- 8. the stale-lock takeover is atomic; a damaged lock is refused -----------------------------------------------
+
+
+def _racer(out: Path, barrier, results) -> None:
+    """One of several processes that find the same dead run's lock at once (in a forked child)."""
+    import os
+    import time
+
+    from wsseg.outputs import OutputLock
+
+    barrier.wait()
+    try:
+        with OutputLock(out):
+            try:
+                os.close(os.open(out / "holder", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                results.put("two holders")
+                return
+            time.sleep(0.3)
+            os.unlink(out / "holder")
+            results.put("held")
+    except WssegError:
+        results.put("refused")
+
+
+def test_two_processes_never_both_take_over_the_same_dead_lock(tmp_path: Path, monkeypatch) -> None:
+    """Guards: processes finding the same dead-pid lock each removed it and took it, so two held the folder at once
+    (2 of 25 trials with 6 racers; here the window is widened so that the old takeover fails every time)."""
+    import multiprocessing
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import wsseg.outputs
+
+    alive = wsseg.outputs._pid_alive
+
+    def slowly_alive(pid: int) -> bool:  # every racer has read the dead lock before any acts on it
+        answer = alive(pid)
+        time.sleep(0.2)
+        return answer
+
+    monkeypatch.setattr(wsseg.outputs, "_pid_alive", slowly_alive)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    context = multiprocessing.get_context("fork")
+    for trial in range(3):
+        out = tmp_path / f"out{trial}"
+        out.mkdir()
+        (out / ".wsseg.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead}))
+        barrier, results = context.Barrier(6), context.Queue()
+        racers = [context.Process(target=_racer, args=(out, barrier, results)) for _ in range(6)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        outcomes = sorted(results.get(timeout=5) for _ in racers)
+        assert outcomes.count("held") == 1 and "two holders" not in outcomes, outcomes
+        assert not (out / ".wsseg.lock").exists() and not [p for p in os.listdir(out) if "lock" in p]
+
+
+@pytest.mark.parametrize("pid", [10 ** 30, -1, 0, True, 1.5, "12", None])
+def test_a_lock_with_an_invalid_pid_is_refused_as_damaged(pid: object, tmp_path: Path) -> None:
+    """Guards: a lock naming pid 10**30 raised OverflowError (a traceback), and -1 or 0 were taken for live runs."""
+    import socket
+
+    from wsseg.outputs import OutputLock
+
+    (tmp_path / ".wsseg.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": pid}))
+    with pytest.raises(WssegError, match="damaged lock"):
+        with OutputLock(tmp_path):
+            pass
