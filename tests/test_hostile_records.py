@@ -388,3 +388,41 @@ def test_a_lock_with_an_invalid_pid_is_refused_as_damaged(pid: object, tmp_path:
     with pytest.raises(WssegError, match="damaged lock"):
         with OutputLock(tmp_path):
             pass
+
+
+# --- 7. bounds on every numeric option that sizes work or divides ---------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["maps --scales 100", "maps --scales 0.01", "segment --scales 100",
+                                  "segment --scales of nine", "segment --threshold 1e-300",
+                                  "segment --threshold 0.99999", "tune --thresholds 1e-300"])
+def test_options_that_size_work_or_divide_are_bounded(case: str, tiny_run: Path, tiny_bench: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    """Guards: `maps --scales 100` ran a 64 px image at 6400 px (6.9 GB); `--threshold 1e-300` divided by zero (a
+    traceback); now each is one line naming the option and its range, before any work."""
+    out = tmp_path / "out"
+    common = ["--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--device", "cpu", "--quiet"]
+    option, value = case.split()[1], case.split()[2]
+    value = {"of": ",".join(["1"] * 9)}.get(value, value)
+    args = {"maps": ["maps", *common, "--method", "cam", "--out", str(out)],
+            "segment": ["segment", *common, "--method", "cam-crf", "--out", str(out),
+                        *(["--scales", "1"] if option != "--scales" else [])],
+            "tune": ["tune-background", *common, "--method", "cam-crf", "--scales", "1"]}[case.split()[0]]
+    assert main([*args, option, value]) == 2
+    _one_line_error(capsys, option.lstrip("-").rstrip("s"))
+    assert not out.exists() and not (tiny_run / "background.json").exists()
+
+
+@pytest.mark.parametrize("option", [["--radius", "40"], ["--image-size", "2048"], ["--radius", "16",
+                                                                                    "--image-size", "64"]])
+def test_train_affinity_bounds_radius_and_image_size(option: list[str], tiny_run: Path, tiny_bench: Path,
+                                                     pseudo: Path, tmp_path: Path, capsys) -> None:
+    """Guards: `train-affinity --radius 40` was a traceback (pairs farther apart than the crop's grid), and
+    --image-size had no cap (train-seg's is 1024); now one line naming the option and why."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = _digests(run)
+    assert main(_affinity_args(run, tiny_bench, pseudo, *option)) == 2
+    err = _one_line_error(capsys, option[0] if option[0] != "--radius" or len(option) == 2 else "--radius")
+    assert ("grid" in err or "pairs" in err) if option[0] == "--radius" else "1024" in err
+    assert _digests(run) == before

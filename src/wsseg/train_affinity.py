@@ -31,10 +31,12 @@ from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256, write_json_atomic
-from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, AffinityConfig, AffinityHead,
-                                   affinity_loss, label_grid, pair_affinities, pair_targets, tap_outputs)
+from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, MAX_RADIUS, AffinityConfig, AffinityHead,
+                                   affinity_loss, label_grid, neighbours_per_pixel, pair_affinities, pair_targets,
+                                   tap_outputs)
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read_history, save_checkpoint
+from wsseg.train import MAX_IMAGE_SIZE
 from wsseg.train_options import AFFINITY_DEFAULTS
 from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
                             pseudo_label_source, read_pseudo_record, resolve_workers, restore, resumed_history,
@@ -89,8 +91,13 @@ def _check_options(options: AffinityOptions) -> None:
         raise WssegError(f"--lr {options.lr}: must be a finite positive number")
     if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
         raise WssegError(f"--weight-decay {options.weight_decay}: must be a finite number, 0 or more")
-    if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
-        raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.image_size is not None and not (32 <= options.image_size <= MAX_IMAGE_SIZE
+                                                and options.image_size % 32 == 0):
+        raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32 from 32 to {MAX_IMAGE_SIZE} "
+                         "(as train-seg's crops: beyond it one batch would not fit in memory)")
+    if options.radius > MAX_RADIUS:
+        raise WssegError(f"--radius {options.radius}: at most {MAX_RADIUS} (the loss holds one tensor per offset of the pairs "
+                         f"it compares, {neighbours_per_pixel(options.radius) // 2} at this radius; psa's radius is 5)")
     if options.limit is not None and options.limit < 1:
         raise WssegError(f"--limit {options.limit}: must be at least 1")
 
@@ -152,6 +159,10 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     pseudo = read_pseudo_record(options.pseudo, required=True)
     image_size = options.image_size or run_config.image_size
     config = AffinityConfig.for_classifier(classifier, options.radius)
+    grid = image_size // config.stride
+    if options.radius >= grid:
+        raise WssegError(f"--radius {options.radius}: must be below {grid}, the side of a {image_size} px crop's grid "
+                         f"at stride {config.stride} (no pairs lie farther apart than the grid)")
     record = _record(options, config, run, pseudo, image_size, len(dataset))
 
     history: list[dict] = []

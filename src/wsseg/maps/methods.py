@@ -87,9 +87,23 @@ class Layers(MapMethod):
         return layer_maps(model, images, classes, self.layers, self.guided, self.target, self.absolute)
 
 
+# input scales a map method accepts: each scale runs the network on an image that many times larger
+# per side (100 made a 64 px image 6400 px, 6.9 GB), so both the range and the count are bounded
+SCALE_RANGE = (0.25, 4.0)
+MAX_SCALES = 8
+
+
 @dataclass(frozen=True)
 class _Scaled(MapMethod):
     scales: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        low, high = SCALE_RANGE
+        if self.scales is not None and not (0 < len(self.scales) <= MAX_SCALES
+                                            and all(low <= float(s) <= high for s in self.scales)):
+            raise WssegError(f"--scales {','.join(f'{s:g}' for s in self.scales[:MAX_SCALES + 1])}: give 1 to "
+                             f"{MAX_SCALES} scales, each from {low:g} to {high:g} (each runs the network on the image "
+                             "that many times larger per side)")
 
     def with_scales(self, scales: Sequence[float] | None) -> MapMethod:
         return self if scales is None else dataclasses.replace(self, scales=tuple(scales))
@@ -145,6 +159,7 @@ class DCSM(_Scaled):
         return result.maps, {"agnostic": result.agnostic}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.normalization not in DCSM_NORMALIZATIONS:
             raise WssegError(f"unknown DCSM normalisation {self.normalization!r}; "
                              f"choose from {', '.join(DCSM_NORMALIZATIONS)}")

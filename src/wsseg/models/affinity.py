@@ -38,6 +38,9 @@ from wsseg.models.run import read_checkpoint
 AFFINITY_FILE = "affinity.pt"
 AFFINITY_RECORD = "affinity.json"
 DEFAULT_RADIUS = 5  # psa's, on its stride-8 grid; ours is stride 4 (section 7 of docs/method.md)
+# the largest radius accepted: training holds one tensor per pair offset (about pi r^2 / 2 of them) and
+# the walk's transition matrix as many non-zeros per pixel
+MAX_RADIUS = 16
 LEVEL_CHANNELS = 32  # each tap's width after its 1x1 convolution
 EMBEDDING_CHANNELS = 64
 # Backbones whose declared taps start at stride 8 get this stride-4 layer for the edges
@@ -244,7 +247,7 @@ def config_from_record(record: dict, path: str) -> AffinityConfig:
     except (KeyError, TypeError, ValueError):
         raise WssegError(f"{path}: damaged affinity record (its 'network' entry is incomplete); "
                          "run wsseg train-affinity again") from None
-    if len(config.taps) != len(config.channels) or not config.taps or config.radius < 1:
+    if len(config.taps) != len(config.channels) or not config.taps or not 1 <= config.radius <= MAX_RADIUS:
         raise WssegError(f"{path}: damaged affinity record (taps, channels or radius)")
     return config
 
