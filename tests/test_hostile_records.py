@@ -426,3 +426,62 @@ def test_train_affinity_bounds_radius_and_image_size(option: list[str], tiny_run
     err = _one_line_error(capsys, option[0] if option[0] != "--radius" or len(option) == 2 else "--radius")
     assert ("grid" in err or "pairs" in err) if option[0] == "--radius" else "1024" in err
     assert _digests(run) == before
+
+
+# --- 5. stored maps are validated before use ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cam_maps(tiny_run: Path, tiny_bench: Path, tmp_path_factory) -> Path:
+    """`wsseg maps` of val by the tiny classifier (CAM at scale 1, ground-truth labels)."""
+    out = tmp_path_factory.mktemp("maps") / "cam"
+    assert main(["maps", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+                 "--scales", "1", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    return out
+
+
+def _npz_claiming(path: Path, shape: tuple[int, ...], labels) -> None:
+    """A small .npz whose maps member's header claims ``shape`` (float32) but holds a few bytes."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("maps.npy", header.getvalue() + b"\0" * 64)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(labels, np.int16))
+        archive.writestr("labels.npy", buffer.getvalue())
+
+
+@pytest.mark.parametrize("damage", ["half size", "label 99", "NaN", "text dtype", "claims 3.6 TiB"])
+def test_segment_refuses_stored_maps_that_do_not_fit_the_image(damage: str, cam_maps: Path, tiny_run: Path,
+                                                               tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    """Guards: `segment --maps` fused 32x32 maps of a 64x64 image into a 32x32 PNG, label 99 into a PNG of 99s, NaN
+    maps into one class over the whole image, and read a 300-byte .npz claiming 3.6 TiB (MemoryError)."""
+    import numpy as np
+
+    maps = tmp_path / "maps"
+    shutil.copytree(cam_maps, maps)
+    victim = sorted(maps.glob("*.npz"))[0]
+    with np.load(victim) as data:
+        arrays = {key: data[key] for key in data.files}
+    if damage == "claims 3.6 TiB":
+        _npz_claiming(victim, (1000, 1000, 1_000_000), arrays["labels"])
+    else:
+        if damage == "half size":
+            arrays["maps"] = arrays["maps"][:, ::2, ::2]
+        elif damage == "label 99":
+            arrays["labels"] = np.full_like(arrays["labels"], 99)
+        elif damage == "NaN":
+            arrays["maps"] = np.full_like(arrays["maps"], np.nan)
+        else:
+            arrays["maps"] = arrays["maps"].astype(str)
+        np.savez(victim, **arrays)
+    out = tmp_path / "seg"
+    assert main(["segment", "--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--method", "cam",
+                 "--scales", "1", "--maps", str(maps), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    _one_line_error(capsys, str(victim))
+    assert not (out / f"{victim.stem}.png").exists()

@@ -190,14 +190,16 @@ class StoredMaps:
                              f"folder for {' and '.join(missing)} too")
         return cls(found)
 
-    def batch(self, batch: Sequence[ImageItem]) -> tuple[list[list[int]], dict[MapMethod, list[np.ndarray]]]:
-        """The stored classes (0-based) and normalised maps of a batch's images."""
+    def batch(self, batch: Sequence[ImageItem], num_classes: int | None = None
+              ) -> tuple[list[list[int]], dict[MapMethod, list[np.ndarray]]]:
+        """The stored classes (0-based) and normalised maps of a batch's images, each file validated
+        against its image (and the dataset's ``num_classes``) before use."""
         classes: list[list[int]] = []
         prepared: dict[MapMethod, list[np.ndarray]] = {method: [] for method in self.folders}
         for item in batch:
             per_image = None
             for method, folder in self.folders.items():
-                arrays = read_maps(folder / f"{item.id}.npz")
+                arrays = read_maps(folder / f"{item.id}.npz", item.image.shape[:2], num_classes)
                 stored = [int(value) - 1 for value in arrays["labels"]]
                 if per_image is not None and stored != per_image:
                     raise WssegError(f"{folder / f'{item.id}.npz'}: other classes than the other --maps folder's "

@@ -204,7 +204,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter |
     def compute(batch: list[ImageItem]) -> list[np.ndarray]:
         maps = None
         if stored is not None:
-            classes, maps = stored.batch(batch)
+            classes, maps = stored.batch(batch, dataset.num_classes)
         else:
             classes = batch_classes(model, batch, labels, label_threshold)
         images = [item.image for item in batch]
