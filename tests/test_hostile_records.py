@@ -485,3 +485,146 @@ def test_segment_refuses_stored_maps_that_do_not_fit_the_image(damage: str, cam_
                  "--scales", "1", "--maps", str(maps), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
     _one_line_error(capsys, str(victim))
     assert not (out / f"{victim.stem}.png").exists()
+
+
+# --- 4. records are compared with what the command is given ---------------------------------------------------------
+
+
+@pytest.fixture
+def twin(tiny_bench: Path, tmp_path: Path) -> Path:
+    """A byte-for-byte copy of the benchmark elsewhere: another dataset, with the same ids."""
+    data = tmp_path / "twin"
+    shutil.copytree(tiny_bench, data)
+    splits = data / "ImageSets" / "Segmentation"
+    shutil.copy(splits / "val.txt", splits / "val2.txt")
+    shutil.copy(splits / "train.txt", splits / "train2.txt")
+    return data
+
+
+@pytest.mark.parametrize("trainer", ["train", "train-seg", "train-affinity"])
+def test_resume_refuses_another_dataset_or_split(trainer: str, tiny_run: Path, tiny_bench: Path, pseudo: Path,
+                                                 twin: Path, tmp_path: Path, capsys) -> None:
+    """Guards: `--resume` with another --data (or --split) continued the run on other images under the old record."""
+    out = tmp_path / "run"
+    if trainer == "train-affinity":
+        shutil.copytree(tiny_run, out)
+
+    def args(data: Path, split: str = "train") -> list[str]:
+        if trainer == "train":
+            return ["train", "--data", str(data), "--split", split, "--out", str(out), "--epochs", "2", "--image-size",
+                    "64", "--batch-size", "4", "--val-split", "none", "--device", "cpu", "--quiet"]
+        if trainer == "train-seg":
+            return ["train-seg", "--data", str(data), "--split", split, "--out", str(out), "--ground-truth",
+                    "--epochs", "2", *SEG_FAST]
+        return ["train-affinity", "--run", str(out), "--data", str(data), "--pseudo", str(pseudo), "--split", split,
+                "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--quiet"]
+
+    first = tiny_bench if trainer == "train-affinity" else twin  # the pseudo-labels were made on tiny_bench
+    assert main([*args(first), "--stop-after", "1"]) == 0
+    before = _digests(out)
+    other = twin if first == tiny_bench else tiny_bench
+    for data, split, named in ((other, "train", "data"), (first, "train2" if first == twin else "val", "split")):
+        assert main([*args(data, split), "--resume"]) == 2, named
+        _one_line_error(capsys, named)
+        assert _digests(out) == before
+
+
+def test_segment_maps_refuses_maps_of_another_dataset_or_split(cam_maps: Path, tiny_run: Path, twin: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    """Guards: `segment --maps` fused maps made on another dataset (same ids) or split as if they were this one's."""
+    for split in ("val", "val2"):
+        out = tmp_path / f"seg-{split}"
+        assert main(["segment", "--run", str(tiny_run), "--data", str(twin), "--split", split, "--method", "cam",
+                     "--scales", "1", "--maps", str(cam_maps), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+        _one_line_error(capsys, "maps.json")
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("change", ["dataset", "split", "classes"])
+@pytest.mark.parametrize("trainer", ["train-seg", "train-affinity"])
+def test_trainers_refuse_pseudo_labels_of_another_dataset_split_or_class_list(
+        trainer: str, change: str, pseudo: Path, tiny_run: Path, tiny_bench: Path, twin: Path, tmp_path: Path,
+        capsys) -> None:
+    """Guards: train-seg / train-affinity learnt from pseudo-labels whose segment.json names another dataset, split
+    or class list than the one they were given."""
+    labels = tmp_path / "pseudo"
+    shutil.copytree(pseudo, labels)
+    data, split = {"dataset": (twin, "train"), "split": (tiny_bench, "train2"), "classes": (tiny_bench, "train")}[change]
+    if change == "split":
+        shutil.copytree(tiny_bench, tmp_path / "bench")
+        data = tmp_path / "bench"
+        (labels / "segment.json").write_text(json.dumps({**json.loads((labels / "segment.json").read_text()),
+                                                         "data": str(data.resolve())}))
+        shutil.copy(data / "ImageSets/Segmentation/train.txt", data / "ImageSets/Segmentation/train2.txt")
+    if change == "classes":
+        record = json.loads((labels / "segment.json").read_text())
+        (labels / "segment.json").write_text(json.dumps({**record, "classes": ["cat", "dog"]}))
+    out = tmp_path / "out"
+    if trainer == "train-seg":
+        args = ["train-seg", "--data", str(data), "--split", split, "--pseudo", str(labels), "--out", str(out),
+                "--epochs", "1", *SEG_FAST]
+    else:
+        shutil.copytree(tiny_run, out)
+        args = _affinity_args(out, data, labels, "--split", split)
+    before = _digests(out) if out.exists() else {}
+    assert main(args) == 2
+    _one_line_error(capsys, "segment.json", {"dataset": "dataset", "split": "split", "classes": "class"}[change])
+    assert (_digests(out) if out.exists() else {}) == before
+
+
+def test_a_damaged_record_in_an_output_folder_is_refused_not_taken_for_none(cam_maps: Path, tiny_run: Path,
+                                                                            tiny_bench: Path, pseudo: Path,
+                                                                            tmp_path: Path, capsys) -> None:
+    """Guards: a damaged segment.json made `segment` resume into the folder (as if it held no record), a damaged
+    maps.json could not be replaced even with --overwrite, and train-seg took damaged pseudo-labels' segment.json
+    for 'made by another tool'."""
+    common = ["--run", str(tiny_run), "--data", str(tiny_bench), "--split", "val", "--scales", "1", "--device", "cpu",
+              "--quiet"]
+    out = tmp_path / "seg"
+    assert main(["segment", *common, "--method", "cam", "--out", str(out)]) == 0
+    (out / "segment.json").write_text("{not json")
+    before = _digests(out)
+    assert main(["segment", *common, "--method", "cam", "--threshold", "0.3", "--out", str(out)]) == 2
+    _one_line_error(capsys, "segment.json", "damaged")
+    assert _digests(out) == before
+    assert main(["segment", *common, "--method", "cam", "--threshold", "0.3", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "segment.json").read_text())["threshold"] == 0.3
+    assert _digests(out).keys() == before.keys() and _digests(out) != before
+
+    maps = tmp_path / "maps"
+    shutil.copytree(cam_maps, maps)
+    (maps / "maps.json").write_text("[]")
+    assert main(["maps", *common, "--method", "cam", "--out", str(maps)]) == 2
+    _one_line_error(capsys, "maps.json", "damaged")
+    assert main(["maps", *common, "--method", "cam", "--out", str(maps), "--overwrite"]) == 0
+    assert json.loads((maps / "maps.json").read_text())["method"] == "cam"
+
+    labels = tmp_path / "pseudo"
+    shutil.copytree(pseudo, labels)
+    (labels / "segment.json").write_text("\x00\x01 garbage")
+    assert main(["train-seg", "--data", str(tiny_bench), "--pseudo", str(labels), "--out", str(tmp_path / "net"),
+                 "--epochs", "1", *SEG_FAST]) == 2
+    _one_line_error(capsys, "segment.json", "damaged")
+
+
+def test_init_from_auto_finds_the_run_named_relatively_and_says_loudly_when_it_falls_back(
+        tiny_run: Path, tiny_bench: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Guards: pseudo-labels made with a relative --run named it relatively in segment.json, so train-seg --init-from
+    auto from another folder did not find it and quietly started from ImageNet."""
+    import os
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_run, work / "run")
+    monkeypatch.chdir(work)
+    assert main(["segment", "--run", "run", "--data", str(tiny_bench), "--split", "train", "--method", "cam",
+                 "--scales", "1", "--out", "pseudo", "--device", "cpu", "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["train-seg", "--data", str(tiny_bench), "--pseudo", str(work / "pseudo"), "--out", "net",
+                 "--epochs", "1", *SEG_FAST]) == 0
+    assert json.loads((tmp_path / "net" / "config.json").read_text())["init"]["source"] == "classifier"
+    capsys.readouterr()
+    os.unlink(work / "run" / "model.pt")  # the classifier is gone: ImageNet, said on stderr even with --quiet
+    assert main(["train-seg", "--data", str(tiny_bench), "--pseudo", str(work / "pseudo"), "--out", "net2",
+                 "--epochs", "1", *SEG_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "ImageNet" in err and "warning" in err

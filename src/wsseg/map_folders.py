@@ -53,11 +53,13 @@ class MapsRecord:
     label_threshold: float | None  # for predicted labels
     run: str
     model_sha256: str
+    data: str | None = None  # the dataset root, resolved (None: a record of an older wsseg, which kept none)
+    split: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": RECORD_FORMAT, "method": self.method.name, "options": method_options(self.method),
                 "labels": self.labels, "label_threshold": self.label_threshold, "run": self.run,
-                "model_sha256": self.model_sha256}
+                "model_sha256": self.model_sha256, "data": self.data, "split": self.split}
 
     @classmethod
     def read(cls, folder: Path) -> MapsRecord:
@@ -68,10 +70,13 @@ class MapsRecord:
             data = json.loads(path.read_text())
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, not {RECORD_FORMAT}")
+            where = {key: data.get(key) for key in ("data", "split")}
+            if not all(value is None or isinstance(value, str) for value in where.values()):
+                raise ValueError("data and split must be strings")
             return cls(map_method(data["method"], **data["options"]), data["labels"], data["label_threshold"],
-                       data["run"], data["model_sha256"])
-        except (ValueError, KeyError, TypeError, AttributeError, WssegError) as exc:
-            raise WssegError(f"{path}: not a wsseg maps record ({exc})") from None
+                       data["run"], data["model_sha256"], **where)
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, WssegError) as exc:
+            raise WssegError(f"{path}: damaged: not a wsseg maps record ({str(exc)[:120]})") from None
 
     def difference(self, other: MapsRecord) -> str | None:
         """What differs from ``other`` (in words), or None when the maps would be the same."""
@@ -83,13 +88,20 @@ class MapsRecord:
             return f"--label-threshold {self.label_threshold} here, {other.label_threshold} asked for"
         if self.model_sha256 != other.model_sha256:
             return f"made by the weights of {self.run}, not those of {other.run}"
+        if self.data is None or self.split is None:
+            return "made by an older wsseg, whose maps.json names no dataset or split"
+        if Path(self.data).resolve() != Path(str(other.data)).resolve():
+            return f"made on the dataset {self.data}, not {other.data}"
+        if self.split != other.split:
+            return f"made on split {self.split!r}, not {other.split!r}"
         return None
 
 
-def maps_record(method: MapMethod, labels: str, label_threshold: float, run: str | Path) -> MapsRecord:
-    """The record of maps made by ``method`` on these classes with the run's weights."""
-    return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(run),
-                      model_digest(run))
+def maps_record(method: MapMethod, labels: str, label_threshold: float, source: SplitSource) -> MapsRecord:
+    """The record of maps made by ``method`` on these classes with the run's weights, on the source's
+    dataset (its resolved root) and split."""
+    return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(source.run),
+                      model_digest(source.run), str(Path(source.data).resolve()), source.split)
 
 
 def check_folder(out: Path, record: MapsRecord, overwrite: bool = False) -> bool:
@@ -97,7 +109,12 @@ def check_folder(out: Path, record: MapsRecord, overwrite: bool = False) -> bool
     maps), unless ``overwrite``; True when its maps must be replaced. Every rank checks, so that
     all stop together."""
     if (out / MAPS_RECORD).is_file():
-        difference = MapsRecord.read(out).difference(record)
+        try:
+            difference = MapsRecord.read(out).difference(record)
+        except WssegError:
+            if not overwrite:  # damaged: never taken for 'no record'; --overwrite replaces the folder's maps
+                raise
+            return True
         if difference and overwrite:
             return True
         if difference:
@@ -148,7 +165,7 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
     chosen = map_method(method).with_scales(scales)
     check_label_source(labels)
     with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:
-        record = maps_record(chosen, labels, label_threshold, source.run)
+        record = maps_record(chosen, labels, label_threshold, source)
         replace = check_folder(out, record, overwrite)
         split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
@@ -170,9 +187,10 @@ class StoredMaps:
 
     @classmethod
     def open(cls, folders: Sequence[str | Path], wanted: Sequence[MapMethod], labels: str, label_threshold: float,
-             run: str | Path, segmenter_name: str) -> StoredMaps:
-        """One folder per map method the segmenter reads, each checked against what it would compute."""
-        expected = {method.name: maps_record(method, labels, label_threshold, run) for method in wanted}
+             source: SplitSource, segmenter_name: str) -> StoredMaps:
+        """One folder per map method the segmenter reads, each checked against what it would compute
+        (on the source's dataset and split, with its run's weights)."""
+        expected = {method.name: maps_record(method, labels, label_threshold, source) for method in wanted}
         found: dict[MapMethod, Path] = {}
         for folder in map(Path, folders):
             record = MapsRecord.read(folder)

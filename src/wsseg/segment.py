@@ -127,7 +127,7 @@ def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: Bac
             "threshold": threshold.value, "threshold_source": threshold.source,
             "tuned_on_ground_truth": threshold.oracle, "tuned_split": threshold.tuned_split,
             "stored_maps": {} if stored is None else {m.name: str(f) for m, f in stored.folders.items()},
-            "run": None if run is None else str(run)}
+            "run": None if run is None else str(Path(run).resolve())}  # absolute: found from anywhere
 
 
 def read_segment_record(folder: str | Path) -> dict[str, Any] | None:
@@ -148,13 +148,13 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
         return []
 
 
-def provenance(source: SplitSource, method: str) -> dict[str, Any]:
+def provenance(source: SplitSource, method: str, dataset: VOCDataset) -> dict[str, Any]:
     """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
     the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained
     model at the same path makes other segmentations."""
     run = Path(source.run)
     misvm, affinity = run / MISVM_FILE, run / AFFINITY_FILE
-    return {"split": source.split, "data": str(Path(source.data).resolve()),
+    return {"split": source.split, "data": str(Path(source.data).resolve()), "classes": list(dataset.classes.foreground),
             "model_sha256": model_digest(run),
             "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None,
             "affinity_sha256": file_sha256(affinity) if "-rw" in method and affinity.is_file() else None}
@@ -165,6 +165,11 @@ def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> 
     into it would mix them), unless ``overwrite``; True when its PNGs must be replaced. Every
     rank checks, so that all stop together."""
     earlier = read_segment_record(out)
+    if earlier is None and (out / SEGMENT_RECORD).exists():  # damaged: never taken for 'no record'
+        if overwrite:
+            return True
+        raise WssegError(f"{out / SEGMENT_RECORD}: damaged or unreadable, so what made this folder's segmentations "
+                         "is unknown; use --overwrite to replace them, or write to another --out")
     if earlier is not None:
         changed = [key for key in _SHAPING if earlier.get(key) != record.get(key)]
         if changed and overwrite:
@@ -237,10 +242,10 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales)
         if options.ignore_uncertain:
             segmenter = Confident.of(segmenter)
-        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
+        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source,
                                  options.method) if maps else None
         record = {**segment_record(options, segmenter, threshold, source.run, stored),
-                  **provenance(source, options.method)}
+                  **provenance(source, options.method, split.dataset)}
         start_output(split, out, record, overwrite)
         if split.group.is_main and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
@@ -251,12 +256,13 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     return counts
 
 
-def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any]) -> dict[str, Any]:
+def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any],
+                   dataset: VOCDataset) -> dict[str, Any]:
     """``segment.json`` for a stage-2 network's segmentations: what its labels were learnt from."""
     return {"method": options.method, "labels": None, "label_threshold": None, "ignore_uncertain": False,
             "scales": None, "maps": [], "threshold": None, "threshold_source": None, "tuned_on_ground_truth": False,
-            "tuned_split": None, "stored_maps": {}, "run": str(source.run), "tta": options.tta, "crf": options.crf,
-            "trained_on": trained_on, **provenance(source, options.method)}
+            "tuned_split": None, "stored_maps": {}, "run": str(Path(source.run).resolve()), "tta": options.tta,
+            "crf": options.crf, "trained_on": trained_on, **provenance(source, options.method, dataset)}
 
 
 def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions, batch_size: int = 8,
@@ -265,7 +271,7 @@ def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions
     """``wsseg segment --method seg``: a stage-2 network (``source.run`` is a ``train-seg`` run)
     labels this rank's share of the split, no image labels needed."""
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD], load=load_segmentation_run) as split:
-        record = network_record(options, source, split.config.labels)
+        record = network_record(options, source, split.config.labels, split.dataset)
         start_output(split, out, record, overwrite)
         segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
         counts = RunCounts()

@@ -138,7 +138,7 @@ def _check_options(options: TrainOptions) -> None:
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
-                      "seed")
+                      "seed", "data", "split")
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
@@ -266,7 +266,7 @@ def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
     """The run's record of what was trained: every option it shares a name with."""
     recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
                 if f.name not in ("classes", "extra")}
-    recorded["data"] = str(options.data)  # JSON-safe when a Path was passed
+    recorded["data"] = str(Path(options.data).resolve())  # absolute: compared on --resume from anywhere
     recorded["scale_range"] = list(options.scale_range)
     return RunConfig(classes=list(classes), **recorded)
 

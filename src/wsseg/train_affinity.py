@@ -38,9 +38,9 @@ from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read_history, save_checkpoint
 from wsseg.train import MAX_IMAGE_SIZE
 from wsseg.train_options import AFFINITY_DEFAULTS
-from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
+from wsseg.training import (check_pseudo_record, check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
                             pseudo_label_source, read_pseudo_record, resolve_workers, restore, resumed_history,
-                            RUN_RECORD, synchronize, training_autocast, training_run)
+                            RUN_RECORD, same_setting, synchronize, training_autocast, training_run)
 
 AFFINITY_HISTORY = "affinity-history.json"
 # an affinity network's files in the run folder, weights first (--overwrite deletes them in this order)
@@ -157,6 +157,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
                              max_file_size=options.max_file_size)
     dataset.require_images()
     pseudo = read_pseudo_record(options.pseudo, required=True)
+    check_pseudo_record(pseudo, options.pseudo, dataset)
     image_size = options.image_size or run_config.image_size
     config = AffinityConfig.for_classifier(classifier, options.radius)
     grid = image_size // config.stride
@@ -178,8 +179,8 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
                 and previous["training"].get("epochs") is not None):
             raise WssegError(f"{run / AFFINITY_RECORD}: missing, damaged or unreadable; cannot resume (train again "
                              "with --overwrite)")
-        changed = [key for key in (*_RESUME_MUST_MATCH, "image_size")
-                   if previous["training"].get(key) != record["training"].get(key)]
+        changed = [key for key in (*_RESUME_MUST_MATCH, "image_size", "data")
+                   if not same_setting(key, previous["training"].get(key), record["training"].get(key))]
         changed += [key for key in ("network", "classifier_sha256", "labels") if previous.get(key) != record[key]]
         if changed:
             raise WssegError(f"{run / AFFINITY_RECORD}: cannot resume with other settings than the run's "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import resource
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,14 +40,15 @@ from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_seg
                                  init_backbone_from_classifier, start_record)
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
+from wsseg.training import (check_pseudo_record, check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
                             precision_name, pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers,
                             restore, resume_point, resumed_history, synchronize, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
 _RESUME_MUST_MATCH = ("classes", "labels", "init", "backbone", "head", "output_stride", "crop_size", "epochs",
-                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split")
+                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split",
+                      "data")
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,9 @@ def label_source(options: SegTrainOptions, dataset: VOCDataset) -> tuple[Path | 
     if missing and not options.skip_bad:
         raise DataError(folder / f"{missing[0]}.png", f"pseudo-label is missing ({len(missing)} of the "
                         f"{len(dataset)} images of split {dataset.split!r} have none; --skip-bad trains without them)")
-    record = {"source": "pseudo", **pseudo_label_source(read_pseudo_record(folder, required=False), folder)}
+    pseudo_record = read_pseudo_record(folder, required=False)
+    check_pseudo_record(pseudo_record, folder, dataset)
+    record = {"source": "pseudo", **pseudo_label_source(pseudo_record, folder)}
     return folder, record
 
 
@@ -175,7 +179,7 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
                           crop_size=int(options.crop_size), epochs=options.epochs, batch_size=options.batch_size,
                           lr=options.lr, head_lr_scale=options.head_lr_scale, weight_decay=options.weight_decay,
                           scale_range=list(options.scale_range), jitter=options.jitter, seed=options.seed,
-                          split=options.split, val_split=options.val_split, data=str(options.data),
+                          split=options.split, val_split=options.val_split, data=str(Path(options.data).resolve()),
                           masks=options.masks)
     start, start_note = backbone_start(options, labels_record)
     history: list[dict] = []
@@ -194,6 +198,9 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
             return None
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train-seg] no checkpoint to resume in {out}; starting fresh")
+    if resume_state is None and start is None and options.init_from == "auto" and \
+            labels_record.get("source") == "pseudo" and group.is_main:  # not what auto meant: say so, even --quiet
+        print(f"[train-seg] warning: {start_note}", file=sys.stderr, flush=True)
 
     torch.manual_seed(options.seed)
     with warnings.catch_warnings():

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from wsseg.data.loading import auto_workers, cpus_per_rank
+from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
@@ -163,9 +164,16 @@ def place(model: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
         model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
 
 
+def same_setting(name: str, recorded: object, given: object) -> bool:
+    """Whether a recorded setting is the one given; the dataset (``data``) by its resolved path."""
+    if name == "data" and isinstance(recorded, str) and isinstance(given, str):
+        return Path(recorded).resolve() == Path(given).resolve()
+    return recorded == given
+
+
 def refuse_changed(previous: object, config: object, must_match: Sequence[str], out: Path) -> None:
-    """``--resume`` continues a run only with the settings it was started with."""
-    changed = [name for name in must_match if getattr(previous, name) != getattr(config, name)]
+    """``--resume`` continues a run only with the settings it was started with (its dataset and split too)."""
+    changed = [name for name in must_match if not same_setting(name, getattr(previous, name), getattr(config, name))]
     if changed:
         raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                          "differ); use another --out for a new run")
@@ -243,7 +251,8 @@ _PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_
 
 def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | None:
     """PSEUDO/segment.json, what made the pseudo-labels; when not ``required`` (pseudo-labels another
-    tool made are welcome), None where it is missing or is no segment record."""
+    tool made are welcome), None where it is missing. One that is there but damaged is refused
+    either way: it is never taken for 'no record'."""
     path = Path(pseudo) / PSEUDO_RECORD
     if not path.is_file():
         if not required:
@@ -253,14 +262,30 @@ def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | N
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        if not required:
-            return None
-        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}); make the pseudo-labels "
+                         "again with `wsseg segment`") from None
     if not isinstance(record, dict) or not isinstance(record.get("method"), str):
-        if not required:
-            return None
-        raise WssegError(f"{path}: not a wsseg segment record (no method)")
+        raise WssegError(f"{path}: damaged: not a wsseg segment record (no method)")
     return record
+
+
+def check_pseudo_record(record: dict[str, Any] | None, pseudo: str | Path, dataset: VOCDataset) -> None:
+    """Refuse pseudo-labels whose segment.json says they were made on another dataset (resolved path),
+    split or class list than the one given, saying which; a record that names none of them (another
+    tool's, or an older wsseg's) is not compared on what it does not name."""
+    if record is None:
+        return
+    given_root = dataset.root.resolve()
+    differ = []
+    if isinstance(record.get("data"), str) and not same_setting("data", record["data"], str(given_root)):
+        differ.append(f"dataset {record['data']} (given {given_root})")
+    if isinstance(record.get("split"), str) and record["split"] != dataset.split:
+        differ.append(f"split {record['split']!r} (given {dataset.split!r})")
+    if isinstance(record.get("classes"), list) and record["classes"] != list(dataset.classes.foreground):
+        differ.append(f"class list of {len(record['classes'])} classes (given {len(dataset.classes.foreground)})")
+    if differ:
+        raise WssegError(f"{Path(pseudo) / PSEUDO_RECORD}: these pseudo-labels were made on another "
+                         f"{'; another '.join(differ)}; make them for this one with `wsseg segment`")
 
 
 def pseudo_label_source(record: dict[str, Any] | None, pseudo: str | Path) -> dict[str, Any]:
