@@ -628,3 +628,83 @@ def test_init_from_auto_finds_the_run_named_relatively_and_says_loudly_when_it_f
                  "--epochs", "1", *SEG_FAST]) == 0
     err = capsys.readouterr().err
     assert "ImageNet" in err and "warning" in err
+
+
+# --- 10. a damaged record field is one line naming the file and the field -------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON that Python's parser cannot descend
+
+
+@pytest.fixture
+def report_folder(tiny_run: Path, tiny_bench: Path, tmp_path: Path) -> Path:
+    """A results folder as the demo lays it out: val scored from predictions equal to the masks."""
+    folder = tmp_path / "results"
+    shutil.copytree(tiny_run, folder / "run")
+    predictions = folder / "predictions" / "cam"
+    predictions.mkdir(parents=True)
+    for image_id in (tiny_bench / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        shutil.copy(tiny_bench / "SegmentationClass" / f"{image_id}.png", predictions / f"{image_id}.png")
+    assert main(["evaluate", "--pred", str(predictions), "--data", str(tiny_bench), "--json",
+                 str(folder / "scores" / "cam.json"), "--quiet"]) == 0
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["history elapsed", "history deep", "scores seconds", "segment.json threshold",
+                                    "segment.json deep"])
+def test_report_names_a_damaged_record_field_in_one_line(damage: str, report_folder: Path, tiny_bench: Path,
+                                                         capsys) -> None:
+    """Guards: `report` raised a traceback on a string where a number belongs (history's elapsed, a score's seconds,
+    segment.json's label_threshold) or on JSON nested too deeply to parse."""
+    history = report_folder / "run" / "history.json"
+    scores = report_folder / "scores" / "cam.json"
+    record = report_folder / "predictions" / "cam" / "segment.json"
+    if damage == "history elapsed":
+        history.write_text(json.dumps([{**r, "elapsed": "soon"} for r in json.loads(history.read_text())]))
+        named = (history, "elapsed")
+    elif damage == "history deep":
+        history.write_text(DEEP)
+        named = (history, "nested")
+    elif damage == "scores seconds":
+        scores.write_text(json.dumps({**json.loads(scores.read_text()), "seconds_per_image": "fast"}))
+        named = (scores, "seconds_per_image")
+    elif damage == "segment.json threshold":
+        record.write_text(json.dumps({"method": "cam", "labels": "predicted", "label_threshold": [0.5],
+                                      "maps": [{"method": "cam", "options": {"scales": [1.0]}}]}))
+        named = (record, "label_threshold")
+    else:
+        record.write_text(DEEP)
+        named = (record, "nested")
+    assert main(["report", str(report_folder), "--data", str(tiny_bench), "--examples", "1"]) == 2
+    _one_line_error(capsys, str(named[0]), named[1])
+
+
+@pytest.mark.parametrize("damage", ["run is a list", "deep"])
+def test_train_seg_names_a_damaged_pseudo_record_field(damage: str, pseudo: Path, tiny_bench: Path, tmp_path: Path,
+                                                       capsys) -> None:
+    """Guards: train-seg raised a traceback on pseudo-labels whose segment.json names its run as a list, or nests
+    too deeply to parse."""
+    labels = tmp_path / "pseudo"
+    shutil.copytree(pseudo, labels)
+    record = labels / "segment.json"
+    record.write_text(DEEP if damage == "deep" else json.dumps({**json.loads(record.read_text()), "run": ["run"]}))
+    assert main(["train-seg", "--data", str(tiny_bench), "--pseudo", str(labels), "--out", str(tmp_path / "net"),
+                 "--epochs", "1", *SEG_FAST]) == 2
+    _one_line_error(capsys, str(record), "nested" if damage == "deep" else "run")
+
+
+def test_train_seg_resume_names_a_damaged_history_field(tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    """Guards: `train-seg --resume` raised a traceback on a history.json whose elapsed is a string."""
+    out = tmp_path / "seg"
+    args = ["train-seg", "--data", str(tiny_bench), "--out", str(out), "--ground-truth", "--epochs", "2", *SEG_FAST]
+    assert main([*args, "--stop-after", "1"]) == 0
+    history = out / "history.json"
+    history.write_text(json.dumps([{**r, "elapsed": "long"} for r in json.loads(history.read_text())]))
+    assert main([*args, "--resume"]) == 2
+    _one_line_error(capsys, str(history), "elapsed")
+
+
+def test_report_of_another_split_labels_what_it_shows(report_folder: Path, tiny_bench: Path) -> None:
+    """Guards: `report --split train` headed val's scores as train's ('N train images'), mislabelling the table."""
+    assert main(["report", str(report_folder), "--data", str(tiny_bench), "--split", "train", "--examples", "1"]) == 0
+    page = (report_folder / "report" / "index.html").read_text()
+    assert 'id="results-split">val<' in page and 'id="examples-split">train<' in page

@@ -23,7 +23,7 @@ import torch
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, remove_outputs, write_json_atomic
+from wsseg.io import file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.classifier import FCNClassifier
@@ -67,7 +67,7 @@ class MapsRecord:
         if not path.is_file():
             raise WssegError(f"{path}: missing; is {folder} a folder written by `wsseg maps`?")
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, not {RECORD_FORMAT}")
             where = {key: data.get(key) for key in ("data", "split")}

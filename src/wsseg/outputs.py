@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.io import current_umask, remove_stale_temporaries, resolves_inside
+from wsseg.io import current_umask, read_json, remove_stale_temporaries, resolves_inside
 
 LOCK_FILE = ".wsseg.lock"
 # the parts of a VOC-layout dataset that outputs must never replace (besides its mask folder)
@@ -171,7 +171,7 @@ class OutputLock:
     def _holder(self) -> tuple[int, str] | None:
         """(pid, host) of the lock's holder; None when the lock is gone; a damaged lock is refused."""
         try:
-            holder = json.loads(self.path.read_text())
+            holder = read_json(self.path)
             pid, holder_host = holder["pid"], holder["host"]
         except FileNotFoundError:
             return None

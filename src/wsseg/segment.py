@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from wsseg.distributed import pick_device, process_group
 from wsseg.errors import WssegError
 from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_predictions, sum_over_ranks
 from wsseg.fusion.misvm import MISVM_FILE
-from wsseg.io import atomic_write, file_sha256, remove_outputs, write_json_atomic
+from wsseg.io import atomic_write, check_fields, file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.affinity import AFFINITY_FILE
@@ -43,6 +42,7 @@ from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segme
 from wsseg.registry import NETWORK_METHODS, method_info
 from wsseg.runner import (ImageItem, OpenSplit, RunCounts, SplitSource, batch_classes, check_label_source,
                           open_split, predict_labels, run_split)
+from wsseg.training import SEGMENT_RECORD_FIELDS
 from wsseg.tune import load_choices
 
 SEGMENT_RECORD = "segment.json"
@@ -131,13 +131,18 @@ def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: Bac
 
 
 def read_segment_record(folder: str | Path) -> dict[str, Any] | None:
-    """``folder/segment.json``, or None where there is none or it is unreadable."""
+    """``folder/segment.json``, or None where there is none; a damaged one (unreadable, or a field of
+    the wrong kind) is refused, naming the file and the field: it is never taken for 'no record'."""
     path = Path(folder) / SEGMENT_RECORD
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    if not path.is_file():
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise WssegError(f"{path}: damaged or unreadable (not a JSON object)")
+    return check_fields(data, SEGMENT_RECORD_FIELDS, path)
 
 
 def record_maps(record: dict[str, Any]) -> list[MapMethod]:
@@ -164,12 +169,13 @@ def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> 
     """Refuse a folder holding segmentations made with other options, data or weights (resuming
     into it would mix them), unless ``overwrite``; True when its PNGs must be replaced. Every
     rank checks, so that all stop together."""
-    earlier = read_segment_record(out)
-    if earlier is None and (out / SEGMENT_RECORD).exists():  # damaged: never taken for 'no record'
+    try:
+        earlier = read_segment_record(out)
+    except WssegError as exc:  # damaged: what made the folder's PNGs is unknown, never taken for 'no record'
         if overwrite:
             return True
-        raise WssegError(f"{out / SEGMENT_RECORD}: damaged or unreadable, so what made this folder's segmentations "
-                         "is unknown; use --overwrite to replace them, or write to another --out")
+        raise WssegError(f"{exc}; use --overwrite to replace this folder's segmentations, or write to another "
+                         "--out") from None
     if earlier is not None:
         changed = [key for key in _SHAPING if earlier.get(key) != record.get(key)]
         if changed and overwrite:

@@ -30,7 +30,7 @@ from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, write_json_atomic
+from wsseg.io import file_sha256, read_json, write_json_atomic
 from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, MAX_RADIUS, AffinityConfig, AffinityHead,
                                    affinity_loss, label_grid, neighbours_per_pixel, pair_affinities, pair_targets,
                                    tap_outputs)
@@ -172,7 +172,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     # none), and weights without a record are refused
     if options.resume and ((run / AFFINITY_FILE).exists() or (run / AFFINITY_RECORD).exists()):
         try:
-            previous = json.loads((run / AFFINITY_RECORD).read_text())
+            previous = read_json(run / AFFINITY_RECORD)
         except (OSError, ValueError, UnicodeDecodeError):
             previous = None
         if not (isinstance(previous, dict) and isinstance(previous.get("training"), dict)

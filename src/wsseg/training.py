@@ -6,7 +6,6 @@ timing the loader, and finding the checkpoint to resume from.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from wsseg.data.loading import auto_workers, cpus_per_rank
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
+from wsseg.io import NUMBER, check_fields, read_json
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
 from wsseg.outputs import claim_run_files, claimed_output
@@ -244,6 +244,11 @@ def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what
 
 
 PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
+# the kinds of segment.json's fields that readers use (null allowed): a field of another kind is damage
+SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "method": str, "labels": str, "label_threshold": NUMBER, "threshold": NUMBER, "ignore_uncertain": bool,
+    "tuned_on_ground_truth": bool, "run": str, "model_sha256": str, "data": str, "split": str, "classes": list,
+    "maps": list, "stored_maps": dict, "scales": list}
 # what a trainer records of it: where the pseudo-labels it learnt from came from
 _PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
                 "run", "split", "data", "model_sha256", "scales")
@@ -260,13 +265,13 @@ def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | N
         raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
                          "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}); make the pseudo-labels "
-                         "again with `wsseg segment`") from None
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]}); make the "
+                         "pseudo-labels again with `wsseg segment`") from None
     if not isinstance(record, dict) or not isinstance(record.get("method"), str):
         raise WssegError(f"{path}: damaged: not a wsseg segment record (no method)")
-    return record
+    return check_fields(record, SEGMENT_RECORD_FIELDS, path)
 
 
 def check_pseudo_record(record: dict[str, Any] | None, pseudo: str | Path, dataset: VOCDataset) -> None:

@@ -19,7 +19,6 @@ background-background and foreground-foreground pairs (attract), pairs of differ
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.nn import functional as F
 
 from wsseg.data.classes import VOID
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256
+from wsseg.io import file_sha256, read_json
 from wsseg.models.backbones import FeatureTap
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import read_checkpoint
@@ -262,7 +261,7 @@ def load_affinity(run: str | Path) -> AffinityModel:
             raise WssegError(f"{path}: no affinity network; run wsseg train-affinity first "
                              f"(wsseg train-affinity --run {run} --data ROOT --pseudo PSEUDO)")
     try:
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise WssegError(f"{record_path}: unreadable affinity record ({exc.__class__.__name__})") from None
     config = config_from_record(record, str(record_path))
