@@ -708,3 +708,45 @@ def test_report_of_another_split_labels_what_it_shows(report_folder: Path, tiny_
     assert main(["report", str(report_folder), "--data", str(tiny_bench), "--split", "train", "--examples", "1"]) == 0
     page = (report_folder / "report" / "index.html").read_text()
     assert 'id="results-split">val<' in page and 'id="examples-split">train<' in page
+
+
+# --- 9. EXIF orientation: the image as it is shown; a mask must follow it -------------------------------------------
+
+
+def _exif_dataset(root: Path, stored_hw: tuple[int, int], mask_hw: tuple[int, int], orientation: int = 6) -> Path:
+    """One image stored ``stored_hw`` with an EXIF orientation tag, and a mask of ``mask_hw``."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import write_voc
+
+    write_voc(root, {"a": {"mask": np.ones(mask_hw, np.uint8), "objects": ["cat"]}})
+    pixels = np.zeros((*stored_hw, 3), np.uint8)
+    pixels[0, 0] = 255  # a marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(root / "JPEGImages" / "a.png", exif=exif)
+    return root
+
+
+def test_exif_rotated_image_is_read_as_shown_and_its_mask_must_follow(tmp_path: Path) -> None:
+    """Guards: EXIF orientation was ignored, so a photo's pixels were read unrotated while a mask drawn on the photo
+    as shown (rotated) was refused as the wrong size."""
+    from wsseg.data.voc import VOCDataset
+
+    sample = VOCDataset(_exif_dataset(tmp_path / "data", (6, 8), (8, 6)), "train").load("a")
+    assert sample.image.shape[:2] == (8, 6) and sample.mask.shape == (8, 6)
+    assert sample.image[0, -1, 0] == 255  # orientation 6 turns the stored top-left corner to the top right
+
+
+@pytest.mark.parametrize("case", ["mask fits the stored image only", "square image"])
+def test_a_mask_that_may_not_follow_the_exif_orientation_is_refused_naming_exif(case: str, tmp_path: Path) -> None:
+    """Guards: a mask drawn on the unrotated pixels (or any mask of a square image with an EXIF rotation, where the
+    size cannot tell) was silently paired with the image, misaligned."""
+    from wsseg.data.voc import VOCDataset
+    from wsseg.errors import DataError
+
+    stored, mask = ((6, 8), (6, 8)) if case == "mask fits the stored image only" else ((8, 8), (8, 8))
+    dataset = VOCDataset(_exif_dataset(tmp_path / "data", stored, mask), "train")
+    with pytest.raises(DataError, match="EXIF"):
+        dataset.load("a")
