@@ -164,9 +164,24 @@ class OutputLock:
             return True
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            return self._create_in_place(me)  # a file system without hard links
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
+
+    def _create_in_place(self, me: dict[str, object]) -> bool:
+        """O_EXCL create, then write: where hard links are not supported (a racer reading the lock in
+        between refuses it as damaged: a refusal, never two holders)."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        return True
 
     def _holder(self) -> tuple[int, str] | None:
         """(pid, host) of the lock's holder; None when the lock is gone; a damaged lock is refused."""
