@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=None, help="the first N images of the split (default all)")
-    parser.add_argument("--only", help="comma-separated variant names (default all)")
+    parser.add_argument("--only", help="variant names separated by semicolons (default all)")
     parser.add_argument("--no-crf", action="store_true")
     parser.add_argument("--full-size-crf", action="store_true",
                         help=f"also run the CRF at full size for {', '.join(CRF_FULL_SIZE_VARIANTS)} (slow)")
@@ -156,7 +156,7 @@ def main() -> None:
     ids = dataset.ids[: args.images] if args.images else dataset.ids
     chosen = variants(model)
     if args.only:
-        chosen = {name: chosen[name] for name in args.only.split(",")}
+        chosen = {name: chosen[name] for name in args.only.split(";")}
     records, seconds = collect(model, dataset, ids, chosen)
     if "dcsm (defaults)" in chosen and "cam" in chosen:
         combined(records)

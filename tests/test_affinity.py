@@ -195,7 +195,7 @@ def test_bad_pseudo_labels_are_one_line_naming_the_file(affinity_run, tmp_path: 
     fresh = tmp_path / "run"
     shutil.copytree(run, fresh)
     args = ["train-affinity", "--run", str(fresh), "--data", str(data), "--pseudo", str(bad), "--epochs", "1",
-            "--batch-size", "4", "--quiet"]
+            "--batch-size", "4", "--overwrite", "--quiet"]  # the copy holds the fixture's affinity network
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(victim) in error and "7x5" in error

@@ -20,6 +20,9 @@ _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 _SEG_DEFAULTS = SegTrainOptions(data="", out="")
 
 EXIT_USAGE = 2
+# one meaning for every command that reads a split
+SKIP_BAD_HELP = ("skip unreadable or inconsistent images and count them, instead of stopping (a split whose every "
+                 "image is bad is refused all the same)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,8 +72,7 @@ def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val
     parser.add_argument("--split", default=split_default, help="split name: ImageSets/Segmentation/<split>.txt")
     parser.add_argument("--masks", default="SegmentationClass",
                         help="mask folder under the root (e.g. SegmentationClassAug)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip unreadable or inconsistent images and count them, instead of stopping")
+    parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(parser)
 
 
@@ -119,9 +121,12 @@ def _add_training_args(parser: argparse.ArgumentParser, defaults, out_help: str)
                              "always fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its files are deleted first); without it, or "
+                             "--resume, a folder holding a run is refused")
     parser.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                         help="stop after this epoch (for time-limited jobs; continue later with --resume)")
-    parser.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -314,7 +319,8 @@ def _cmd_train_affinity(args: argparse.Namespace) -> int:
         run=str(args.run), data=str(args.data), pseudo=str(args.pseudo), split=args.split, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
         scale_range=args.scale_range, radius=args.radius, seed=args.seed, limit=args.limit, workers=args.workers,
-        precision=args.precision, device=args.device, resume=args.resume, stop_after=args.stop_after,
+        precision=args.precision, device=args.device, resume=args.resume, overwrite=args.overwrite,
+        stop_after=args.stop_after,
         skip_bad=args.skip_bad, progress=not args.quiet, masks=args.masks, max_side=args.max_side,
         max_file_size=args.max_file_size * 2 ** 20)
     history = train_affinity(options)
@@ -472,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace the segmentations of a folder made with other options, data or weights "
                               "(else refused)")
     _add_label_args(segment)
+    segment.set_defaults(labels=None, label_threshold=None)  # not given: the method's (seg refuses them given)
     segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
-    segment.add_argument("--skip-bad", action="store_true", help="skip and count unreadable images")
+    segment.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(segment)
 
     misvm = command("train-misvm", _cmd_train_misvm,
@@ -516,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training forward pass (default auto: bf16/fp16 autocast on CUDA, fp32 on a CPU)")
     affinity.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     affinity.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    affinity.add_argument("--overwrite", action="store_true",
+                          help="replace the affinity network already in the run (its files are deleted first); "
+                               "without it, or --resume, a run holding one is refused")
     affinity.add_argument("--stop-after", type=_positive_int, metavar="EPOCH", help="stop after this epoch")
 
     tune = command("tune-background", _cmd_tune_background,

@@ -23,7 +23,8 @@ from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import load_result
 from wsseg.fusion.misvm import MISVM_FILE
-from wsseg.io import write_text_atomic
+from wsseg.io import write_json_atomic, write_text_atomic
+from wsseg.outputs import check_may_write
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, method_info, row_title, stage2_row
 from wsseg.report import build_report
 from wsseg.report.html import weak_full_ratio
@@ -116,12 +117,25 @@ def _stage2(out: Path, data_root: Path, run: Path, pseudo: Path, pseudo_method: 
                results, "7/8")
 
 
+DEMO_RECORD = "demo.json"  # what marks a folder as the demo's (earlier versions: data/synth.json)
+
+
+def claim_demo_folder(out: Path) -> None:
+    """Refuse a demo folder (or its data/) that holds files the demo did not write, before writing
+    anything; then mark the folder as the demo's."""
+    check_may_write(out / "data", records=["synth.json"])
+    check_may_write(out, records=[DEMO_RECORD, "data/synth.json"])
+    if not (out / DEMO_RECORD).exists():
+        write_json_atomic(out / DEMO_RECORD, {"written_by": "wsseg demo"})
+
+
 def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = True,
              pseudo_method: str = "dcsm-crf") -> dict[str, dict]:
     out = Path(out)
     method_info(pseudo_method)  # an unknown method fails now, not after the classifier's training
     config = QUICK if quick else FULL
     data_root = out / "data"
+    claim_demo_folder(out)
     if not (data_root / "synth.json").exists():
         print(f"[demo] 1/8 synthesising the benchmark ({config.train} train / {config.val} val, {config.size} px)")
         write_synthetic_dataset(data_root, config, progress=progress, force=True)  # ours: redo a cut-short one

@@ -175,9 +175,10 @@ def sum_over_ranks(result: EvaluationResult, group: ProcessGroup) -> EvaluationR
     return EvaluationResult(result.class_names, confusion, scored, skipped)
 
 
-def check_scored(result: EvaluationResult, pred_dir: str | Path) -> None:
+def check_scored(result: EvaluationResult, pred_dir: str | Path, split: str | None = None) -> None:
     if result.n_images == 0:
-        raise WssegError(f"{pred_dir}: no image could be scored ({result.n_skipped} skipped)")
+        of = f" of split {split!r}" if split is not None else ""
+        raise WssegError(f"{pred_dir}: no image{of} could be scored ({result.n_skipped} skipped as bad)")
 
 
 def save_result(path: str | Path, result: EvaluationResult, extra: dict | None = None) -> None:

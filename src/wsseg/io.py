@@ -117,6 +117,32 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's content. Text nested too deeply for the parser is a ValueError, like any other text
+    that is not JSON (never a RecursionError): callers refuse both as a damaged file, in one line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+
+
+NUMBER = (int, float)
+
+
+def check_fields(record: dict[str, Any], kinds: dict[str, type | tuple[type, ...]], path: str | os.PathLike[str]
+                 ) -> dict[str, Any]:
+    """``record``, refused (naming the file and the field) where a field holds another kind of value than
+    ``kinds`` gives for it (null and a missing field pass; a boolean is no number)."""
+    for key, kind in kinds.items():
+        value = record.get(key)
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        if value is None or (isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted)):
+            continue
+        names = " or ".join("number" if t in NUMBER else t.__name__ for t in dict.fromkeys(wanted))
+        raise WssegError(f"{path}: field {key!r} is damaged (a {type(value).__name__} where a {names} belongs)")
+    return record
+
+
 def load_weights_only(path: str | os.PathLike[str], what: str) -> Any:
     """torch.load with weights_only=True: a file that carries code is refused, never run.
 

@@ -23,7 +23,7 @@ import torch
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, remove_outputs, write_json_atomic
+from wsseg.io import file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.maps.resolution import MaxSide
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
 from wsseg.maps.methods import MapMethod, map_method
@@ -54,11 +54,13 @@ class MapsRecord:
     label_threshold: float | None  # for predicted labels
     run: str
     model_sha256: str
+    data: str | None = None  # the dataset root, resolved (None: a record of an older wsseg, which kept none)
+    split: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": RECORD_FORMAT, "method": self.method.name, "options": method_options(self.method),
                 "labels": self.labels, "label_threshold": self.label_threshold, "run": self.run,
-                "model_sha256": self.model_sha256}
+                "model_sha256": self.model_sha256, "data": self.data, "split": self.split}
 
     @classmethod
     def read(cls, folder: Path) -> MapsRecord:
@@ -66,13 +68,16 @@ class MapsRecord:
         if not path.is_file():
             raise WssegError(f"{path}: missing; is {folder} a folder written by `wsseg maps`?")
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, not {RECORD_FORMAT}")
+            where = {key: data.get(key) for key in ("data", "split")}
+            if not all(value is None or isinstance(value, str) for value in where.values()):
+                raise ValueError("data and split must be strings")
             return cls(map_method(data["method"], **data["options"]), data["labels"], data["label_threshold"],
-                       data["run"], data["model_sha256"])
-        except (ValueError, KeyError, TypeError, AttributeError, WssegError) as exc:
-            raise WssegError(f"{path}: not a wsseg maps record ({exc})") from None
+                       data["run"], data["model_sha256"], **where)
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, WssegError) as exc:
+            raise WssegError(f"{path}: damaged: not a wsseg maps record ({str(exc)[:120]})") from None
 
     def difference(self, other: MapsRecord) -> str | None:
         """What differs from ``other`` (in words), or None when the maps would be the same."""
@@ -84,13 +89,20 @@ class MapsRecord:
             return f"--label-threshold {self.label_threshold} here, {other.label_threshold} asked for"
         if self.model_sha256 != other.model_sha256:
             return f"made by the weights of {self.run}, not those of {other.run}"
+        if self.data is None or self.split is None:
+            return "made by an older wsseg, whose maps.json names no dataset or split"
+        if Path(self.data).resolve() != Path(str(other.data)).resolve():
+            return f"made on the dataset {self.data}, not {other.data}"
+        if self.split != other.split:
+            return f"made on split {self.split!r}, not {other.split!r}"
         return None
 
 
-def maps_record(method: MapMethod, labels: str, label_threshold: float, run: str | Path) -> MapsRecord:
-    """The record of maps made by ``method`` on these classes with the run's weights."""
-    return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(run),
-                      model_digest(run))
+def maps_record(method: MapMethod, labels: str, label_threshold: float, source: SplitSource) -> MapsRecord:
+    """The record of maps made by ``method`` on these classes with the run's weights, on the source's
+    dataset (its resolved root) and split."""
+    return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(source.run),
+                      model_digest(source.run), str(Path(source.data).resolve()), source.split)
 
 
 def check_folder(out: Path, record: MapsRecord, overwrite: bool = False) -> bool:
@@ -98,7 +110,12 @@ def check_folder(out: Path, record: MapsRecord, overwrite: bool = False) -> bool
     maps), unless ``overwrite``; True when its maps must be replaced. Every rank checks, so that
     all stop together."""
     if (out / MAPS_RECORD).is_file():
-        difference = MapsRecord.read(out).difference(record)
+        try:
+            difference = MapsRecord.read(out).difference(record)
+        except WssegError:
+            if not overwrite:  # damaged: never taken for 'no record'; --overwrite replaces the folder's maps
+                raise
+            return True
         if difference and overwrite:
             return True
         if difference:
@@ -152,7 +169,7 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
         chosen = chosen.with_max_side(map_side)
     check_label_source(labels)
     with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:
-        record = maps_record(chosen, labels, label_threshold, source.run)
+        record = maps_record(chosen, labels, label_threshold, source)
         replace = check_folder(out, record, overwrite)
         split.group.barrier()  # every rank has read the old record before rank 0 replaces it
         if split.group.is_main:
@@ -174,9 +191,10 @@ class StoredMaps:
 
     @classmethod
     def open(cls, folders: Sequence[str | Path], wanted: Sequence[MapMethod], labels: str, label_threshold: float,
-             run: str | Path, segmenter_name: str) -> StoredMaps:
-        """One folder per map method the segmenter reads, each checked against what it would compute."""
-        expected = {method.name: maps_record(method, labels, label_threshold, run) for method in wanted}
+             source: SplitSource, segmenter_name: str) -> StoredMaps:
+        """One folder per map method the segmenter reads, each checked against what it would compute
+        (on the source's dataset and split, with its run's weights)."""
+        expected = {method.name: maps_record(method, labels, label_threshold, source) for method in wanted}
         found: dict[MapMethod, Path] = {}
         for folder in map(Path, folders):
             record = MapsRecord.read(folder)
@@ -194,14 +212,16 @@ class StoredMaps:
                              f"folder for {' and '.join(missing)} too")
         return cls(found)
 
-    def batch(self, batch: Sequence[ImageItem]) -> tuple[list[list[int]], dict[MapMethod, list[np.ndarray]]]:
-        """The stored classes (0-based) and normalised maps of a batch's images."""
+    def batch(self, batch: Sequence[ImageItem], num_classes: int | None = None
+              ) -> tuple[list[list[int]], dict[MapMethod, list[np.ndarray]]]:
+        """The stored classes (0-based) and normalised maps of a batch's images, each file validated
+        against its image (and the dataset's ``num_classes``) before use."""
         classes: list[list[int]] = []
         prepared: dict[MapMethod, list[np.ndarray]] = {method: [] for method in self.folders}
         for item in batch:
             per_image = None
             for method, folder in self.folders.items():
-                arrays = read_maps(folder / f"{item.id}.npz")
+                arrays = read_maps(folder / f"{item.id}.npz", item.image.shape[:2], num_classes)
                 stored = [int(value) - 1 for value in arrays["labels"]]
                 if per_image is not None and stored != per_image:
                     raise WssegError(f"{folder / f'{item.id}.npz'}: other classes than the other --maps folder's "

@@ -4,24 +4,34 @@
   masks, annotations or split lists is refused (resolved paths, so symlinks do not hide it).
 * Never among files we did not write: a non-empty folder without the record an earlier wsseg
   run of that command leaves (``segment.json``, ``maps.json``, ``config.json``) is refused.
+* Never over an input: a single-file output (``evaluate --json``, ``segment --image --out``)
+  that is, or lies inside, one of the command's inputs, or is an existing file of the dataset,
+  is refused; so is any output under a folder named as a dataset's own (``JPEGImages``, ...).
+  :func:`check_may_write` is the one place that decides, for folders and single files alike.
+* Never over a run without being told: a trainer's folder that already holds a run is refused
+  unless ``--resume`` (the trainer then compares its settings with the record) or ``--overwrite``
+  (the old run's files go first, checkpoints before records) -- :func:`claim_run_files`.
 * One run at a time: :class:`OutputLock` holds ``.wsseg.lock`` (host and pid) while a run
   writes; a second run refuses, naming them. A lock whose process is gone (same host, dead pid)
-  is taken over. Only the holder removes the temporaries a killed run left, and only those
-  named by :func:`wsseg.io.atomic_write`'s own pattern.
+  is taken over, by one process only (the takeover is serialised by ``flock`` on a gate file).
+  Only the holder removes the temporaries a killed run left, and only those named by
+  :func:`wsseg.io.atomic_write`'s own pattern.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.io import remove_stale_temporaries, resolves_inside
+from wsseg.io import current_umask, read_json, remove_stale_temporaries, resolves_inside
 
 LOCK_FILE = ".wsseg.lock"
 # the parts of a VOC-layout dataset that outputs must never replace (besides its mask folder)
@@ -38,6 +48,56 @@ def check_outside_dataset(out: str | Path, root: str | Path, masks: str | None =
                              "replace the dataset's own files. Choose another --out")
 
 
+def _inside_a_dataset_folder(path: str | Path) -> str | None:
+    """The dataset folder (by its VOC name) that ``path`` resolves into, if any: a guard that needs no --data."""
+    real = Path(os.path.realpath(path))
+    return next((str(folder) for folder in (real, *real.parents) if folder.name in DATASET_FOLDERS), None)
+
+
+def check_may_write(out: str | Path, *, inputs: Iterable[str | Path] = (), dataset_root: str | Path | None = None,
+                    masks: str | None = None, records: Iterable[str] | None = None) -> None:
+    """The one rule of where a command may write ``out`` (a folder, or a single file): never inside the
+    dataset's own folders (``dataset_root`` given, or any folder named as one), never an existing file of
+    the dataset, never one of ``inputs`` or inside one, and -- for folders, with ``records`` -- never
+    among files no earlier wsseg run wrote. Refusals name the path and what it would replace."""
+    if dataset_root is not None:
+        check_outside_dataset(out, dataset_root, masks)
+        if Path(out).is_file() and resolves_inside(out, dataset_root):
+            raise WssegError(f"{out}: is a file of the dataset {dataset_root}; writing there would replace it. "
+                             "Choose another path")
+    folder = _inside_a_dataset_folder(out)
+    if folder is not None:
+        raise WssegError(f"{out}: lies inside a dataset's {Path(folder).name} folder ({folder}); writing there "
+                         "would replace the dataset's own files. Choose another path")
+    for given in inputs:
+        if Path(given).exists() and resolves_inside(out, given):
+            raise WssegError(f"{out}: is, or lies inside, the input {given}; writing there would replace it. "
+                             "Choose another path")
+    if records is not None:
+        check_ours(out, records)
+
+
+def claim_run_files(out: str | Path, files: Sequence[str], resume: bool, overwrite: bool, what: str) -> list[str]:
+    """A trainer's rule for a folder that already holds a run (any of ``files``): refused unless
+    ``resume`` (the caller then compares its settings with the run's record) or ``overwrite``, which
+    removes those files first, in the order given (checkpoints before the records describing them, so
+    that a kill part-way never leaves a record over weights it does not describe). Returns the files
+    the folder held."""
+    if resume and overwrite:
+        raise WssegError("--resume and --overwrite: give one (--resume continues the run in the folder with "
+                         "the same settings, --overwrite replaces it)")
+    out = Path(out)
+    held = [name for name in files if (out / name).exists()]
+    if held and overwrite:
+        for name in held:
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+    elif held and not resume:
+        raise WssegError(f"{out}: already holds {what} ({', '.join(held)}); give --resume to continue it with the "
+                         "same settings, or --overwrite to replace it (its files are deleted first)")
+    return held
+
+
 def check_ours(out: str | Path, records: Iterable[str]) -> None:
     """Refuse a non-empty folder that holds none of ``records`` (no earlier wsseg run wrote it)."""
     out = Path(out)
@@ -47,6 +107,11 @@ def check_ours(out: str | Path, records: Iterable[str]) -> None:
     if any(out.iterdir()) and not any((out / name).exists() for name in names):
         raise WssegError(f"{out}: the folder holds files but no {' or '.join(names)} of an earlier wsseg run; "
                          "refusing to write among files that are not ours. Choose an empty or new --out")
+
+
+def _valid_pid(value: object) -> bool:
+    """A lock's pid must be a process id this system could have (a whole number from 1 to 2**31 - 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2 ** 31
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,34 +142,100 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         for _attempt in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not self._create(me):
                 self._take_over_if_stale(me["host"])
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
             self.held = True
             # no other run writes here now: what temporaries there are, a killed run left
             self.removed_temporaries = remove_stale_temporaries(self.path.parent)
             return self
         raise WssegError(f"{self.path}: could not take the output folder's lock")
 
-    def _take_over_if_stale(self, host: str) -> None:
+    def _create(self, me: dict[str, object]) -> bool:
+        """Create the lock with its content in one step (a hard link of a written temporary, which fails
+        where a lock exists): a racer never reads a lock half-written. False when one exists."""
+        # not atomic_write's pattern: the holder's cleanup must not remove a racer's lock in the making
+        fd, temporary = tempfile.mkstemp(prefix=f"{LOCK_FILE}.", suffix=".new", dir=self.path.parent)
         try:
-            holder = json.loads(self.path.read_text())
-            pid, holder_host = int(holder["pid"]), str(holder["host"])
-        except FileNotFoundError:
-            return  # released meanwhile: try again
-        except (ValueError, KeyError, TypeError, OSError):
-            raise WssegError(f"{self.path}: an unreadable lock holds this output folder; if no wsseg run is "
-                             "writing here, remove it") from None
-        if holder_host == host and not _pid_alive(pid):
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            os.chmod(temporary, 0o666 & ~current_umask())
+            os.link(temporary, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            return self._create_in_place(me)  # a file system without hard links
+        finally:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # its process is gone
+                os.unlink(temporary)
+
+    def _create_in_place(self, me: dict[str, object]) -> bool:
+        """O_EXCL create, then write: where hard links are not supported (a racer reading the lock in
+        between refuses it as damaged: a refusal, never two holders)."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        return True
+
+    def _holder(self) -> tuple[int, str] | None:
+        """(pid, host) of the lock's holder; None when the lock is gone; a damaged lock is refused."""
+        try:
+            holder = read_json(self.path)
+            pid, holder_host = holder["pid"], holder["host"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+            pid, holder_host = None, None
+        if not (_valid_pid(pid) and isinstance(holder_host, str)):
+            raise WssegError(f"{self.path}: a damaged lock (no valid pid and host) holds this output folder; if no "
+                             "wsseg run is writing here, remove it")
+        return pid, holder_host
+
+    def _take_over_if_stale(self, host: str) -> None:
+        holder = self._holder()
+        if holder is None:
+            return  # released meanwhile: try again
+        pid, holder_host = holder
+        if holder_host == host and not _pid_alive(pid):
+            with self._takeover_gate():
+                # under the gate, only a lock still naming the dead process is removed: a racer that
+                # took it over meanwhile holds a lock of its own, which we must leave alone
+                if self._holder() == holder:
+                    self.path.unlink()
             return
         raise WssegError(f"{self.path.parent}: another wsseg run (pid {pid} on {holder_host}) is writing here; "
                          f"wait for it to finish, or remove {self.path} if that run is gone")
+
+    @contextlib.contextmanager
+    def _takeover_gate(self) -> Iterator[None]:
+        """An exclusive flock on ``.wsseg.lock.takeover`` for the check-and-remove of a stale lock
+        (the kernel releases it when its holder dies: it never goes stale itself). The gate file is
+        removed after; one that was replaced while we waited for it is taken again."""
+        gate = self.path.with_name(self.path.name + ".takeover")
+        while True:
+            fd = os.open(gate, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(gate)
+                except FileNotFoundError:
+                    continue  # removed by the holder before us: take the new one
+                if current.st_ino != os.fstat(fd).st_ino:
+                    continue
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        gate.unlink()
+                return
+            finally:
+                os.close(fd)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.held:
@@ -120,8 +251,6 @@ class OutputLock:
 def claimed_output(out: str | Path, records: Iterable[str], dataset_root: str | Path | None = None,
                    masks: str | None = None, is_main: bool = True) -> Iterator[OutputLock]:
     """All three rules at once, for a command about to write into ``out``."""
-    if dataset_root is not None:
-        check_outside_dataset(out, dataset_root, masks)
-    check_ours(out, [*records, LOCK_FILE])
+    check_may_write(out, dataset_root=dataset_root, masks=masks, records=[*records, LOCK_FILE])
     with OutputLock(out, enabled=is_main) as lock:
         yield lock

@@ -158,6 +158,7 @@ def run_split(dataset: VOCDataset, compute: Callable[[list[ImageItem]], Sequence
                 bar.update(1)
     finally:
         bar.close()
+    dataset.require_used(counts.skipped_bad, counts.written + counts.already_done)
     return counts
 
 
@@ -208,7 +209,7 @@ def open_split(source: SplitSource, device: str = "auto", batch_size: int = 8, o
     """
     with process_group(device) as group, contextlib.ExitStack() as held:
         model, config = load(source.run, map_location=group.device)
-        dataset = source.dataset()
+        dataset = source.dataset().require_images()
         check_same_classes(config, dataset.classes, source.run, source.data)
         if out is not None:
             with group.together():  # a refusal on any rank stops them all

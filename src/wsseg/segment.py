@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,18 +29,20 @@ from wsseg.distributed import pick_device, process_group
 from wsseg.errors import WssegError
 from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_predictions, sum_over_ranks
 from wsseg.fusion.misvm import MISVM_FILE
-from wsseg.io import atomic_write, file_sha256, remove_outputs, write_json_atomic
+from wsseg.io import atomic_write, check_fields, file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, map_method
 from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
 from wsseg.models.segnet import load_segmentation_run
+from wsseg.outputs import check_may_write
 from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segmenter, label_overlay, segment_images,
                              segment_inputs)
 from wsseg.registry import NETWORK_METHODS, method_info
 from wsseg.runner import (ImageItem, OpenSplit, RunCounts, SplitSource, batch_classes, check_label_source,
                           open_split, predict_labels, run_split)
+from wsseg.training import SEGMENT_RECORD_FIELDS
 from wsseg.tune import load_choices
 
 SEGMENT_RECORD = "segment.json"
@@ -56,8 +57,10 @@ class SegmentOptions:
     """Everything that decides what a segmentation is (``wsseg segment``'s options)."""
 
     method: str = "dcsm-crf"
-    labels: str = "gt"  # the image-level labels (pseudo-labels), or "predicted" by the classifier
-    label_threshold: float = 0.5  # score threshold for predicted labels
+    # the image-level labels (pseudo-labels), or "predicted" by the classifier; None: not given (gt, for
+    # the methods that use labels; --method seg uses none, and refuses them given)
+    labels: str | None = None
+    label_threshold: float | None = None  # score threshold for predicted labels; None: not given (0.5)
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
     threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
     ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
@@ -67,17 +70,24 @@ class SegmentOptions:
     # side), None (the image's own) or pixels (wsseg.maps.resolution)
     map_side: int | str | None = "auto"
 
+    def __post_init__(self) -> None:
+        if self.method not in NETWORK_METHODS:  # the defaults of the methods that use labels
+            object.__setattr__(self, "labels", "gt" if self.labels is None else self.labels)
+            object.__setattr__(self, "label_threshold", 0.5 if self.label_threshold is None else self.label_threshold)
+
 
 def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
     if options.method in NETWORK_METHODS:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
+                                       ("--labels", options.labels is not None),
+                                       ("--label-threshold", options.label_threshold is not None),
                                        ("--threshold", options.threshold is not None),
                                        ("--scales", options.scales is not None), ("--maps", stored_maps),
                                        ("--map-side", options.map_side != "auto")) if on]
         if given:
-            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no maps or "
-                             "background threshold")
+            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no image "
+                             "labels, maps or background threshold")
     elif options.tta or options.crf:
         raise WssegError("--tta and --crf are for --method seg (a network from `wsseg train-seg`); the other methods "
                          "have their own fusion")
@@ -121,17 +131,22 @@ def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: Bac
             "threshold": threshold.value, "threshold_source": threshold.source,
             "tuned_on_ground_truth": threshold.oracle, "tuned_split": threshold.tuned_split,
             "stored_maps": {} if stored is None else {m.name: str(f) for m, f in stored.folders.items()},
-            "run": None if run is None else str(run)}
+            "run": None if run is None else str(Path(run).resolve())}  # absolute: found from anywhere
 
 
 def read_segment_record(folder: str | Path) -> dict[str, Any] | None:
-    """``folder/segment.json``, or None where there is none or it is unreadable."""
+    """``folder/segment.json``, or None where there is none; a damaged one (unreadable, or a field of
+    the wrong kind) is refused, naming the file and the field: it is never taken for 'no record'."""
     path = Path(folder) / SEGMENT_RECORD
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    if not path.is_file():
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    if not isinstance(data, dict):
+        raise WssegError(f"{path}: damaged or unreadable (not a JSON object)")
+    return check_fields(data, SEGMENT_RECORD_FIELDS, path)
 
 
 def record_maps(record: dict[str, Any]) -> list[MapMethod]:
@@ -142,13 +157,13 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
         return []
 
 
-def provenance(source: SplitSource, method: str) -> dict[str, Any]:
+def provenance(source: SplitSource, method: str, dataset: VOCDataset) -> dict[str, Any]:
     """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
     the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained
     model at the same path makes other segmentations."""
     run = Path(source.run)
     misvm, affinity = run / MISVM_FILE, run / AFFINITY_FILE
-    return {"split": source.split, "data": str(Path(source.data).resolve()),
+    return {"split": source.split, "data": str(Path(source.data).resolve()), "classes": list(dataset.classes.foreground),
             "model_sha256": model_digest(run),
             "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None,
             "affinity_sha256": file_sha256(affinity) if "-rw" in method and affinity.is_file() else None}
@@ -158,7 +173,13 @@ def check_output(out: Path, record: dict[str, Any], overwrite: bool = False) -> 
     """Refuse a folder holding segmentations made with other options, data or weights (resuming
     into it would mix them), unless ``overwrite``; True when its PNGs must be replaced. Every
     rank checks, so that all stop together."""
-    earlier = read_segment_record(out)
+    try:
+        earlier = read_segment_record(out)
+    except WssegError as exc:  # damaged: what made the folder's PNGs is unknown, never taken for 'no record'
+        if overwrite:
+            return True
+        raise WssegError(f"{exc}; use --overwrite to replace this folder's segmentations, or write to another "
+                         "--out") from None
     if earlier is not None:
         changed = [key for key in _SHAPING if earlier.get(key) != record.get(key)]
         if changed and overwrite:
@@ -198,7 +219,7 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter |
     def compute(batch: list[ImageItem]) -> list[np.ndarray]:
         maps = None
         if stored is not None:
-            classes, maps = stored.batch(batch)
+            classes, maps = stored.batch(batch, dataset.num_classes)
         else:
             classes = batch_classes(model, batch, labels, label_threshold)
         images = [item.image for item in batch]
@@ -222,19 +243,19 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     instead of computing the maps again (each checked against what the segmenter would compute).
     """
     out = Path(out)
-    check_label_source(options.labels)
     check_options(options, bool(maps))
     if options.method in NETWORK_METHODS:
         return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
+    check_label_source(options.labels)
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
         threshold = choose_threshold(source.run, options.method, options.threshold)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
         if options.ignore_uncertain:
             segmenter = Confident.of(segmenter)
-        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source.run,
+        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source,
                                  options.method) if maps else None
         record = {**segment_record(options, segmenter, threshold, source.run, stored),
-                  **provenance(source, options.method)}
+                  **provenance(source, options.method, split.dataset)}
         start_output(split, out, record, overwrite)
         if split.group.is_main and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
@@ -245,12 +266,13 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     return counts
 
 
-def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any]) -> dict[str, Any]:
+def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any],
+                   dataset: VOCDataset) -> dict[str, Any]:
     """``segment.json`` for a stage-2 network's segmentations: what its labels were learnt from."""
     return {"method": options.method, "labels": None, "label_threshold": None, "ignore_uncertain": False,
             "scales": None, "maps": [], "threshold": None, "threshold_source": None, "tuned_on_ground_truth": False,
-            "tuned_split": None, "stored_maps": {}, "run": str(source.run), "tta": options.tta, "crf": options.crf,
-            "trained_on": trained_on, **provenance(source, options.method)}
+            "tuned_split": None, "stored_maps": {}, "run": str(Path(source.run).resolve()), "tta": options.tta,
+            "crf": options.crf, "trained_on": trained_on, **provenance(source, options.method, dataset)}
 
 
 def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions, batch_size: int = 8,
@@ -259,7 +281,7 @@ def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions
     """``wsseg segment --method seg``: a stage-2 network (``source.run`` is a ``train-seg`` run)
     labels this rank's share of the split, no image labels needed."""
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD], load=load_segmentation_run) as split:
-        record = network_record(options, source, split.config.labels)
+        record = network_record(options, source, split.config.labels, split.dataset)
         start_output(split, out, record, overwrite)
         segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
         counts = RunCounts()
@@ -287,6 +309,11 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
     label PNG (``out``, ``.png`` added when missing) and ``<out>_overlay.png``. With ``--method
     seg`` the run is a stage-2 network's, and the classes are those its label map holds."""
     check_options(options)
+    out = Path(out)
+    out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
+    overlay = out.with_name(out.stem + "_overlay.png")
+    for path in (out, overlay):  # before any work: neither may replace the image or a dataset's file
+        check_may_write(path, inputs=[image_path])
     image = read_image(image_path, max_side, max_file_size)
     if options.method in NETWORK_METHODS:
         network, network_config = load_segmentation_run(run, map_location=pick_device(device))
@@ -303,10 +330,7 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
         segmenter = build_segmenter(options.method, run, threshold.value, options.scales, options.map_side)
         (label_map,) = segment_images(model, [image], classes, segmenter)
         class_names = [config.classes[c] for c in classes[0]]
-    out = Path(out)
-    out = out if out.suffix.lower() == ".png" else out.with_suffix(".png")
     write_label_png(out, label_map)
-    overlay = out.with_name(out.stem + "_overlay.png")
     with atomic_write(overlay) as handle:
         Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")
     return OneImage(out, overlay, class_names)
@@ -327,13 +351,15 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
                         ignore_uncertain: bool = False) -> Scores | None:
     """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
-    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size)
+    if json_path is not None:  # before scoring: the scores must not replace a prediction or the dataset's files
+        check_may_write(json_path, inputs=[pred], dataset_root=data, masks=masks)
+    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size).require_images()
     with process_group("cpu") as group:
         with group.together():
             result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
                                        progress=progress and group.is_main, ignore_uncertain=ignore_uncertain)
         result = sum_over_ranks(result, group)  # every rank scored its share: add them up
-    check_scored(result, pred)
+    check_scored(result, pred, split)
     if not group.is_main:
         return None
     record = read_segment_record(pred) or {}

@@ -32,7 +32,7 @@ from wsseg.models.run import RunConfig, read_history, save_checkpoint
 from wsseg.train_options import TrainOptions
 from wsseg.training import (PRECISIONS, check_shared_options, deterministic_on_cpu, drop_bad, EpochSteps,
                             head_optimizer, place, precision_name, refuse_changed, resolve_workers, restore,
-                            resume_checkpoint, synchronize, training_autocast, training_run)
+                            resume_point, synchronize, training_autocast, training_run)
 
 __all__ = ["PRECISIONS", "TrainOptions", "best_record", "precision_name", "resolve_workers", "train",
            "training_autocast"]
@@ -145,7 +145,7 @@ def _check_options(options: TrainOptions) -> None:
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
-                      "seed", "probe_epochs", "freeze_bn", "cutmix")
+                      "seed", "probe_epochs", "freeze_bn", "cutmix", "data", "split")
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
@@ -171,7 +171,8 @@ def train(options: TrainOptions) -> list[dict]:
     RUN/model.pt holds the epoch with the best val mAP (image labels only, so no oracle), the
     last epoch when there is no val split; RUN/last.pt the last epoch, for ``--resume``."""
     _check_options(options)
-    with training_run(options.device, options.out, options.data, options.masks) as group:
+    with training_run(options.device, options.out, options.data, options.masks, options.resume,
+                      options.overwrite) as group:
         session = _setup(options, group)
         if session is None:
             return read_history(Path(options.out))
@@ -183,6 +184,7 @@ class _Session:
     """Everything one training run carries from epoch to epoch."""
 
     options: TrainOptions
+    config: RunConfig  # written with every checkpoint, never before the first: it describes the weights
     train_set: VOCDataset
     val_set: VOCDataset | None
     model: FCNClassifier
@@ -217,8 +219,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     out = Path(options.out)
     train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
                            max_file_size=options.max_file_size)
-    if len(train_set) == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    train_set.require_images()
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
@@ -227,10 +228,10 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
     history: list[dict] = []
-    resume_state = resume_checkpoint(out) if options.resume else None
-    if resume_state is not None:
-        previous = RunConfig.load(out)
+    resume_state, previous = resume_point(out, options.resume, RunConfig.load)
+    if previous is not None:
         refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
+    if resume_state is not None:
         history = read_history(out)[:int(resume_state["epoch"]) + 1]
         finished = len(history) >= options.epochs
         if finished or stopped_early(history, options.patience if val_set is not None else None):
@@ -253,9 +254,6 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if resume_state is not None:
         restore(model, optimizer, resume_state, out)
     net = place(model, group)  # the model, or its DDP wrapper
-    if group.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out)
     sampler = EpochShards(len(train_set), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
     images = LabelledImages(train_set, options.image_size, options.seed, augment=True,
@@ -267,7 +265,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main and options.progress:
         print(f"[train] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s) per process", flush=True)
-    return _Session(options, train_set, val_set, model, net, optimizer, base_lrs, history,
+    return _Session(options, config, train_set, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     workers=workers, autocast_dtype=autocast_dtype, scaler=scaler,
                     micro_batch=micro_batch_size(options, group.device))
@@ -292,7 +290,7 @@ def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:
     """The run's record of what was trained: every option it shares a name with."""
     recorded = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunConfig)
                 if f.name not in ("classes", "extra")}
-    recorded["data"] = str(options.data)  # JSON-safe when a Path was passed
+    recorded["data"] = str(Path(options.data).resolve())  # absolute: compared on --resume from anywhere
     recorded["scale_range"] = list(options.scale_range)
     return RunConfig(classes=list(classes), **recorded)
 
@@ -418,7 +416,7 @@ def freeze_batchnorm(module: torch.nn.Module) -> None:
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
-    """Score val, mark the best epoch, write model.pt (when best) -> history.json -> last.pt.
+    """Score val, mark the best epoch, write config.json -> model.pt (when best) -> history.json -> last.pt.
 
     That order keeps a killed run consistent: resuming starts after last.pt's epoch, and what
     was written after it is simply written again, with the same bytes."""
@@ -440,6 +438,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
             previous["best"] = False
     record["best"] = is_best
     session.history.append(record)
+    session.config.save(out)
     if is_best:
         save_checkpoint(out / "model.pt", session.model, epoch)
     write_json_atomic(out / "history.json", session.history)

@@ -14,7 +14,6 @@ every epoch, and ``--resume`` after epoch k ends with the same bytes as an unint
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -29,20 +28,23 @@ from torch.utils.data import DataLoader
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.loading import EpochShards, SegmentationPairs, loader_settings
 from wsseg.data.voc import VOCDataset
-from wsseg.distributed import ProcessGroup, process_group
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, write_json_atomic
-from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, AffinityConfig, AffinityHead,
-                                   affinity_loss, label_grid, pair_affinities, pair_targets, tap_outputs)
+from wsseg.io import file_sha256, read_json, write_json_atomic
+from wsseg.models.affinity import (AFFINITY_FILE, AFFINITY_RECORD, MAX_RADIUS, AffinityConfig, AffinityHead,
+                                   affinity_loss, label_grid, neighbours_per_pixel, pair_affinities, pair_targets,
+                                   tap_outputs)
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import check_same_classes, load_run, read_checkpoint, read_history, save_checkpoint
-from wsseg.outputs import claimed_output
+from wsseg.train import MAX_IMAGE_SIZE
 from wsseg.train_options import AFFINITY_DEFAULTS
-from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
+from wsseg.training import (check_pseudo_record, check_shared_options, deterministic_on_cpu, EpochSteps, place, precision_name,
                             pseudo_label_source, read_pseudo_record, resolve_workers, restore, resumed_history,
-                            synchronize, training_autocast)
+                            RUN_RECORD, same_setting, synchronize, training_autocast, training_run)
 
 AFFINITY_HISTORY = "affinity-history.json"
+# an affinity network's files in the run folder, weights first (--overwrite deletes them in this order)
+AFFINITY_FILES = (AFFINITY_FILE, AFFINITY_HISTORY, AFFINITY_RECORD)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class AffinityOptions:
     precision: str = "auto"
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # replace an affinity network already in the run (its files deleted first)
     stop_after: int | None = None
     skip_bad: bool = False
     progress: bool = True
@@ -88,8 +91,13 @@ def _check_options(options: AffinityOptions) -> None:
         raise WssegError(f"--lr {options.lr}: must be a finite positive number")
     if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
         raise WssegError(f"--weight-decay {options.weight_decay}: must be a finite number, 0 or more")
-    if options.image_size is not None and (options.image_size < 32 or options.image_size % 32):
-        raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32")
+    if options.image_size is not None and not (32 <= options.image_size <= MAX_IMAGE_SIZE
+                                                and options.image_size % 32 == 0):
+        raise WssegError(f"--image-size {options.image_size}: must be a multiple of 32 from 32 to {MAX_IMAGE_SIZE} "
+                         "(as train-seg's crops: beyond it one batch would not fit in memory)")
+    if options.radius > MAX_RADIUS:
+        raise WssegError(f"--radius {options.radius}: at most {MAX_RADIUS} (the loss holds one tensor per offset of the pairs "
+                         f"it compares, {neighbours_per_pixel(options.radius) // 2} at this radius; psa's radius is 5)")
     if options.limit is not None and options.limit < 1:
         raise WssegError(f"--limit {options.limit}: must be at least 1")
 
@@ -99,6 +107,7 @@ class _Session:
     options: AffinityOptions
     classifier: FCNClassifier
     config: AffinityConfig
+    record: dict[str, Any]  # affinity.json: written with every checkpoint, never before the first
     head: AffinityHead
     net: torch.nn.Module  # the head, or its DDP wrapper
     optimizer: torch.optim.Optimizer
@@ -113,9 +122,10 @@ def train_affinity(options: AffinityOptions) -> list[dict]:
     """Train (or resume) the affinity head of ``options.run``; returns the per-epoch history."""
     _check_options(options)
     run = Path(options.run)
-    with process_group(options.device) as group, contextlib.ExitStack() as held:
-        with group.together():  # the run folder is ours (config.json); one writer at a time
-            held.enter_context(claimed_output(run, ["config.json"], options.data, options.masks, group.is_main))
+    # the run folder is ours (config.json); one writer at a time; an affinity network in it is replaced
+    # only when asked (--overwrite), continued only with its own settings (--resume)
+    with training_run(options.device, run, options.data, options.masks, options.resume, options.overwrite,
+                      records=[RUN_RECORD], run_files=AFFINITY_FILES, what="an affinity network") as group:
         with group.together():
             session = _setup(options, group)
         if session is None:
@@ -145,29 +155,37 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
         dataset = VOCDataset(options.data, options.split, masks=options.masks, classes=dataset.classes,
                              ids=dataset.ids[: options.limit], max_side=options.max_side,
                              max_file_size=options.max_file_size)
-    if len(dataset) == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    dataset.require_images()
     pseudo = read_pseudo_record(options.pseudo, required=True)
+    check_pseudo_record(pseudo, options.pseudo, dataset)
     image_size = options.image_size or run_config.image_size
     config = AffinityConfig.for_classifier(classifier, options.radius)
+    grid = image_size // config.stride
+    if options.radius >= grid:
+        raise WssegError(f"--radius {options.radius}: must be below {grid}, the side of a {image_size} px crop's grid "
+                         f"at stride {config.stride} (no pairs lie farther apart than the grid)")
     record = _record(options, config, run, pseudo, image_size, len(dataset))
 
     history: list[dict] = []
     state = None
-    if options.resume and (run / AFFINITY_FILE).exists():
+    # with --resume, a record is compared whenever there is one (a damaged one refused, never taken for
+    # none), and weights without a record are refused
+    if options.resume and ((run / AFFINITY_FILE).exists() or (run / AFFINITY_RECORD).exists()):
         try:
-            previous = json.loads((run / AFFINITY_RECORD).read_text())
+            previous = read_json(run / AFFINITY_RECORD)
         except (OSError, ValueError, UnicodeDecodeError):
             previous = None
-        if not isinstance(previous, dict) or previous.get("training", {}).get("epochs") is None:
-            raise WssegError(f"{run / AFFINITY_RECORD}: missing or unreadable; cannot resume (train again without "
-                             "--resume)")
-        changed = [key for key in (*_RESUME_MUST_MATCH, "image_size")
-                   if previous["training"].get(key) != record["training"].get(key)]
+        if not (isinstance(previous, dict) and isinstance(previous.get("training"), dict)
+                and previous["training"].get("epochs") is not None):
+            raise WssegError(f"{run / AFFINITY_RECORD}: missing, damaged or unreadable; cannot resume (train again "
+                             "with --overwrite)")
+        changed = [key for key in (*_RESUME_MUST_MATCH, "image_size", "data")
+                   if not same_setting(key, previous["training"].get(key), record["training"].get(key))]
         changed += [key for key in ("network", "classifier_sha256", "labels") if previous.get(key) != record[key]]
         if changed:
             raise WssegError(f"{run / AFFINITY_RECORD}: cannot resume with other settings than the run's "
                              f"({', '.join(changed)} differ); train again without --resume")
+    if options.resume and (run / AFFINITY_FILE).exists():
         state = read_checkpoint(run / AFFINITY_FILE)
         history = resumed_history(read_history(run, AFFINITY_HISTORY), int(state["epoch"]), options.epochs,
                                   "train-affinity", run / AFFINITY_FILE, group.is_main)
@@ -181,8 +199,6 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     if state is not None:
         restore(head, optimizer, state, run / AFFINITY_FILE)
     net = place(head, group)  # the head, or its DDP wrapper
-    if group.is_main and state is None:
-        write_json_atomic(run / AFFINITY_RECORD, record)
     sampler = EpochShards(len(dataset), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
     pairs = SegmentationPairs(dataset, options.pseudo, image_size, options.seed, options.scale_range)
@@ -191,7 +207,7 @@ def _setup(options: AffinityOptions, group: ProcessGroup) -> _Session | None:
     if group.is_main and options.progress:
         print(f"[train-affinity] {group.world_size} x {group.device}, {precision_name(autocast_dtype)}, "
               f"{workers} loader worker(s); frozen backbone, head on {', '.join(config.taps)}", flush=True)
-    return _Session(options, classifier, config, head, net, optimizer, base_lrs,
+    return _Session(options, classifier, config, record, head, net, optimizer, base_lrs,
                     history, loader, math.ceil(len(sampler) / options.batch_size), autocast_dtype)
 
 
@@ -250,9 +266,11 @@ def _mean(values: list[torch.Tensor]) -> float:
 
 
 def _checkpoint(session: _Session, epoch: int, record: dict) -> None:
-    """history, then affinity.pt: resuming starts after affinity.pt's epoch and rewrites the rest."""
+    """affinity.json, history, then affinity.pt: resuming starts after affinity.pt's epoch and rewrites the
+    rest; the record never comes before the weights it describes."""
     run = Path(session.options.run)
     session.history.append(record)
+    write_json_atomic(run / AFFINITY_RECORD, session.record)
     write_json_atomic(run / AFFINITY_HISTORY, session.history)
     save_checkpoint(run / AFFINITY_FILE, session.head, epoch, session.optimizer)
     if session.options.progress:

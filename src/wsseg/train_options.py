@@ -49,6 +49,7 @@ class TrainOptions:
     # the training forward pass: auto = bf16 on a CUDA GPU that has it, else fp16; fp32 on a CPU
     precision: str = "auto"
     resume: bool = False
+    overwrite: bool = False  # replace a run already in `out` (its files deleted first); else refused
     stop_after: int | None = None  # finish this run after that epoch; the schedule still spans `epochs`
     skip_bad: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE  # longer image sides beyond this are refused unread
@@ -91,6 +92,7 @@ class SegTrainOptions:
     workers: int | None = None
     precision: str = "auto"
     resume: bool = False
+    overwrite: bool = False
     stop_after: int | None = None
     skip_bad: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE

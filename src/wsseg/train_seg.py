@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import resource
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,14 +40,15 @@ from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_seg
                                  init_backbone_from_classifier, start_record)
 from wsseg.train import MAX_IMAGE_SIZE, auto_image_size
 from wsseg.train_options import SegTrainOptions
-from wsseg.training import (check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
+from wsseg.training import (check_pseudo_record, check_shared_options, deterministic_on_cpu, EpochSteps, head_optimizer, place,
                             precision_name, pseudo_label_source, read_pseudo_record, refuse_changed, resolve_workers,
-                            restore, resume_checkpoint, resumed_history, synchronize, training_autocast, training_run)
+                            restore, resume_point, resumed_history, synchronize, training_autocast, training_run)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-label pixels)
 # the config fields that must equal the run's to --resume it
 _RESUME_MUST_MATCH = ("classes", "labels", "init", "backbone", "head", "output_stride", "crop_size", "epochs",
-                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split")
+                      "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "seed", "split",
+                      "data")
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,9 @@ def label_source(options: SegTrainOptions, dataset: VOCDataset) -> tuple[Path | 
     if missing and not options.skip_bad:
         raise DataError(folder / f"{missing[0]}.png", f"pseudo-label is missing ({len(missing)} of the "
                         f"{len(dataset)} images of split {dataset.split!r} have none; --skip-bad trains without them)")
-    record = {"source": "pseudo", **pseudo_label_source(read_pseudo_record(folder, required=False), folder)}
+    pseudo_record = read_pseudo_record(folder, required=False)
+    check_pseudo_record(pseudo_record, folder, dataset)
+    record = {"source": "pseudo", **pseudo_label_source(pseudo_record, folder)}
     return folder, record
 
 
@@ -129,7 +133,8 @@ def train_segmentation(options: SegTrainOptions) -> list[dict]:
     (for ``--resume``), SEGRUN/history.json one record per epoch (loss, images/s, peak memory,
     val mIoU), SEGRUN/config.json the network and where its labels came from."""
     _check_options(options)
-    with training_run(options.device, options.out, options.data, options.masks) as group:
+    with training_run(options.device, options.out, options.data, options.masks, options.resume,
+                      options.overwrite) as group:
         with group.together():
             session = _setup(options, group)
         if session is None:
@@ -161,8 +166,7 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     out = Path(options.out)
     train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
                            max_file_size=options.max_file_size)
-    if len(train_set) == 0:
-        raise WssegError(f"{options.data}: split {options.split!r} is empty")
+    train_set.require_images()
     val_set = None
     if options.val_split:
         val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
@@ -175,23 +179,28 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
                           crop_size=int(options.crop_size), epochs=options.epochs, batch_size=options.batch_size,
                           lr=options.lr, head_lr_scale=options.head_lr_scale, weight_decay=options.weight_decay,
                           scale_range=list(options.scale_range), jitter=options.jitter, seed=options.seed,
-                          split=options.split, val_split=options.val_split, data=str(options.data),
+                          split=options.split, val_split=options.val_split, data=str(Path(options.data).resolve()),
                           masks=options.masks)
     start, start_note = backbone_start(options, labels_record)
     history: list[dict] = []
-    resume_state = resume_checkpoint(out) if options.resume else None
+    resume_state, previous = resume_point(out, options.resume, SegRunConfig.load)
     if resume_state is not None:
-        previous = SegRunConfig.load(out)
         # the weights come from the checkpoint: an explicit --init-from must be the run's, auto is
         config.init = previous.init if options.init_from == "auto" else start_record(start)
         start_note = f"backbone as the run began ({config.init.get('source')}), its weights from last.pt"
-        refuse_changed(previous, config, _RESUME_MUST_MATCH, out)
+    if previous is not None:  # without a checkpoint, where the backbone starts is decided afresh
+        refuse_changed(previous, config, _RESUME_MUST_MATCH if resume_state is not None else
+                       tuple(name for name in _RESUME_MUST_MATCH if name != "init"), out)
+    if resume_state is not None:
         history = resumed_history(read_history(out), int(resume_state["epoch"]), options.epochs, "train-seg", out,
                                   group.is_main)
         if history is None:
             return None
     elif options.resume and group.is_main and out.is_dir() and any(out.iterdir()):
         print(f"[train-seg] no checkpoint to resume in {out}; starting fresh")
+    if resume_state is None and start is None and options.init_from == "auto" and \
+            labels_record.get("source") == "pseudo" and group.is_main:  # not what auto meant: say so, even --quiet
+        print(f"[train-seg] warning: {start_note}", file=sys.stderr, flush=True)
 
     torch.manual_seed(options.seed)
     with warnings.catch_warnings():
@@ -209,9 +218,6 @@ def _setup(options: SegTrainOptions, group: ProcessGroup) -> _Session | None:
     if resume_state is not None:
         restore(model, optimizer, resume_state, out)
     net = place(model, group)  # the model, or its DDP wrapper
-    if group.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out)
     sampler = EpochShards(len(train_set), options.seed, group.rank, group.world_size)
     workers = resolve_workers(options.workers, group.device, group.local_world_size)
     pairs = SegmentationPairs(train_set, folder, config.crop_size, options.seed, options.scale_range, options.jitter)
@@ -312,7 +318,7 @@ def score_network(model: SegmentationNet, dataset: VOCDataset, device: torch.dev
 
 
 def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int, record: dict) -> None:
-    """Score val (logged only), then write model.pt -> history.json -> last.pt: a run killed in
+    """Score val (logged only), then write config.json -> model.pt -> history.json -> last.pt: a run killed in
     between resumes after last.pt's epoch and writes the same bytes again."""
     options, out = session.options, session.out
     if session.val_set is not None:
@@ -322,6 +328,7 @@ def _validate_and_checkpoint(session: _Session, group: ProcessGroup, epoch: int,
         record.update(val_miou=None if miou is None else float(miou), val_skipped=val_skipped,
                       val_seconds=time.perf_counter() - validation_started)
     session.history.append(record)
+    session.config.save(out)  # with every checkpoint, never before the first: it describes the weights
     save_checkpoint(out / "model.pt", session.model, epoch)
     write_json_atomic(out / "history.json", session.history)
     save_checkpoint(out / "last.pt", session.model, epoch, session.optimizer)

@@ -6,9 +6,8 @@ timing the loader, and finding the checkpoint to resume from.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,12 @@ import torch
 from tqdm import tqdm
 
 from wsseg.data.loading import auto_workers, cpus_per_rank
+from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
+from wsseg.io import NUMBER, check_fields, read_json
 from wsseg.errors import DataError, WssegError
 from wsseg.models.run import read_checkpoint
-from wsseg.outputs import claimed_output
+from wsseg.outputs import claim_run_files, claimed_output
 
 
 def drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -163,9 +164,16 @@ def place(model: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
         model, device_ids=[group.device.index] if group.device.type == "cuda" else None)
 
 
+def same_setting(name: str, recorded: object, given: object) -> bool:
+    """Whether a recorded setting is the one given; the dataset (``data``) by its resolved path."""
+    if name == "data" and isinstance(recorded, str) and isinstance(given, str):
+        return Path(recorded).resolve() == Path(given).resolve()
+    return recorded == given
+
+
 def refuse_changed(previous: object, config: object, must_match: Sequence[str], out: Path) -> None:
-    """``--resume`` continues a run only with the settings it was started with."""
-    changed = [name for name in must_match if getattr(previous, name) != getattr(config, name)]
+    """``--resume`` continues a run only with the settings it was started with (its dataset and split too)."""
+    changed = [name for name in must_match if not same_setting(name, getattr(previous, name), getattr(config, name))]
     if changed:
         raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
                          "differ); use another --out for a new run")
@@ -184,15 +192,41 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
+# what a run folder of `wsseg train` or `train-seg` holds, checkpoints first: --overwrite deletes them in
+# this order, so that a kill part-way never leaves a record over weights it does not describe
+RUN_FILES = ("last.pt", "model.pt", "affinity.pt", "misvm.npz", "history.json", "affinity-history.json",
+             "background.json", "affinity.json", "config.json")
+RUN_RECORD = "config.json"
+
+
 @contextlib.contextmanager
-def training_run(device: str | None, out: str | Path, data: str | Path, masks: str) -> Iterator[ProcessGroup]:
+def training_run(device: str | None, out: str | Path, data: str | Path, masks: str, resume: bool = False,
+                 overwrite: bool = False, records: Sequence[str] = (RUN_RECORD, "history.json"),
+                 run_files: Sequence[str] = RUN_FILES, what: str = "a training run") -> Iterator[ProcessGroup]:
     """Join torchrun's process group and claim the run folder ``out`` by the rules of
     :mod:`wsseg.outputs` (rank 0 holds the lock, which also clears a killed run's temporaries; a
-    refusal on any rank stops them all)."""
+    refusal on any rank stops them all); a folder already holding ``run_files`` is refused unless
+    ``resume`` or ``overwrite`` (then rank 0 deletes them first)."""
     with process_group(device) as group, contextlib.ExitStack() as held:
         with group.together():
-            held.enter_context(claimed_output(out, ["config.json", "history.json"], data, masks, group.is_main))
+            held.enter_context(claimed_output(out, records, data, masks, group.is_main))
+            if group.is_main:
+                claim_run_files(out, run_files, resume, overwrite, what)
         yield group
+
+
+def resume_point(out: Path, resume: bool, load_record: Callable[[Path], Any]) -> tuple[dict | None, Any]:
+    """With ``resume``: the checkpoint to resume from (None: start afresh) and the run's record (None
+    where it has none yet), read whenever it exists -- a damaged record, or one of another kind of
+    run, is refused, never taken for 'no record' -- and a checkpoint without a record is refused."""
+    if not resume:
+        return None, None
+    previous = load_record(out) if (out / RUN_RECORD).exists() else None
+    state = resume_checkpoint(out)
+    if state is not None and previous is None:
+        raise WssegError(f"{out / RUN_RECORD}: missing; the checkpoint in {out} has no record of its settings, so "
+                         "it cannot be resumed (--overwrite starts afresh)")
+    return state, previous
 
 
 def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what: str | Path,
@@ -210,6 +244,11 @@ def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what
 
 
 PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
+# the kinds of segment.json's fields that readers use (null allowed): a field of another kind is damage
+SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "method": str, "labels": str, "label_threshold": NUMBER, "threshold": NUMBER, "ignore_uncertain": bool,
+    "tuned_on_ground_truth": bool, "run": str, "model_sha256": str, "data": str, "split": str, "classes": list,
+    "maps": list, "stored_maps": dict, "scales": list}
 # what a trainer records of it: where the pseudo-labels it learnt from came from
 _PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
                 "run", "split", "data", "model_sha256", "scales")
@@ -217,7 +256,8 @@ _PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_
 
 def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | None:
     """PSEUDO/segment.json, what made the pseudo-labels; when not ``required`` (pseudo-labels another
-    tool made are welcome), None where it is missing or is no segment record."""
+    tool made are welcome), None where it is missing. One that is there but damaged is refused
+    either way: it is never taken for 'no record'."""
     path = Path(pseudo) / PSEUDO_RECORD
     if not path.is_file():
         if not required:
@@ -225,16 +265,32 @@ def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | N
         raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
                          "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        if not required:
-            return None
-        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]}); make the "
+                         "pseudo-labels again with `wsseg segment`") from None
     if not isinstance(record, dict) or not isinstance(record.get("method"), str):
-        if not required:
-            return None
-        raise WssegError(f"{path}: not a wsseg segment record (no method)")
-    return record
+        raise WssegError(f"{path}: damaged: not a wsseg segment record (no method)")
+    return check_fields(record, SEGMENT_RECORD_FIELDS, path)
+
+
+def check_pseudo_record(record: dict[str, Any] | None, pseudo: str | Path, dataset: VOCDataset) -> None:
+    """Refuse pseudo-labels whose segment.json says they were made on another dataset (resolved path),
+    split or class list than the one given, saying which; a record that names none of them (another
+    tool's, or an older wsseg's) is not compared on what it does not name."""
+    if record is None:
+        return
+    given_root = dataset.root.resolve()
+    differ = []
+    if isinstance(record.get("data"), str) and not same_setting("data", record["data"], str(given_root)):
+        differ.append(f"dataset {record['data']} (given {given_root})")
+    if isinstance(record.get("split"), str) and record["split"] != dataset.split:
+        differ.append(f"split {record['split']!r} (given {dataset.split!r})")
+    if isinstance(record.get("classes"), list) and record["classes"] != list(dataset.classes.foreground):
+        differ.append(f"class list of {len(record['classes'])} classes (given {len(dataset.classes.foreground)})")
+    if differ:
+        raise WssegError(f"{Path(pseudo) / PSEUDO_RECORD}: these pseudo-labels were made on another "
+                         f"{'; another '.join(differ)}; make them for this one with `wsseg segment`")
 
 
 def pseudo_label_source(record: dict[str, Any] | None, pseudo: str | Path) -> dict[str, Any]:
@@ -263,14 +319,18 @@ class EpochSteps:
         self.first_step = epoch * steps_per_epoch
         self.total_steps = steps_per_epoch * epochs
         self.skip_bad = skip_bad
+        self.dataset = loader.dataset.dataset  # the split the loader's items come from
         self.bar = tqdm(loader, desc=desc, unit="batch", disable=not show)
         self.skipped = 0
         self.waits: list[float] = []
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        used = 0
         for step, batch in enumerate(timed_batches(self.bar, self.waits)):
             inputs, targets, bad = drop_bad(batch, self.skip_bad)
             self.skipped += bad
             poly_lr(self.optimizer, self.base_lrs, self.first_step + step, self.total_steps)
             if len(inputs):
+                used += len(inputs)
                 yield step, inputs, targets
+        self.dataset.require_used(self.skipped, used)  # every item bad: refused, as every command does

@@ -8,14 +8,13 @@ the choice is stored in RUN/background.json with ``tuned_on_ground_truth: true``
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
-from wsseg.io import write_json_atomic
+from wsseg.io import read_json, write_json_atomic
 from wsseg.models.classifier import FCNClassifier
 from wsseg.pipelines import SegmentInput, Segmenter, build_segmenter, segment_inputs
 from wsseg.runner import ImageItem, SplitSource, open_split, run_split
@@ -63,6 +62,8 @@ def store_choice(run: str | Path, method: str, curve: list[dict], split: str) ->
     """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice)."""
     best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
     path = Path(run) / BACKGROUND_FILE
+    if best["miou"] is None:  # nothing was scored: a stored choice would replace a good one with a guess
+        raise WssegError(f"split {split!r}: no threshold could be scored (no labelled pixel); {path} left unchanged")
     stored = load_choices(run)
     stored[method] = {"threshold": best["threshold"], "miou": best["miou"], "split": split,
                       "tuned_on_ground_truth": True, "curve": curve}
@@ -76,9 +77,9 @@ def load_choices(run: str | Path) -> dict:
     if not path.exists():
         return {}
     try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__})") from None
+        stored = read_json(path)
+    except ValueError as exc:
+        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     if not isinstance(stored, dict):
         raise WssegError(f"{path}: must map method names to tuned thresholds; delete it or tune again")
     for method, choice in stored.items():

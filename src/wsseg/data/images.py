@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from wsseg.data.classes import VOID
 from wsseg.errors import DataError
@@ -74,6 +74,43 @@ def _open(path: Path, what: str, max_side: int | None = None,
     return image
 
 
+# EXIF orientations (tag 0x0112) that swap width and height when applied (transposes and 90-degree turns)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation of an image file from its header (1, as stored, when it has none)."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG" and "exif" not in image.info:
+                return 1  # no eXIf chunk before the pixels: finding one after them would decode the image
+            value = image.getexif().get(0x0112, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def check_mask_orientation(mask_path: Path, mask_shape: tuple[int, ...], image_path: Path) -> None:
+    """The rule for EXIF-rotated images (docs/design.md): the image is read as shown (orientation
+    applied), so its mask must be drawn on it as shown. A mask whose size fits only the stored,
+    unrotated pixels is refused; so is any mask of an image whose orientation does not change its
+    size (a square, a half turn, a mirror), where the size cannot tell which it follows."""
+    orientation = exif_orientation(image_path)
+    if orientation == 1:
+        return
+    height, width = read_image_size(image_path)
+    shown = (width, height) if orientation in _SWAPPING_ORIENTATIONS else (height, width)
+    if tuple(mask_shape) == shown != (height, width):
+        return
+    if tuple(mask_shape) == (height, width) and shown != (height, width):
+        why = "fits only the image as stored, not as its EXIF orientation shows it"
+    else:
+        why = "cannot be told to follow the image as its EXIF orientation shows it (same size either way)"
+    raise DataError(mask_path, f"mask {why}; the image {image_path.name} has EXIF orientation {orientation}, "
+                    "applied when it is read: write the image with its pixels turned (no orientation tag), or the "
+                    "mask as the image is shown")
+
+
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image from its header alone, without decoding the pixels."""
     path = Path(path)
@@ -113,7 +150,9 @@ def read_image(path: str | Path, max_side: int | None = DEFAULT_MAX_SIDE,
     if image.width < 1 or image.height < 1:
         raise DataError(path, "image has no pixels")
     try:
-        return to_rgb(image)
+        # the image as viewers show it: its EXIF orientation applied (masks must follow it, see
+        # check_mask_orientation)
+        return to_rgb(ImageOps.exif_transpose(image))
     except _DECODE_ERRORS as exc:
         raise DataError(path, f"cannot convert image to RGB ({exc})") from None
 

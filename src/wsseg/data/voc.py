@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.data.classes import VOID, ClassList, load_class_list
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, read_label_png
+from wsseg.data.images import (DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, check_mask_orientation, read_image,
+                               read_label_png)
 from wsseg.errors import DataError, WssegError
 from wsseg.io import require_inside_root
 
@@ -114,6 +115,20 @@ class VOCDataset(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def require_images(self) -> VOCDataset:
+        """This split, refused when it lists no image: every command stops the same way on an empty split
+        (before writing anything), rather than writing an empty result."""
+        if not self.ids:
+            raise WssegError(f"{self.root}: split {self.split!r} is empty")
+        return self
+
+    def require_used(self, skipped: int, used: int) -> None:
+        """--skip-bad means the same for every command: bad images are counted and skipped, but a split
+        whose every image was bad is refused, as an empty one is, never a result made of nothing."""
+        if skipped and not used:
+            raise WssegError(f"{self.root}: every image of split {self.split!r} was skipped as bad ({skipped}); "
+                             "nothing to work on")
+
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         return self.load(self.ids[index])
 
@@ -159,7 +174,13 @@ class VOCDataset(Sequence[Sample]):
                 folder = self.root / (self.mask_dir or "SegmentationClass")
                 raise DataError(folder / f"{image_id}.png", "ground-truth mask is missing")
             return None
-        return read_label_png(path, self.num_classes, max_file_size=self.max_file_size)
+        mask = read_label_png(path, self.num_classes, max_file_size=self.max_file_size)
+        try:
+            image_path = self.image_path(image_id)
+        except DataError:
+            return mask  # no image (scoring needs none): no orientation to follow
+        check_mask_orientation(path, mask.shape, image_path)  # an EXIF-rotated image is read as shown
+        return mask
 
     def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
         """Image-level labels from the XML annotation, else from the classes in the mask."""

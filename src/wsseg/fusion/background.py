@@ -16,9 +16,16 @@ import numpy as np
 from wsseg.errors import WssegError
 
 
+# the background thresholds accepted: psa's exponent log(t) / log(1 - t) divides by zero as t nears 0
+# (1e-300) and grows without bound as it nears 1; no map is normalised finer than this
+THRESHOLD_RANGE = (0.001, 0.999)
+
+
 def check_threshold(threshold: float) -> float:
-    if not 0.0 < threshold < 1.0:
-        raise WssegError(f"background threshold must be between 0 and 1, not {threshold}")
+    """The background threshold, refused (naming --threshold) outside :data:`THRESHOLD_RANGE`."""
+    low, high = THRESHOLD_RANGE
+    if not low <= threshold <= high:
+        raise WssegError(f"--threshold {threshold:g}: a background threshold must be from {low:g} to {high:g}")
     return float(threshold)
 
 

@@ -66,15 +66,56 @@ def write_image_maps(out: Path, image_id: str, image: np.ndarray, raw: np.ndarra
         Image.fromarray(np.concatenate(tiles, axis=1)).save(handle, format="PNG")
 
 
-def read_maps(path: str | Path) -> dict[str, np.ndarray]:
-    """Load one ``<id>.npz`` written by :func:`write_image_maps` (maps as float32)."""
+# deflate expands at most ~1032 times: a member claiming more than that of its compressed bytes lies
+DEFLATE_MAX_RATIO = 1032
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuse, unread, an .npz whose array headers claim more bytes than its members could hold (a
+    300-byte file claiming 3.6 TiB would otherwise be allocated), or arrays of Python objects."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                reader = _HEADER_READERS.get(np.lib.format.read_magic(member))
+                if reader is None:
+                    raise ValueError(f"{info.filename}: unknown .npy format version")
+                shape, _, dtype = reader(member)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename} holds Python objects")
+            claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            capacity = info.file_size if info.compress_type == zipfile.ZIP_STORED else \
+                min(info.file_size, info.compress_size * DEFLATE_MAX_RATIO)
+            if claimed > capacity:
+                raise DataError(path, f"{info.filename} claims {claimed} bytes, more than the file could hold; "
+                                "refused unread")
+
+
+def read_maps(path: str | Path, image_shape: tuple[int, int] | None = None,
+              num_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Load one ``<id>.npz`` written by :func:`write_image_maps` (maps as float32), validated before
+    use: sizes checked unread, numeric arrays, maps [K, H, W] for K labels, finite, of the image's
+    ``image_shape`` (H, W) and with labels in 1..``num_classes`` when given; else a DataError."""
     path = Path(path)
     try:
-        with np.load(path) as data:
+        _check_member_sizes(path)
+        with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(path, f"cannot read maps ({exc})") from None
     if "maps" not in arrays or "labels" not in arrays:
         raise DataError(path, "not a wsseg maps file (no 'maps'/'labels')")
-    arrays["maps"] = arrays["maps"].astype(np.float32)
+    maps, labels = arrays["maps"], arrays["labels"]
+    if maps.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
+        raise DataError(path, f"maps must be numbers and labels whole numbers, not {maps.dtype} and {labels.dtype}")
+    if maps.ndim != 3 or labels.ndim != 1 or len(labels) != len(maps):
+        raise DataError(path, f"maps must be [K, H, W] for K labels, not {list(maps.shape)} for {labels.size}")
+    if image_shape is not None and maps.shape[1:] != tuple(image_shape):
+        raise DataError(path, f"maps are {maps.shape[2]}x{maps.shape[1]} but the image is "
+                        f"{image_shape[1]}x{image_shape[0]}")
+    if num_classes is not None and not ((labels >= 1) & (labels <= num_classes)).all():
+        raise DataError(path, f"labels must be class values from 1 to {num_classes}, not {labels.tolist()[:8]}")
+    if not np.isfinite(maps).all():
+        raise DataError(path, "maps hold values that are not finite (NaN or infinity)")
+    arrays["maps"] = maps.astype(np.float32)
     return arrays

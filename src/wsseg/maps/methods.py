@@ -88,6 +88,12 @@ class Layers(MapMethod):
         return layer_maps(model, images, classes, self.layers, self.guided, self.target, self.absolute)
 
 
+# input scales a map method accepts: each scale runs the network on an image that many times larger
+# per side (100 made a 64 px image 6400 px, 6.9 GB), so both the range and the count are bounded
+SCALE_RANGE = (0.25, 4.0)
+MAX_SCALES = 8
+
+
 @dataclass(frozen=True)
 class _Scaled(MapMethod):
     """A method with input scales, computed on the image shrunk to ``max_side`` (wsseg.maps.resolution:
@@ -98,6 +104,14 @@ class _Scaled(MapMethod):
 
     def __post_init__(self) -> None:
         check_max_side(self.max_side)
+
+    def __post_init__(self) -> None:
+        low, high = SCALE_RANGE
+        if self.scales is not None and not (0 < len(self.scales) <= MAX_SCALES
+                                            and all(low <= float(s) <= high for s in self.scales)):
+            raise WssegError(f"--scales {','.join(f'{s:g}' for s in self.scales[:MAX_SCALES + 1])}: give 1 to "
+                             f"{MAX_SCALES} scales, each from {low:g} to {high:g} (each runs the network on the image "
+                             "that many times larger per side)")
 
     def with_scales(self, scales: Sequence[float] | None) -> MapMethod:
         return self if scales is None else dataclasses.replace(self, scales=tuple(scales))

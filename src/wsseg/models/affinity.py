@@ -19,7 +19,6 @@ background-background and foreground-foreground pairs (attract), pairs of differ
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch.nn import functional as F
 
 from wsseg.data.classes import VOID
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256
+from wsseg.io import file_sha256, read_json
 from wsseg.models.backbones import FeatureTap
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import read_checkpoint
@@ -38,6 +37,9 @@ from wsseg.models.run import read_checkpoint
 AFFINITY_FILE = "affinity.pt"
 AFFINITY_RECORD = "affinity.json"
 DEFAULT_RADIUS = 5  # psa's, on its stride-8 grid; ours is stride 4 (section 7 of docs/method.md)
+# the largest radius accepted: training holds one tensor per pair offset (about pi r^2 / 2 of them) and
+# the walk's transition matrix as many non-zeros per pixel
+MAX_RADIUS = 16
 LEVEL_CHANNELS = 32  # each tap's width after its 1x1 convolution
 EMBEDDING_CHANNELS = 64
 # Backbones whose declared taps start at stride 8 get this stride-4 layer for the edges
@@ -244,7 +246,7 @@ def config_from_record(record: dict, path: str) -> AffinityConfig:
     except (KeyError, TypeError, ValueError):
         raise WssegError(f"{path}: damaged affinity record (its 'network' entry is incomplete); "
                          "run wsseg train-affinity again") from None
-    if len(config.taps) != len(config.channels) or not config.taps or config.radius < 1:
+    if len(config.taps) != len(config.channels) or not config.taps or not 1 <= config.radius <= MAX_RADIUS:
         raise WssegError(f"{path}: damaged affinity record (taps, channels or radius)")
     return config
 
@@ -259,7 +261,7 @@ def load_affinity(run: str | Path) -> AffinityModel:
             raise WssegError(f"{path}: no affinity network; run wsseg train-affinity first "
                              f"(wsseg train-affinity --run {run} --data ROOT --pseudo PSEUDO)")
     try:
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise WssegError(f"{record_path}: unreadable affinity record ({exc.__class__.__name__})") from None
     config = config_from_record(record, str(record_path))

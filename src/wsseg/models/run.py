@@ -6,7 +6,6 @@ a checkpoint that carries code is refused, never executed.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import atomic_write, load_weights_only, write_json_atomic
+from wsseg.io import NUMBER, atomic_write, check_fields, load_weights_only, read_json, write_json_atomic
 from wsseg.models.classifier import FCNClassifier, build_classifier
 
 CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
@@ -67,8 +66,8 @@ class RunConfig:
         if not path.is_file():
             raise WssegError(f"{path}: run config is missing (is {run} a training run folder?)")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = read_json(path)
+        except ValueError as exc:
             raise WssegError(f"{path}: unreadable run config ({exc.__class__.__name__}: {str(exc)[:80]})") from None
         if not isinstance(data, dict):
             raise WssegError(f"{path}: run config must be a JSON object, not {type(data).__name__}")
@@ -127,13 +126,15 @@ def read_history(run: str | Path, name: str = "history.json") -> list[dict]:
     if not path.exists():
         return []
     try:
-        history = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__})") from None
+        history = read_json(path)
+    except (ValueError, OSError) as exc:
+        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__}: {str(exc)[:80]})") from None
     if not isinstance(history, list) or not all(
             isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r.get("epoch"), bool)
             for r in history):
         raise WssegError(f"{path}: not a training history (a list of epoch records)")
+    for record in history:  # what the report draws and --resume adds to: numbers, or null
+        check_fields(record, {key: (NUMBER if key != "best" else bool) for key in record if key != "precision"}, path)
     return history
 
 

@@ -22,7 +22,6 @@ start.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,7 +33,7 @@ from torch import nn
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, write_json_atomic
+from wsseg.io import file_sha256, read_json, write_json_atomic
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from wsseg.models.run import load_run, read_checkpoint
 
@@ -211,7 +210,7 @@ class SegRunConfig:
     def load(cls, run: str | Path) -> SegRunConfig:
         path = Path(run) / "config.json"
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
         except FileNotFoundError:
             raise WssegError(f"{path}: missing; is {run} a run folder made by `wsseg train-seg`?") from None
         except (OSError, ValueError, UnicodeDecodeError) as exc:

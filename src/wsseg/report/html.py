@@ -15,7 +15,6 @@ every file atomically, the page last, so a crash never leaves a page pointing at
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from wsseg.data.images import read_label_png, voc_palette, write_image
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
-from wsseg.io import write_text_atomic
+from wsseg.io import NUMBER, check_fields, read_json, write_text_atomic
 from wsseg.map_folders import StoredMaps, method_options
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
@@ -72,7 +71,7 @@ def load_scores(scores_dir: Path) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for path in sorted(scores_dir.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
         except (OSError, ValueError) as exc:
             raise DataError(path, f"cannot read scores ({exc})") from None
         if not isinstance(data, dict) or "iou" not in data or "miou" not in data:
@@ -80,6 +79,7 @@ def load_scores(scores_dir: Path) -> dict[str, dict]:
         if not (_score_value(data["miou"]) and isinstance(data["iou"], dict)
                 and all(map(_score_value, data["iou"].values()))):
             raise DataError(path, "damaged scores: 'miou' and 'iou' must hold numbers (or null)")
+        check_fields(data, {"seconds_per_image": NUMBER, "tuned_on_ground_truth": bool, "split": str}, path)
         found[path.stem] = data
     if not found:
         raise WssegError(f"{scores_dir}: no scores (*.json) to report; write them with "
@@ -266,9 +266,12 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
     dataset = VOCDataset(data, split)
     out = folder / REPORT_DIR
     class_names = dataset.classes.names
+    # the scores say which split they were scored on; the examples are of --split: each is labelled as such
+    scored = ", ".join(sorted({str(score.get("split") or "unknown") for score in scores.values()}))
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="muted">{len(dataset)} {html.escape(split)} images of {html.escape(str(data))}; '
-             "segmentations made with the labels the classifier predicts unless a row says otherwise.</p>",
+             f'<p class="muted">Results on split <span id="results-split">{html.escape(scored)}</span> (as the '
+             f'score files record it) of {html.escape(str(data))}; segmentations made with the labels the '
+             "classifier predicts unless a row says otherwise.</p>",
              "<h2>Results</h2>", results_table(scores, class_names),
              '<p class="muted">mIoU and per-class IoU in % (PASCAL VOC protocol, void pixels ignored); '
              "seconds per image on the machine that ran it. Hover a method for what it does.</p>"]
@@ -285,7 +288,9 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
     model = load_run(run)[0] if (run / "model.pt").is_file() else None
     methods = [m for m in scores if m != BASELINE and (folder / "predictions" / m).is_dir()]
     used = used_maps(folder / "predictions", methods)
-    parts += ["<h2>Examples</h2>", "<h3>Colours</h3>", legend(class_names),
+    parts += ["<h2>Examples</h2>",
+              f'<p class="muted">{len(chosen)} of the {len(dataset)} images of split <span id="examples-split">'
+              f"{html.escape(split)}</span>.</p>", "<h3>Colours</h3>", legend(class_names),
               example_grid(out, dataset, folder / "predictions", methods, chosen, model, used),
               f'<p class="muted" id="maps-note">Map columns: {html.escape(used.describe())}; one map per class '
               "explained, normalised as the fusion reads it and drawn in jet colours over the image.</p>"]
