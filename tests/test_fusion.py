@@ -326,3 +326,23 @@ def test_segment_and_evaluate_with_ignore_uncertain(tiny_run: Path, tiny_bench: 
     assert json.loads((tmp_path / "without.json").read_text())["ignored_fraction"] is None
     # the same folder without --ignore-uncertain is another kind of segmentation: refused
     assert main(["segment", "--run", str(tiny_run), *common, "--method", "cam", "--out", str(tmp_path / "confident")]) == 2
+
+
+def test_dense_crf_on_a_shrunk_grid_agrees_with_the_full_grid_and_keeps_the_size() -> None:
+    """CRFParams.max_side refines a large image on a smaller grid (its spatial widths shrunk alike)
+    and returns probabilities at the image's size whose labels match the full-size CRF's almost
+    everywhere; images no larger than max_side are refined exactly as before."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((240, 320, 3), np.uint8)
+    image[:, 160:] = (200, 60, 40)
+    image = np.clip(image + rng.integers(0, 20, image.shape), 0, 255).astype(np.uint8)
+    truth = np.zeros((240, 320), np.int64)
+    truth[:, 160:] = 1
+    noisy = np.where(rng.random((240, 320)) < 0.3, 1 - truth, truth)
+    probabilities = np.stack([np.where(noisy == 0, 0.7, 0.3), np.where(noisy == 1, 0.7, 0.3)]).astype(np.float32)
+    full = dense_crf(image, probabilities, PSA)
+    shrunk = dense_crf(image, probabilities, dataclasses.replace(PSA, max_side=160))
+    assert shrunk.shape == full.shape
+    assert (shrunk.argmax(0) == full.argmax(0)).mean() > 0.97
+    assert (shrunk.argmax(0) == truth).mean() > 0.97  # and it still removes the noise
+    assert np.array_equal(dense_crf(image, probabilities, dataclasses.replace(PSA, max_side=320)), full)

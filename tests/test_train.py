@@ -242,3 +242,18 @@ def test_cutmix_pastes_a_box_and_mixes_the_labels_by_its_area() -> None:
             else:
                 assert torch.equal(labels[index], own)
     assert torch.equal(inputs[0], torch.zeros(3, 32, 32))  # the caller's batch is not changed in place
+
+
+def test_automatic_micro_batches_only_where_they_change_nothing() -> None:
+    """The automatic split of a batch (the memory saving at 512 px on a CPU) happens only with
+    frozen batch norms; training-mode ones keep the whole batch, and so does a GPU."""
+    from wsseg.train import micro_batch_size
+
+    def size(device: str, **options) -> int:
+        return micro_batch_size(TrainOptions(data="", out="", batch_size=16, **options), torch.device(device))
+
+    assert size("cpu", image_size=512) == 16
+    assert size("cpu", image_size=512, freeze_bn=True) == 4
+    assert size("cpu", image_size=256, freeze_bn=True) == 16
+    assert size("cuda", image_size=512, freeze_bn=True) == 16
+    assert size("cpu", image_size=512, micro_batch=2) == 2

@@ -412,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {_TRAIN_DEFAULTS.patience}); model.pt always keeps the best epoch")
     train.add_argument("--micro-batch", type=int, default=None, metavar="N",
                        help="images per forward pass; their gradients add up to one step of --batch-size "
-                            "(default auto: the whole batch on a GPU; on a CPU 4 crops of 512 px, 16 of 256, "
-                            "which keeps training at 512 px near 3 GB)")
+                            "(default auto: the whole batch; on a CPU with --freeze-bn 4 crops of 512 px, 16 of 256, "
+                            "which keeps training at 512 px near 3 GB; with training-mode batch norms each part "
+                            "is normalised by its own statistics)")
     train.add_argument("--probe-epochs", type=int, default=_TRAIN_DEFAULTS.probe_epochs,
                        help="train only the new head for this many epochs first (a linear probe: the backbone "
                             f"and its batch-norm statistics stay as pretrained), then fine-tune everything "

@@ -271,17 +271,20 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
                     micro_batch=micro_batch_size(options, group.device))
 
 
-# On a CPU a step forwards at most this many pixels at once: 4 crops of 512 px (the default size
-# for photographs) peak near 3 GB where the whole batch of 16 needed 9.4 GB (benchmarks/train_memory.py)
+# On a CPU with --freeze-bn a step forwards at most this many pixels at once: 4 crops of 512 px
+# (the default size for photographs) peak at 2.9 GB where the whole batch of 16 needs 8.8 GB
+# (benchmarks/train_memory.py)
 CPU_MICRO_BATCH_PIXELS = 4 * 512 * 512
 
 
 def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
-    """Images per forward pass: ``--micro-batch``, else on a CPU as many crops as fit
-    CPU_MICRO_BATCH_PIXELS (the whole batch at small sizes), on a GPU the whole batch."""
+    """Images per forward pass: ``--micro-batch``, else the whole batch, except on a CPU with
+    ``--freeze-bn``: as many crops as fit CPU_MICRO_BATCH_PIXELS. Only frozen batch norms make
+    the parts' step the whole batch's (training-mode ones would normalise each part by its own
+    statistics), so the automatic split never changes what a run computes."""
     if options.micro_batch is not None:
         return min(options.micro_batch, options.batch_size)
-    if device.type != "cpu":
+    if device.type != "cpu" or not options.freeze_bn:
         return options.batch_size
     return max(1, min(options.batch_size, CPU_MICRO_BATCH_PIXELS // (options.image_size or 512) ** 2))
 

@@ -31,7 +31,7 @@ class TrainOptions:
     epochs: int = 30  # the chosen recipe peaked at epochs 22-23 of 30 on all four settings (docs/method.md 1.1)
     batch_size: int = 16
     # images per forward pass, their gradients summed into one step of batch_size (None: auto, the
-    # whole batch on a GPU, on a CPU as many as keep a 512 px step near 3 GB; wsseg.train.micro_batch_size)
+    # whole batch, but on a CPU with freeze_bn as many as keep a 512 px step near 3 GB; wsseg.train.micro_batch_size)
     micro_batch: int | None = None
     lr: float = 1e-3  # the pretrained backbone's; the new head learns head_lr_scale times faster
     head_lr_scale: float = 10.0

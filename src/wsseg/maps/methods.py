@@ -104,8 +104,6 @@ class _Scaled(MapMethod):
 
     def __post_init__(self) -> None:
         check_max_side(self.max_side)
-
-    def __post_init__(self) -> None:
         low, high = SCALE_RANGE
         if self.scales is not None and not (0 < len(self.scales) <= MAX_SCALES
                                             and all(low <= float(s) <= high for s in self.scales)):
