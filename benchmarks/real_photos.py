@@ -107,9 +107,10 @@ def run_chain(args: argparse.Namespace) -> dict:
                                                                      progress=False, **overrides)))
     best = best_record(history or json.loads((run / "history.json").read_text()))
     config = json.loads((run / "config.json").read_text())
+    history = history or json.loads((run / "history.json").read_text())
     result["classifier"] = {"val_map": best.get("val_map"), "epoch": best["epoch"], "image_size": config["image_size"],
-                            "epochs_run": len(history), "images_per_second": float(np.mean(
-                                [r["images_per_second"] for r in history])) if history else None}
+                            "epochs_run": len(history), "training_seconds": history[-1].get("elapsed"),
+                            "images_per_second": float(np.mean([r["images_per_second"] for r in history]))}
     print(f"   val mAP {best.get('val_map'):.3f} at epoch {best['epoch']}")
     if not (run / MISVM_FILE).exists():
         print("2. mi-SVM")
@@ -143,7 +144,7 @@ def print_table(result: dict) -> None:
     classifier = result["classifier"]
     print(f"\nreal photographs ({result['data']}); {result['machine']}")
     print(f"classifier: val mAP {classifier['val_map']:.3f} (epoch {classifier['epoch']} of {classifier['epochs_run']}, "
-          f"{classifier['image_size']} px)")
+          f"{classifier['image_size']} px, {classifier.get('training_seconds') or 0:.0f} s of training)")
     print("| method | train, true labels (mIoU %) | val, predicted labels (mIoU %) | s/img (val) |")
     print("|---|---:|---:|---:|")
     names = dict.fromkeys(key.split("/", 1)[1] for key in result["miou"])
