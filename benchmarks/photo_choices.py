@@ -42,9 +42,10 @@ from wsseg.runner import iter_batches
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco97-voc"
 CRF_THRESHOLDS = (0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75)  # CRF_GRID's, up to 0.75
-# the CRF runs on a grid of at most this side (its spatial widths shrunk alike: CRFParams.max_side);
-# CRF_FULL_SIZE_VARIANTS also run it at full size, to show what the smaller grid costs
-CRF = dataclasses.replace(DEFAULT_CRF, max_side=320)
+# the CRF runs as `wsseg segment` runs it, on a grid of at most 320 px (its spatial widths shrunk alike:
+# CRFParams.max_side); with --full-size-crf CRF_FULL_SIZE_VARIANTS also run it at full size
+CRF = DEFAULT_CRF
+FULL_SIZE_CRF = dataclasses.replace(DEFAULT_CRF, max_side=None)
 CRF_FULL_SIZE_VARIANTS = ("cam", "dcsm (defaults)")
 Maps = Callable[[torch.nn.Module, torch.Tensor, list[list[int]]], torch.Tensor]
 
@@ -173,7 +174,7 @@ def main() -> None:
         if not args.no_crf:
             entry["crf"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(CRF), num_labels)
             if args.full_size_crf and name in CRF_FULL_SIZE_VARIANTS:
-                entry["crf_full_size"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(DEFAULT_CRF), num_labels)
+                entry["crf_full_size"] = curve(records, name, CRF_THRESHOLDS, crf_fuse(FULL_SIZE_CRF), num_labels)
         result["variants"][name] = entry
         print(f"{name}: best {max(entry['threshold']):.1f}" + (f", crf {max(entry['crf']):.1f}" if "crf" in entry else "")
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)

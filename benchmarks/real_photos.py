@@ -112,11 +112,15 @@ def run_chain(args: argparse.Namespace) -> dict:
                             "epochs_run": len(history), "training_seconds": history[-1].get("elapsed"),
                             "images_per_second": float(np.mean([r["images_per_second"] for r in history]))}
     print(f"   val mAP {best.get('val_map'):.3f} at epoch {best['epoch']}")
-    if not (run / MISVM_FILE).exists():
+    methods = MAP_METHODS
+    if args.no_pipeline_a:
+        methods = tuple(m for m in MAP_METHODS if m != "pipeline-a")
+        result["skipped"] = ["pipeline-a (--no-pipeline-a)"]
+    elif not (run / MISVM_FILE).exists():
         print("2. mi-SVM")
         timed_step(result, "train-misvm", lambda: train_misvm_from_run(SplitSource(run, data, "train"), progress=False))
     print("3. map methods (train: true labels; val: predicted)")
-    score_map_methods(work, data, run, ("all-background", *MAP_METHODS), result)
+    score_map_methods(work, data, run, ("all-background", *methods), result)
     print("4. confident pseudo-labels, affinity, random walk")
     pseudo = work / "pseudo" / PSEUDO_METHOD
     if not (pseudo / "segment.json").exists() or len(list(pseudo.glob("*.png"))) < len(VOCDataset(data, "train")):
@@ -168,6 +172,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seg-crop", type=int, default=None, help="stage 2's crop size (default: train-seg's)")
     parser.add_argument("--seg-epochs", type=int, default=None, help="stage 2's epochs (default: train-seg's)")
+    parser.add_argument("--no-pipeline-a", action="store_true",
+                        help="leave out pipeline A (its mi-SVM on zoom-out features of full-size photos is slow on a CPU)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--table", help="print the table of an earlier --json and stop")
     args = parser.parse_args()

@@ -39,6 +39,7 @@ RECIPES: dict[str, dict] = {
     "lpft-cutmix": dict(probe_epochs=3, freeze_bn=True, cutmix=0.5),
     "lpft-lse": dict(probe_epochs=3, freeze_bn=True, pooling="lse"),
     "lpft-384": dict(probe_epochs=3, freeze_bn=True, image_size=384),
+    "new-384": dict(image_size=384),
 }
 
 

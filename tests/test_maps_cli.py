@@ -165,6 +165,14 @@ def test_map_side_changes_the_maps_is_recorded_and_a_useless_one_is_refused(tiny
     assert not np.allclose(auto["maps"], small["maps"], atol=1e-4)  # the stored maps are the raw, saturated ones
     assert json.loads((tmp_path / "small" / "maps.json").read_text())["options"]["max_side"] == 32
     capsys.readouterr()
-    assert main([*common, "--out", str(tmp_path / "tiny"), "--map-side", "8"]) == 2
+    import pytest
+
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal: usage and one error line
+        main([*common, "--out", str(tmp_path / "tiny"), "--map-side", "8"])
+    assert refused.value.code == 2
     err = capsys.readouterr().err
-    assert "map side 8" in err and "Traceback" not in err and not (tmp_path / "tiny").exists()
+    assert "--map-side" in err and "at least 32" in err and "Traceback" not in err
+    assert not (tmp_path / "tiny").exists()
+    # maps that have no map side refuse one rather than ignore it
+    assert main([*common, "--out", str(tmp_path / "grad"), "--map-side", "32", "--method", "gradient"]) == 2
+    assert "no map side" in capsys.readouterr().err and not (tmp_path / "grad").exists()

@@ -196,16 +196,24 @@ def test_frozen_batchnorm_makes_micro_batches_the_same_step(bench: Path, tmp_pat
     import wsseg.train as trainer
     from wsseg.models import build_classifier
 
+    forwarded: list[int] = []  # the batch sizes the network saw: proof that the step was split
+
     def without_drop_connect(*args, **kwargs):
         model = build_classifier(*args, **kwargs)
         model.backbone.drop_connect_rate = 0.0
+        model.register_forward_pre_hook(lambda module, inputs: forwarded.append(len(inputs[0])) if module.training
+                                        else None)
         return model
 
     monkeypatch.setattr(trainer, "build_classifier", without_drop_connect)
 
     common = dict(data=str(bench), epochs=1, val_split=None, freeze_bn=True, **TINY)
     train(TrainOptions(out=str(tmp_path / "whole"), micro_batch=4, **common))
+    assert set(forwarded) == {4}
+    forwarded.clear()
     train(TrainOptions(out=str(tmp_path / "parts"), micro_batch=2, **common))
+    assert set(forwarded) == {2}
+    assert json.loads((tmp_path / "parts" / "config.json").read_text())["micro_batch"] == 2
     whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
     # float summation order only: Adam's steps are 1e-3, the parts' weights agree to 1e-4
     assert all(torch.allclose(whole[k], parts[k], atol=1e-4) for k in whole)

@@ -155,13 +155,18 @@ def _add_map_side(parser: argparse.ArgumentParser) -> None:
 
 
 def _map_side(text: str) -> int | str | None:
-    """--map-side: 'auto', 'none' or a whole number of pixels (its range is checked by the maps)."""
+    """--map-side: 'auto', 'none' or a whole number of pixels (at least MIN_MAP_SIDE)."""
+    from wsseg.maps.resolution import MIN_MAP_SIDE  # local: keeps torch out of `--help`
+
     if text.lower() in ("auto", "none"):
         return None if text.lower() == "none" else "auto"
     try:
-        return int(text)
+        side = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give auto, none or a whole number of pixels") from None
+    if side < MIN_MAP_SIDE:
+        raise argparse.ArgumentTypeError(f"{side}: at least {MIN_MAP_SIDE} pixels (smaller maps locate nothing)")
+    return side
 
 
 def _add_segment_method(parser: argparse.ArgumentParser, networks: bool = False) -> None:

@@ -26,7 +26,7 @@ from wsseg.errors import WssegError
 from wsseg.io import file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.maps.resolution import MaxSide
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
-from wsseg.maps.methods import MapMethod, map_method
+from wsseg.maps.methods import MapMethod, map_method, recorded_map_method
 from wsseg.models.classifier import FCNClassifier
 from wsseg.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source, open_split,
                           run_split)
@@ -74,7 +74,7 @@ class MapsRecord:
             where = {key: data.get(key) for key in ("data", "split")}
             if not all(value is None or isinstance(value, str) for value in where.values()):
                 raise ValueError("data and split must be strings")
-            return cls(map_method(data["method"], **data["options"]), data["labels"], data["label_threshold"],
+            return cls(recorded_map_method(data["method"], data["options"]), data["labels"], data["label_threshold"],
                        data["run"], data["model_sha256"], **where)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, WssegError) as exc:
             raise WssegError(f"{path}: damaged: not a wsseg maps record ({str(exc)[:120]})") from None
@@ -165,8 +165,10 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
     longest side the maps are computed at, for the methods that have the option."""
     out = Path(out)
     chosen = map_method(method).with_scales(scales)
-    if hasattr(chosen, "with_max_side"):
-        chosen = chosen.with_max_side(map_side)
+    if map_side != "auto" and not chosen.has_max_side:
+        raise WssegError(f"--map-side: {method} maps have no map side (only dcsm and cam are computed on a shrunk "
+                         "image); leave it out")
+    chosen = chosen.with_max_side(map_side)
     check_label_source(labels)
     with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:
         record = maps_record(chosen, labels, label_threshold, source)

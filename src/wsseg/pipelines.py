@@ -12,11 +12,9 @@ arguments. The names, descriptions and default thresholds are :mod:`wsseg.regist
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -39,6 +37,7 @@ from wsseg.fusion.spcrf import contrast_weights, mean_field
 from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpixel_means
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
+from wsseg.maps.layers import stopwatch
 from wsseg.maps.resolution import MaxSide
 from wsseg.models.affinity import AffinityModel, load_affinity
 from wsseg.models.classifier import FCNClassifier
@@ -60,14 +59,8 @@ RW_BETA = 32.0  # chosen on both train splits: psa's 8 scored 4.6 points lower, 
 RW_LOGT = PSA_LOGT  # psa's 2^8 steps
 
 
-@contextlib.contextmanager
-def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Add the block's wall time to ``timings[stage]`` (the per-stage split of the benchmarks)."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+# the per-stage split of the benchmarks: the block's wall time added to timings[stage]
+timed = stopwatch
 
 
 @dataclass(frozen=True, eq=False)
@@ -395,9 +388,13 @@ def build_segmenter(name: str, run: str | Path | None = None, threshold: float |
 
 
 def with_map_side(segmenter: Segmenter, map_side: MaxSide) -> Segmenter:
-    """The segmenter with every map method that has a resolution option computing at ``map_side``."""
+    """The segmenter with every map method that has a resolution option computing at ``map_side``;
+    refused for a segmenter whose maps have none (a side given there would be silently ignored)."""
     changes = {field.name: value.with_max_side(map_side) for field in dataclasses.fields(segmenter)
-               if hasattr(value := getattr(segmenter, field.name), "with_max_side")}
+               if isinstance(value := getattr(segmenter, field.name), MapMethod) and value.has_max_side}
+    if map_side != "auto" and not changes:
+        raise WssegError("--map-side: this method's maps have no map side (only dcsm and cam are computed on a "
+                         "shrunk image); leave it out")
     return dataclasses.replace(segmenter, **changes) if changes else segmenter
 
 

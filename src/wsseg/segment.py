@@ -31,7 +31,7 @@ from wsseg.evaluate import EvaluationResult, check_scored, save_result, score_pr
 from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import atomic_write, check_fields, file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options, model_digest
-from wsseg.maps.methods import MapMethod, map_method
+from wsseg.maps.methods import MapMethod, recorded_map_method
 from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
@@ -43,7 +43,7 @@ from wsseg.registry import NETWORK_METHODS, method_info
 from wsseg.runner import (ImageItem, OpenSplit, RunCounts, SplitSource, batch_classes, check_label_source,
                           open_split, predict_labels, run_split)
 from wsseg.training import SEGMENT_RECORD_FIELDS
-from wsseg.tune import load_choices
+from wsseg.tune import BACKGROUND_FILE, load_choices, tuned_for_other_maps
 
 SEGMENT_RECORD = "segment.json"
 # the record's keys that decide what the PNGs are: resuming into a folder made otherwise is refused
@@ -111,13 +111,19 @@ class BackgroundThreshold:
                 f"{self.tuned_split!r}: scores made with it are oracle numbers")
 
 
-def choose_threshold(run: str | Path | None, method: str, given: float | None = None) -> BackgroundThreshold:
-    """``given``, else the threshold tuned for ``method`` in the run, else the method's default."""
+def choose_threshold(run: str | Path | None, method: str, given: float | None = None,
+                     scales: Sequence[float] | None = None, map_side: int | str | None = "auto") -> BackgroundThreshold:
+    """``given``, else the threshold tuned for ``method`` in the run on maps like these (same
+    scales and map side), else the method's default."""
     if given is not None:
         return BackgroundThreshold(float(given), "given")
     stored = load_choices(run).get(method) if run is not None else None
     if stored:
-        return BackgroundThreshold(float(stored["threshold"]), "tuned", stored.get("split"))
+        differs = tuned_for_other_maps(stored, scales, map_side)
+        if differs is None:
+            return BackgroundThreshold(float(stored["threshold"]), "tuned", stored.get("split"))
+        print(f"[segment] warning: the {method} threshold in {Path(run) / BACKGROUND_FILE} was tuned on other maps "
+              f"({differs}); using the default {method_info(method).threshold}", file=sys.stderr)
     return BackgroundThreshold(method_info(method).threshold, "default")
 
 
@@ -152,7 +158,7 @@ def read_segment_record(folder: str | Path) -> dict[str, Any] | None:
 def record_maps(record: dict[str, Any]) -> list[MapMethod]:
     """The map methods, with their options, that a ``segment.json`` says the segmenter read."""
     try:
-        return [map_method(entry["method"], **entry["options"]) for entry in record.get("maps", [])]
+        return [recorded_map_method(entry["method"], entry["options"]) for entry in record.get("maps", [])]
     except (KeyError, TypeError, WssegError):
         return []
 
@@ -248,7 +254,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
     check_label_source(options.labels)
     with open_split(source, device, batch_size, out, records=[SEGMENT_RECORD]) as split:
-        threshold = choose_threshold(source.run, options.method, options.threshold)
+        threshold = choose_threshold(source.run, options.method, options.threshold, options.scales, options.map_side)
         segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
         if options.ignore_uncertain:
             segmenter = Confident.of(segmenter)
@@ -324,7 +330,7 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
         model, config = load_run(run, map_location=pick_device(device))
         classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
                                  options.label_threshold)
-        threshold = choose_threshold(run, options.method, options.threshold)
+        threshold = choose_threshold(run, options.method, options.threshold, options.scales, options.map_side)
         if threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
         segmenter = build_segmenter(options.method, run, threshold.value, options.scales, options.map_side)

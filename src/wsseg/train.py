@@ -8,6 +8,7 @@ continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -145,7 +146,7 @@ def _check_options(options: TrainOptions) -> None:
 
 _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "output_stride", "epochs",
                       "batch_size", "lr", "head_lr_scale", "weight_decay", "scale_range", "jitter", "patience",
-                      "seed", "probe_epochs", "freeze_bn", "cutmix", "data", "split")
+                      "seed", "probe_epochs", "freeze_bn", "cutmix", "micro_batch", "data", "split")
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
@@ -227,6 +228,10 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     if options.image_size is None:
         options = dataclasses.replace(options, image_size=auto_image_size(train_set))
     config = run_config(options, train_set.classes.foreground)
+    micro_batch = micro_batch_size(options, group.device)
+    # recorded (None: the whole batch): parts change what a step computes unless every batch norm is
+    # frozen, and even then drop-connect's random draws, so a resumed run must keep them
+    config.micro_batch = micro_batch if micro_batch < options.batch_size else None
     history: list[dict] = []
     resume_state, previous = resume_point(out, options.resume, RunConfig.load)
     if previous is not None:
@@ -268,7 +273,7 @@ def _setup(options: TrainOptions, group: ProcessGroup) -> _Session | None:
     return _Session(options, config, train_set, val_set, model, net, optimizer, base_lrs, history,
                     steps_per_epoch=math.ceil(len(sampler) / options.batch_size), loader=loader,
                     workers=workers, autocast_dtype=autocast_dtype, scaler=scaler,
-                    micro_batch=micro_batch_size(options, group.device))
+                    micro_batch=micro_batch)
 
 
 # On a CPU with --freeze-bn a step forwards at most this many pixels at once: 4 crops of 512 px
@@ -281,7 +286,8 @@ def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
     """Images per forward pass: ``--micro-batch``, else the whole batch, except on a CPU with
     ``--freeze-bn``: as many crops as fit CPU_MICRO_BATCH_PIXELS. Only frozen batch norms make
     the parts' step the whole batch's (training-mode ones would normalise each part by its own
-    statistics), so the automatic split never changes what a run computes."""
+    statistics); what still differs is drop-connect's random draws per image, the same
+    distribution drawn in another order."""
     if options.micro_batch is not None:
         return min(options.micro_batch, options.batch_size)
     if device.type != "cpu" or not options.freeze_bn:
@@ -343,6 +349,11 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
     probing = epoch < options.probe_epochs
     if probing:  # the linear probe: the backbone does not move; AdamW at lr 0 leaves it as it is
         steps.base_lrs = [0.0, *session.base_lrs[1:]]
+    elif options.probe_epochs and epoch == options.probe_epochs:
+        # fine-tuning starts afresh for the backbone: AdamW's moments of the probe's backbone
+        # gradients (taken under a half-trained head) are dropped (a resumed run drops them alike)
+        for parameter in session.optimizer.param_groups[0]["params"]:
+            session.optimizer.state.pop(parameter, None)
     if probing or options.freeze_bn:
         freeze_batchnorm(session.model.backbone)
     started = time.perf_counter()
@@ -356,15 +367,21 @@ def _train_one_epoch(session: _Session, group: ProcessGroup, epoch: int) -> dict
             inputs, targets = cutmix(inputs, targets, options.cutmix)
         session.optimizer.zero_grad(set_to_none=True)
         loss = inputs.new_zeros((), dtype=torch.float32)
-        # micro-batches: the gradients of the parts add up to the whole batch's (the loss is a mean)
-        for part in torch.split(torch.arange(len(inputs)), session.micro_batch):
-            with torch.autocast(device.type, dtype=session.autocast_dtype, enabled=session.autocast_dtype is not None):
-                logits = session.net(inputs[part])
-            part_loss = F.binary_cross_entropy_with_logits(logits.float(), targets[part]) * (len(part) / len(inputs))
-            if not torch.isfinite(part_loss):  # nothing after this would be worth keeping
-                raise WssegError(f"training diverged: the loss is {float(part_loss.detach())} at epoch {epoch + 1}, "
-                                 f"step {step + 1}; lower --lr (now {options.lr:g}). The files of earlier epochs are kept.")
-            session.scaler.scale(part_loss).backward()
+        # micro-batches: the gradients of the parts add up to the whole batch's (the loss is a mean);
+        # under DDP only the last part's backward pass all-reduces them
+        parts = torch.split(torch.arange(len(inputs)), session.micro_batch)
+        for index, part in enumerate(parts):
+            defer = index < len(parts) - 1 and isinstance(session.net, torch.nn.parallel.DistributedDataParallel)
+            with session.net.no_sync() if defer else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=session.autocast_dtype,
+                                    enabled=session.autocast_dtype is not None):
+                    logits = session.net(inputs[part])
+                part_loss = F.binary_cross_entropy_with_logits(logits.float(), targets[part]) * (len(part) / len(inputs))
+                if not torch.isfinite(part_loss):  # nothing after this would be worth keeping
+                    raise WssegError(f"training diverged: the loss is {float(part_loss.detach())} at epoch {epoch + 1}, "
+                                     f"step {step + 1}; lower --lr (now {options.lr:g}). The files of earlier epochs "
+                                     "are kept.")
+                session.scaler.scale(part_loss).backward()
             loss = loss + part_loss.detach()
         session.scaler.step(session.optimizer)
         session.scaler.update()

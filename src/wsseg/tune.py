@@ -8,6 +8,7 @@ the choice is stored in RUN/background.json with ``tuned_on_ground_truth: true``
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,18 +56,35 @@ def tune_background_on_split(source: SplitSource, method: str, thresholds: Seque
     with open_split(source, device, batch_size, shard=False) as split:
         segmenter = build_segmenter(method, source.run, scales=scales, map_side=map_side)
         curve = tune_background(split.model, split.dataset, segmenter, thresholds, batch_size, skip_bad, progress)
-    return curve, store_choice(source.run, method, curve, source.split)
+    return curve, store_choice(source.run, method, curve, source.split, map_settings(scales, map_side))
 
 
-def store_choice(run: str | Path, method: str, curve: list[dict], split: str) -> dict:
-    """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice)."""
+def map_settings(scales: Sequence[float] | None, map_side: int | str | None) -> dict[str, Any]:
+    """What shapes the maps a threshold is tuned on, besides the method: their scales and map side."""
+    return {"scales": None if scales is None else [float(s) for s in scales], "map_side": map_side}
+
+
+def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: int | str | None) -> str | None:
+    """How the maps a stored threshold was tuned on differ from these (None: they do not). A choice
+    stored before map sides existed was tuned on maps at the image's own size, scales unknown."""
+    recorded = stored.get("maps") if isinstance(stored.get("maps"), dict) and stored.get("maps") else {"map_side": None}
+    wanted = map_settings(scales, map_side)
+    changed = [f"{key} {recorded[key]!r} (now {wanted[key]!r})" for key in recorded
+               if key in wanted and recorded[key] != wanted[key]]
+    return ", ".join(changed) or None
+
+
+def store_choice(run: str | Path, method: str, curve: list[dict], split: str,
+                 maps: dict[str, Any] | None = None) -> dict:
+    """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice),
+    with ``maps``: the scales and map side of the maps it was tuned on (a threshold belongs to them)."""
     best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
     path = Path(run) / BACKGROUND_FILE
     if best["miou"] is None:  # nothing was scored: a stored choice would replace a good one with a guess
         raise WssegError(f"split {split!r}: no threshold could be scored (no labelled pixel); {path} left unchanged")
     stored = load_choices(run)
     stored[method] = {"threshold": best["threshold"], "miou": best["miou"], "split": split,
-                      "tuned_on_ground_truth": True, "curve": curve}
+                      "tuned_on_ground_truth": True, "curve": curve, "maps": maps or {}}
     write_json_atomic(path, stored)
     return stored[method]
 

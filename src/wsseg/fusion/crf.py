@@ -11,8 +11,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from wsseg.errors import WssegError
+from wsseg.maps.resolution import grow, shrink
 
 
 @dataclass(frozen=True)
@@ -83,20 +85,14 @@ def crf_from_labels(image: np.ndarray, label_map: np.ndarray, num_labels: int, g
 def _dense_crf_shrunk(image: np.ndarray, probabilities: np.ndarray, params: CRFParams) -> np.ndarray:
     """The CRF on the image and probabilities shrunk to ``params.max_side``, its spatial kernel
     widths shrunk by the same factor, the result up-sampled bilinearly to the image."""
-    import torch
-    import torch.nn.functional as F
-
     height, width = probabilities.shape[1:]
     factor = params.max_side / max(height, width)
-    size = [max(1, round(height * factor)), max(1, round(width * factor))]
-
-    def resized(array: np.ndarray, to: list[int], antialias: bool) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-        return F.interpolate(tensor, size=to, mode="bilinear", align_corners=False, antialias=antialias)[0].numpy()
-
-    small_image = np.clip(resized(image.transpose(2, 0, 1), size, True), 0, 255).round().astype(np.uint8)
+    small_image = shrink(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float(),
+                         params.max_side)[0]
+    small_image = np.ascontiguousarray(small_image.clamp(0, 255).round().byte().permute(1, 2, 0).numpy())
+    small_probabilities = shrink(torch.from_numpy(np.ascontiguousarray(probabilities, np.float32))[None],
+                                 params.max_side)[0].numpy()
     small = dataclasses.replace(params, max_side=None, gaussian_sxy=params.gaussian_sxy * factor,
                                 bilateral_sxy=params.bilateral_sxy * factor)
-    refined = dense_crf(np.ascontiguousarray(small_image.transpose(1, 2, 0)),
-                        resized(probabilities, size, True), small)
-    return resized(refined, [height, width], False)
+    refined = dense_crf(small_image, small_probabilities, small)
+    return grow(torch.from_numpy(refined)[None], (height, width))[0].numpy()

@@ -24,7 +24,6 @@ N(x) = 3 x / max(x) (0 when max(x) <= 0), summed over layers and scales, then di
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -152,17 +151,15 @@ def dcsm(model: nn.Module, images: torch.Tensor, classes: Sequence[Sequence[int]
             for j in range(candidates.shape[1]):  # one backward pass per candidate
                 layer_saliency(pass_, candidate_targets.one_hot(j, num_classes), names, size,
                                absolute=not caffe, out=saliency[:, j], timings=timings)
-            distinct_started = time.perf_counter()
-            for n in range(batch):
-                count = int(candidate_valid[n].sum())
-                for k in range(int(targets.valid[n].sum())):
-                    if count == 1:  # a one-class classifier: nothing to be distinct from
-                        sums[n, k] += saliency[n, k].sum(0)
-                    elif caffe or bool(use_scale[n, s, k]):
-                        # t against every candidate: t - t is 0 everywhere, which both rules skip
-                        sums[n, k] += combine(saliency[n, k], saliency[n, :count])
-            if timings is not None:
-                timings["distinct sums"] = timings.get("distinct sums", 0.0) + time.perf_counter() - distinct_started
+            with stopwatch(timings, "distinct sums"):
+                for n in range(batch):
+                    count = int(candidate_valid[n].sum())
+                    for k in range(int(targets.valid[n].sum())):
+                        if count == 1:  # a one-class classifier: nothing to be distinct from
+                            sums[n, k] += saliency[n, k].sum(0)
+                        elif caffe or bool(use_scale[n, s, k]):
+                            # t against every candidate: t - t is 0 everywhere, which both rules skip
+                            sums[n, k] += combine(saliency[n, k], saliency[n, :count])
         passes.clear()
     if caffe:
         peak = sums.amax(dim=(-2, -1), keepdim=True)

@@ -53,6 +53,14 @@ class MapMethod:
         """The same method at other input scales; methods without scales ignore them."""
         return self
 
+    def with_max_side(self, max_side: MaxSide) -> MapMethod:
+        """The same method computed at another map side; methods without the option ignore it."""
+        return self
+
+    @property
+    def has_max_side(self) -> bool:
+        return False
+
 
 @dataclass(frozen=True)
 class Gradient(MapMethod):
@@ -116,6 +124,10 @@ class _Scaled(MapMethod):
 
     def with_max_side(self, max_side: MaxSide) -> MapMethod:
         return dataclasses.replace(self, max_side=max_side)
+
+    @property
+    def has_max_side(self) -> bool:
+        return True
 
     def _inputs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return shrink(images, resolve_max_side(model, self.max_side))
@@ -199,6 +211,15 @@ class DCSM(_Scaled):
 MAP_METHODS: dict[str, type[MapMethod]] = {cls.name: cls for cls in (Gradient, Guided, Layers, DCSM, CAM, GradCAM)}
 if tuple(MAP_METHODS) != MAP_METHOD_NAMES:
     raise ImportError("wsseg.maps.MAP_METHODS and wsseg.registry.MAP_METHOD_NAMES list different methods")
+
+
+def recorded_map_method(name: str, options: dict) -> MapMethod:
+    """The method a record (maps.json, segment.json) describes. Records written before map sides
+    existed have no ``max_side``: their maps were computed at the image's own size (None), not
+    at today's default "auto"."""
+    if name in MAP_METHODS and "max_side" in {f.name for f in dataclasses.fields(MAP_METHODS[name])}:
+        options = {"max_side": None, **options}
+    return map_method(name, **options)
 
 
 def map_method(name: str, **options) -> MapMethod:

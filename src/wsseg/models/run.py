@@ -46,6 +46,7 @@ class RunConfig:
     probe_epochs: int = 0
     freeze_bn: bool = False
     cutmix: float = 0.0
+    micro_batch: int | None = None  # images per forward pass when a step was split (None: the whole batch)
     seed: int = 0
     split: str = "train"
     val_split: str | None = "val"
@@ -107,7 +108,7 @@ def _field_problem(name: str, value: Any) -> str | None:
     if name == "scale_range":
         return None if isinstance(value, list) and len(value) == 2 and all(map(number, value)) else \
             "must be a list of two numbers"
-    if name == "patience":
+    if name in ("patience", "micro_batch"):
         return None if value is None or (isinstance(value, int) and not isinstance(value, bool)) else \
             "must be a whole number or null"
     if name == "val_split":
