@@ -39,7 +39,7 @@ from tqdm import tqdm
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import ConfusionMatrix
-from wsseg.fusion.crf import IRN, PSA, CRFParams
+from wsseg.fusion.crf import IRN, PSA
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
 from wsseg.fusion.zoomout import layer_features, zoomout_layers
 from wsseg.io import atomic_write, write_json_atomic

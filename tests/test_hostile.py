@@ -389,12 +389,6 @@ def test_a_diverging_loss_stops_training_with_a_message(data: Path, tmp_path: Pa
     assert not (tmp_path / "out" / "train" / "model.pt").exists()
 
 
-def _run_copy(tiny_run: Path, tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    return run
-
-
 CONFIG_TAMPERING = {
     "a list": lambda config: [1, 2],
     "null": lambda config: None,
