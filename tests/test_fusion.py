@@ -346,3 +346,24 @@ def test_dense_crf_on_a_shrunk_grid_agrees_with_the_full_grid_and_keeps_the_size
     assert (shrunk.argmax(0) == full.argmax(0)).mean() > 0.97
     assert (shrunk.argmax(0) == truth).mean() > 0.97  # and it still removes the noise
     assert np.array_equal(dense_crf(image, probabilities, dataclasses.replace(PSA, max_side=320)), full)
+
+
+def test_a_threshold_tuned_on_other_maps_is_not_used_on_these(tmp_path: Path, capsys) -> None:
+    """A threshold belongs to the maps it was tuned on: tuned at map side 32, it is used for maps at
+    32 and not for maps at the default side (the default threshold, and a warning, instead); a
+    choice stored before the record existed is used as before."""
+    from wsseg.registry import method_info
+    from wsseg.segment import choose_threshold
+    from wsseg.tune import map_settings, store_choice
+
+    curve = [{"threshold": 0.3, "miou": 0.5}, {"threshold": 0.6, "miou": 0.4}]
+    store_choice(tmp_path, "dcsm-crf", curve, "train", map_settings(None, 32))
+    assert choose_threshold(tmp_path, "dcsm-crf", map_side=32).value == 0.3
+    capsys.readouterr()
+    other = choose_threshold(tmp_path, "dcsm-crf", map_side="auto")
+    assert other.value == method_info("dcsm-crf").threshold and other.source == "default"
+    assert "tuned on other maps" in capsys.readouterr().err
+    stored = json.loads((tmp_path / "background.json").read_text())
+    del stored["dcsm-crf"]["maps"]
+    (tmp_path / "background.json").write_text(json.dumps(stored))
+    assert choose_threshold(tmp_path, "dcsm-crf").value == 0.3

@@ -104,7 +104,10 @@ def check_ours(out: str | Path, records: Iterable[str]) -> None:
     if not out.is_dir():
         return
     names = list(records)
-    if any(out.iterdir()) and not any((out / name).exists() for name in names):
+    # the lock and its temporary (.wsseg.lock.*.new, linked into place by another rank's OutputLock
+    # while this one looks) are ours
+    if any(not entry.name.startswith(LOCK_FILE) for entry in out.iterdir()) and \
+            not any((out / name).exists() for name in names):
         raise WssegError(f"{out}: the folder holds files but no {' or '.join(names)} of an earlier wsseg run; "
                          "refusing to write among files that are not ours. Choose an empty or new --out")
 

@@ -65,9 +65,9 @@ def map_settings(scales: Sequence[float] | None, map_side: int | str | None) -> 
 
 
 def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: int | str | None) -> str | None:
-    """How the maps a stored threshold was tuned on differ from these (None: they do not). A choice
-    stored before map sides existed was tuned on maps at the image's own size, scales unknown."""
-    recorded = stored.get("maps") if isinstance(stored.get("maps"), dict) and stored.get("maps") else {"map_side": None}
+    """How the maps a stored threshold was tuned on differ from these (None: they do not, or the
+    choice predates this record and cannot say: it is used as before)."""
+    recorded = stored.get("maps") if isinstance(stored.get("maps"), dict) else {}
     wanted = map_settings(scales, map_side)
     changed = [f"{key} {recorded[key]!r} (now {wanted[key]!r})" for key in recorded
                if key in wanted and recorded[key] != wanted[key]]
