@@ -100,3 +100,16 @@ def test_claimed_output_applies_every_rule(tmp_path: Path) -> None:
         (out / "segment.json").write_text("{}")
     with claimed_output(out, ["segment.json"], root):  # our folder again: fine
         pass
+
+
+def test_another_ranks_lock_temporary_does_not_make_a_folder_foreign(tmp_path: Path) -> None:
+    """Under torchrun rank 0 creates the lock through a temporary (.wsseg.lock.*.new) while rank 1
+    checks the folder: that file alone must not read as 'files that are not ours' (the race that
+    failed test_two_process_training_with_torchrun); any other file still does."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f"{LOCK_FILE}.k2j1.new").write_text("{}")
+    check_ours(out, ["config.json"])
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(WssegError, match="not ours"):
+        check_ours(out, ["config.json"])
