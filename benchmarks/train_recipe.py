@@ -132,7 +132,8 @@ def print_table(results: dict, patiences: list[int]) -> None:
             stop = stop_epoch(maps, patience)
             cells.append(f"{stop}, {max(maps[:stop]):.3f}")
         print(f"| {kind} | {size} | {recipe} | {len(maps)} | {row['best_map']:.3f} ({row['best_epoch']}) | "
-              f"{row['last_map']:.3f} | " + " | ".join(cells) + f" | {row['seconds'] / 60:.1f} |")
+              f"{row['last_map']:.3f} | " + " | ".join(cells) + " | "
+              + ("stopped by hand" if row.get("stopped_by_hand") else f"{row['seconds'] / 60:.1f}") + " |")
 
 
 if __name__ == "__main__":
