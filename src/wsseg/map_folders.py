@@ -24,7 +24,7 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256, read_json, remove_outputs, write_json_atomic
-from wsseg.maps.resolution import MaxSide
+from wsseg.maps.resolution import MaxSide, refuse_useless_map_side
 from wsseg.maps.export import maps_written, read_maps, write_image_maps
 from wsseg.maps.methods import MapMethod, map_method, recorded_map_method
 from wsseg.models.classifier import FCNClassifier
@@ -165,9 +165,7 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
     longest side the maps are computed at, for the methods that have the option."""
     out = Path(out)
     chosen = map_method(method).with_scales(scales)
-    if map_side != "auto" and not chosen.has_max_side:
-        raise WssegError(f"--map-side: {method} maps have no map side (only dcsm and cam are computed on a shrunk "
-                         "image); leave it out")
+    refuse_useless_map_side(map_side, chosen.has_max_side, method)
     chosen = chosen.with_max_side(map_side)
     check_label_source(labels)
     with open_split(source, device, batch_size, out, records=[MAPS_RECORD]) as split:

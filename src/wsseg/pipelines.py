@@ -38,7 +38,7 @@ from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpi
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.maps.layers import stopwatch
-from wsseg.maps.resolution import MaxSide
+from wsseg.maps.resolution import MaxSide, refuse_useless_map_side
 from wsseg.models.affinity import AffinityModel, load_affinity
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
@@ -392,9 +392,7 @@ def with_map_side(segmenter: Segmenter, map_side: MaxSide) -> Segmenter:
     refused for a segmenter whose maps have none (a side given there would be silently ignored)."""
     changes = {field.name: value.with_max_side(map_side) for field in dataclasses.fields(segmenter)
                if isinstance(value := getattr(segmenter, field.name), MapMethod) and value.has_max_side}
-    if map_side != "auto" and not changes:
-        raise WssegError("--map-side: this method's maps have no map side (only dcsm and cam are computed on a "
-                         "shrunk image); leave it out")
+    refuse_useless_map_side(map_side, bool(changes), "this method's")
     return dataclasses.replace(segmenter, **changes) if changes else segmenter
 
 

@@ -32,6 +32,7 @@ from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import atomic_write, check_fields, file_sha256, read_json, remove_outputs, write_json_atomic
 from wsseg.map_folders import StoredMaps, method_options, model_digest
 from wsseg.maps.methods import MapMethod, recorded_map_method
+from wsseg.maps.resolution import MaxSide
 from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
@@ -68,7 +69,7 @@ class SegmentOptions:
     crf: bool = False  # --method seg: DeepLab's dense CRF on the softmax
     # the longest side the dcsm and cam maps are computed at: "auto" (the classifier's training
     # side), None (the image's own) or pixels (wsseg.maps.resolution)
-    map_side: int | str | None = "auto"
+    map_side: MaxSide = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in NETWORK_METHODS:  # the defaults of the methods that use labels
@@ -112,7 +113,7 @@ class BackgroundThreshold:
 
 
 def choose_threshold(run: str | Path | None, method: str, given: float | None = None,
-                     scales: Sequence[float] | None = None, map_side: int | str | None = "auto") -> BackgroundThreshold:
+                     scales: Sequence[float] | None = None, map_side: MaxSide = "auto") -> BackgroundThreshold:
     """``given``, else the threshold tuned for ``method`` in the run on maps like these (same
     scales and map side), else the method's default."""
     if given is not None:

@@ -16,6 +16,7 @@ from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import read_json, write_json_atomic
+from wsseg.maps.resolution import MaxSide
 from wsseg.models.classifier import FCNClassifier
 from wsseg.pipelines import SegmentInput, Segmenter, build_segmenter, segment_inputs
 from wsseg.runner import ImageItem, SplitSource, open_split, run_split
@@ -51,7 +52,7 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
 def tune_background_on_split(source: SplitSource, method: str, thresholds: Sequence[float] | None = None,
                              scales: Sequence[float] | None = None, batch_size: int = 8, device: str = "auto",
                              skip_bad: bool = False, progress: bool = True,
-                             map_side: int | str | None = "auto") -> tuple[list[dict], dict]:
+                             map_side: MaxSide = "auto") -> tuple[list[dict], dict]:
     """``wsseg tune-background``: the curve on the split, and the best threshold stored in the run."""
     with open_split(source, device, batch_size, shard=False) as split:
         segmenter = build_segmenter(method, source.run, scales=scales, map_side=map_side)
@@ -59,15 +60,16 @@ def tune_background_on_split(source: SplitSource, method: str, thresholds: Seque
     return curve, store_choice(source.run, method, curve, source.split, map_settings(scales, map_side))
 
 
-def map_settings(scales: Sequence[float] | None, map_side: int | str | None) -> dict[str, Any]:
+def map_settings(scales: Sequence[float] | None, map_side: MaxSide) -> dict[str, Any]:
     """What shapes the maps a threshold is tuned on, besides the method: their scales and map side."""
     return {"scales": None if scales is None else [float(s) for s in scales], "map_side": map_side}
 
 
-def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: int | str | None) -> str | None:
+def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: MaxSide) -> str | None:
     """How the maps a stored threshold was tuned on differ from these (None: they do not, or the
     choice predates this record and cannot say: it is used as before)."""
-    recorded = stored.get("maps") if isinstance(stored.get("maps"), dict) else {}
+    recorded = stored.get("maps")
+    recorded = recorded if isinstance(recorded, dict) else {}
     wanted = map_settings(scales, map_side)
     changed = [f"{key} {recorded[key]!r} (now {wanted[key]!r})" for key in recorded
                if key in wanted and recorded[key] != wanted[key]]

@@ -33,6 +33,13 @@ def check_max_side(max_side: MaxSide) -> None:
         raise WssegError(f"map side {max_side!r}: give 'auto', 'none' or a whole number of pixels >= {MIN_MAP_SIDE}")
 
 
+def refuse_useless_map_side(max_side: MaxSide, applies: bool, what: str) -> None:
+    """A map side given (not "auto") for maps that have none would be silently ignored: refuse it."""
+    if max_side != "auto" and not applies:
+        raise WssegError(f"--map-side: {what} maps have no map side (only dcsm and cam are computed on a shrunk "
+                         "image); leave it out")
+
+
 def resolve_max_side(model: nn.Module, max_side: MaxSide) -> int | None:
     """The side to compute at: ``"auto"`` -> the classifier's training side (None when unknown)."""
     if max_side == "auto":
