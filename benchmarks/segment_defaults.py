@@ -1,10 +1,12 @@
-"""The search behind the segmentation defaults, and the results tables of both benchmarks.
+"""The search behind the segmentation defaults, and the results tables of the benchmarks.
 
 ``search`` scores candidate settings on the first ``--images`` images of each benchmark's
-**train** split (ground-truth image labels; never val): DCSM's normalisation, the dense CRF's
-parameters, pipeline A's and B's combination weights, and every method's background threshold.
-It is a coordinate search in that order (each stage keeps the earlier stages' choices), and a
-setting is chosen by its mIoU averaged over the two benchmarks, so one default serves both.
+**train** split (ground-truth image labels; never val): DCSM's normalisation and which classes
+its distinct subtraction takes away, the dense CRF's parameters, pipeline A's and B's
+combination weights, and every method's background threshold. It is a coordinate search in that
+order (each stage keeps the earlier stages' choices), and a setting is chosen by its mIoU
+averaged over the benchmarks (shapes, glyphs and, when ../shared/data/coco97-voc or
+``--real-data`` is present, the real photographs), so one default serves all of them.
 
 ``quality`` scores every method at its defaults on the whole train split with ground-truth
 labels (pseudo-label quality) and on val with predicted labels, beside the all-background
@@ -12,11 +14,13 @@ baseline, and checks the goals of docs/method.md (dcsm-crf >= cam + 15, pipeline
 dcsm, on val with predicted labels).
 
 Both read the benchmarks and classifier runs that benchmarks/train_recipe.py made under
-``--work`` (``data-<kind>`` and ``runs/<kind>-full-<recipe>``); pipeline A needs the run's
-mi-SVM (``wsseg train-misvm --run RUN --data ROOT``). Maps are computed once per image and
-reused by every setting.
+``--work`` (``data-<kind>`` and ``runs/<kind>-full-<recipe>``; the real photographs are read
+from ``--real-data``, never copied, with the classifier run ``runs/real-full-<recipe>``);
+pipeline A needs the run's mi-SVM (``wsseg train-misvm --run RUN --data ROOT``): a benchmark
+whose run has none is left out of pipeline A's stages, and the table says so. Maps are computed
+once per image and reused by every setting (``search`` keeps them in WORK/cache too).
 
-    python benchmarks/segment_defaults.py search --work /tmp/recipe --images 150
+    python benchmarks/segment_defaults.py search --work /tmp/recipe --images 100 --real-images 40
     python benchmarks/segment_defaults.py quality --work /tmp/recipe
     python benchmarks/segment_defaults.py table           # both tables, from the JSON files
 """
@@ -41,7 +45,6 @@ from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.fusion.crf import IRN, PSA
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
-from wsseg.fusion.zoomout import layer_features, zoomout_layers
 from wsseg.io import atomic_write, write_json_atomic
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.runner import batch_classes, iter_batches
@@ -51,9 +54,15 @@ from wsseg.pipelines import (CRF_GRID, THRESHOLD_GRID, Confident, DenseCRF, Pipe
 from wsseg.registry import SEGMENT_METHODS
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("shapes", "glyphs")
-RAW_METHODS: dict[str, MapMethod] = {"dcsm": DCSM(), "cam": CAM(), "gradcam": GradCAM(), "gradient": Gradient(),
-                                     "guided": Guided()}
+BENCHMARKS = ("shapes", "glyphs", "real")
+REAL_DATA = HERE.parent.parent / "shared" / "data" / "coco97-voc"
+# the maps every record keeps, computed once; a candidate method reads the one it equals up to
+# its normalisation (a step applied afterwards: raw_key)
+RAW_METHODS: dict[str, MapMethod] = {"dcsm": DCSM(), "dcsm/present": DCSM(min_candidates=1), "cam": CAM(),
+                                     "gradcam": GradCAM(), "gradient": Gradient(), "guided": Guided()}
+# whose maps DCSM's distinct subtraction takes away from a class's: the authors' (the other
+# classes present, padded to 4 with the best-scoring absent ones) or the present ones only
+SUBTRACTIONS = {"authors": None, "present": 1}
 CRF_CANDIDATES = {"psa": PSA, "irn": IRN, "psa-weak": dataclasses.replace(PSA, bilateral_compat=4.0),
                   "psa-narrow": dataclasses.replace(PSA, bilateral_sxy=40.0)}
 NORMALIZATIONS = ("linear-minmax", "linear-max", "saturated")
@@ -76,13 +85,22 @@ class Record:
 
     def maps(self, method: MapMethod) -> np.ndarray:
         if method not in self.normalized:
-            self.normalized[method] = method.normalize(self.raw[method.name][None])[0].numpy()
+            self.normalized[method] = method.normalize(self.raw[raw_key(method)][None])[0].numpy()
         return self.normalized[method]
 
     def segment(self, segmenter: Segmenter, timings: dict[str, float]) -> np.ndarray:
         inputs = SegmentInput(self.image, self.labels, {method: self.maps(method) for method in segmenter.maps})
         prepared = self.prepared.get(_pipeline_name(getattr(segmenter, "base", segmenter)))  # Confident wraps one
         return segmenter(inputs, timings, prepared)
+
+
+def raw_key(method: MapMethod) -> str:
+    """The RAW_METHODS entry whose raw maps ``method`` normalises."""
+    plain = dataclasses.replace(method, normalization="linear-minmax") if isinstance(method, DCSM) else method
+    for key, candidate in RAW_METHODS.items():
+        if candidate == plain:
+            return key
+    raise KeyError(f"no raw maps kept for {method}")
 
 
 def _pipeline_name(segmenter: Segmenter) -> str | None:
@@ -98,7 +116,7 @@ def collect(model: torch.nn.Module, dataset: VOCDataset, ids: Sequence[str], lab
         images = batch_tensor([item.image for item in batch], "cpu")
         classes = batch_classes(model, batch, labels, 0.5, images)
         raw = {name: method(model, images, classes).detach() for name, method in RAW_METHODS.items()}
-        features = layer_features(model, images, zoomout_layers(model)) if "pipeline-a" in pipelines else None
+        features = pipelines["pipeline-a"].image_features(model, images) if "pipeline-a" in pipelines else None
         for n, item in enumerate(batch):
             count = len(classes[n])
             record = Record(item.image, [c + 1 for c in classes[n]], dataset.load_mask(item.id),
@@ -131,20 +149,25 @@ class Benchmark:
     run: Path
     dataset: VOCDataset
     model: torch.nn.Module
-    misvm: MiSVM
+    misvm: MiSVM | None  # None: no mi-SVM trained for this run; left out of pipeline A's stages
     records: list[Record] = field(default_factory=list)
 
 
-def open_benchmark(work: Path, kind: str, recipe: str, split: str) -> Benchmark:
+def open_benchmark(work: Path, kind: str, recipe: str, split: str, real_data: Path = REAL_DATA) -> Benchmark:
     run = work / "runs" / f"{kind}-full-{recipe}"
     model, _ = load_run(run)
     model.eval()
-    return Benchmark(kind, run, VOCDataset(work / f"data-{kind}", split), model, MiSVM.load(run / MISVM_FILE))
+    root = real_data if kind == "real" else work / f"data-{kind}"
+    misvm = MiSVM.load(run / MISVM_FILE) if (run / MISVM_FILE).is_file() else None
+    return Benchmark(kind, run, VOCDataset(root, split), model, misvm)
 
 
 def pipelines_of(benchmark: Benchmark) -> dict[str, Segmenter]:
     """Pipelines whose prepare() the records keep (the threshold is irrelevant to prepare)."""
-    return {"pipeline-a": PipelineA(benchmark.misvm, threshold=0.5), "pipeline-b": PipelineB(threshold=0.5)}
+    pipelines: dict[str, Segmenter] = {"pipeline-b": PipelineB(threshold=0.5)}
+    if benchmark.misvm is not None:
+        pipelines["pipeline-a"] = PipelineA(benchmark.misvm, threshold=0.5)
+    return pipelines
 
 
 Family = Callable[[Benchmark], list[Segmenter]]
@@ -153,6 +176,8 @@ Family = Callable[[Benchmark], list[Segmenter]]
 def curves(benchmarks: Sequence[Benchmark], family: Family, label: str) -> dict[str, list[float]]:
     """mIoU per benchmark of every segmenter ``family`` builds, plus their mean over benchmarks."""
     started = time.perf_counter()
+    if label.startswith("pipeline-a"):
+        benchmarks = [b for b in benchmarks if b.misvm is not None]
     result = {b.kind: score(b.records, family(b), b.dataset.num_classes + 1) for b in benchmarks}
     result["mean"] = [float(np.mean(values)) for values in zip(*(result[b.kind] for b in benchmarks))]
     print(f"  {label}: best mean {max(result['mean']):.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -190,7 +215,21 @@ def search(benchmarks: list[Benchmark]) -> dict:
                                                                               CRF_GRID), CRF_GRID)
         totals[norm] = plain["mean"] + crf["mean"]
     chosen["dcsm_normalization"] = norm = max(totals, key=totals.get)
-    dcsm = DCSM(normalization=norm)
+    # 2b. whose maps the distinct subtraction takes away, judged alike at the chosen normalisation
+    totals = {}
+    for subtraction, min_candidates in SUBTRACTIONS.items():
+        dcsm = DCSM(normalization=norm, min_candidates=min_candidates)
+        suffix = "" if min_candidates is None else f"/subtract-{subtraction}"
+        keys = f"dcsm/{norm}{suffix}", f"dcsm-crf/{norm}{suffix}/psa"
+        if keys[0] not in stages:
+            stage(keys[0], lambda b, m=dcsm: with_thresholds(Thresholded(m, threshold=0.5), THRESHOLD_GRID),
+                  THRESHOLD_GRID)
+        if keys[1] not in stages:
+            stage(keys[1], lambda b, m=dcsm: with_thresholds(DenseCRF(m, threshold=0.5), CRF_GRID), CRF_GRID)
+        totals[subtraction] = stages[keys[0]]["best"]["mean"] + stages[keys[1]]["best"]["mean"]
+    chosen["dcsm_subtraction"] = subtraction = max(totals, key=totals.get)
+    dcsm = DCSM(normalization=norm, min_candidates=SUBTRACTIONS[subtraction])
+    norm = norm if SUBTRACTIONS[subtraction] is None else f"{norm}/subtract-{subtraction}"
     # 3. the dense CRF's parameters, judged by cam-crf and dcsm-crf
     totals = {}
     for crf_name, params in CRF_CANDIDATES.items():
@@ -202,7 +241,7 @@ def search(benchmarks: list[Benchmark]) -> dict:
         totals[crf_name] = cam["mean"] + stages[key]["best"]["mean"]
     chosen["crf"] = crf_name = max(totals, key=totals.get)
     chosen["crf_params"] = dataclasses.asdict(CRF_CANDIDATES[crf_name])
-    # 4. pipeline B's weights, 5. pipeline A's
+    # 4. pipeline B's weights, 5. pipeline A's (on the benchmarks with a mi-SVM)
     totals = {}
     for objectness in OBJECTNESS_WEIGHTS:
         for cam_weight in CAM_WEIGHTS:
@@ -211,27 +250,30 @@ def search(benchmarks: list[Benchmark]) -> dict:
                 PipelineB(CAM(), dcsm, o, c, threshold=0.5), CRF_GRID), CRF_GRID)["mean"]
     chosen["pipeline_b"] = dict(zip(("objectness_weight", "cam_weight"), max(totals, key=totals.get)))
     totals = {}
-    for weight in MISVM_WEIGHTS:
+    chosen["pipeline_a_benchmarks"] = [b.kind for b in benchmarks if b.misvm is not None]
+    for weight in MISVM_WEIGHTS if chosen["pipeline_a_benchmarks"] else ():
         totals[weight] = stage(f"pipeline-a/misvm={weight}", lambda b, w=weight: with_thresholds(
             PipelineA(b.misvm, dcsm, w, threshold=0.5), CRF_GRID), CRF_GRID)["mean"]
-    chosen["pipeline_a"] = {"misvm_weight": max(totals, key=totals.get)}
     # the thresholds at the chosen settings
-    b_weights, a_weight = chosen["pipeline_b"], chosen["pipeline_a"]["misvm_weight"]
+    b_weights = chosen["pipeline_b"]
     final = {"cam": "cam", "cam-crf": f"cam-crf/{crf_name}", "gradcam": "gradcam", "gradient": "gradient",
              "guided": "guided", "dcsm": f"dcsm/{norm}", "dcsm-crf": f"dcsm-crf/{norm}/{crf_name}",
-             "pipeline-a": f"pipeline-a/misvm={a_weight}",
              "pipeline-b": f"pipeline-b/objectness={b_weights['objectness_weight']}/cam={b_weights['cam_weight']}"}
+    if totals:
+        chosen["pipeline_a"] = {"misvm_weight": max(totals, key=totals.get)}
+        final["pipeline-a"] = f"pipeline-a/misvm={chosen['pipeline_a']['misvm_weight']}"
     chosen["thresholds"] = {method: stages[key]["best"] for method, key in final.items()}
     return out
 
 
-def cached_records(path: Path, benchmark: Benchmark, labels: str) -> list[Record]:
-    """The split's records, kept in ``path`` (a pickle of our own making) so that scoring other
-    defaults later does not compute the maps again."""
+def cached_records(path: Path, benchmark: Benchmark, labels: str, images: int | None = None) -> list[Record]:
+    """The split's records (its first ``images``, default all), kept in ``path`` (a pickle of our
+    own making) so that scoring other defaults later does not compute the maps again."""
     if path.exists():
         with open(path, "rb") as handle:
             return pickle.load(handle)
-    records = collect(benchmark.model, benchmark.dataset, benchmark.dataset.ids, labels, pipelines_of(benchmark))
+    records = collect(benchmark.model, benchmark.dataset, benchmark.dataset.ids[:images], labels,
+                      pipelines_of(benchmark))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as handle:
         pickle.dump(records, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -287,13 +329,18 @@ def goals(val: dict) -> list[str]:
 def print_tables(search_path: Path, quality_path: Path, confident_path: Path | None = None) -> None:
     if search_path.exists():
         found = json.loads(search_path.read_text())
-        print(f"Search on the first {found['images']} train images of each benchmark (mIoU %, ground-truth labels):\n")
-        print("| stage / setting | shapes best (threshold) | glyphs best (threshold) | mean at one shared threshold |")
-        print("|---|---:|---:|---:|")
+        images = found["images"] if isinstance(found["images"], dict) else dict.fromkeys(BENCHMARKS, found["images"])
+        kinds = [k for k in BENCHMARKS if k in images and any(k in e["best"] for e in found["stages"].values())]
+        print("Search on the first " + ", ".join(f"{images[k]} {k}" for k in kinds) + " train images "
+              "(mIoU %, ground-truth labels); each benchmark's own best (its threshold), and at the shared "
+              "choice:\n")
+        print("| stage / setting | " + " | ".join(f"{k}: own best | {k}: at shared" for k in kinds)
+              + " | mean at one shared threshold |")
+        print("|---|" + "---:|---:|" * len(kinds) + "---:|")
         for name, entry in found["stages"].items():
             best = entry["best"]
-            cells = [f"{best[kind]['own_best']:.1f} ({best[kind]['own_best_threshold']})" for kind in BENCHMARKS
-                     if kind in best]
+            cells = [f"{best[k]['own_best']:.1f} ({best[k]['own_best_threshold']}) | {best[k]['at_chosen']:.1f}"
+                     if k in best else "- | -" for k in kinds]
             print(f"| {name} | " + " | ".join(cells) + f" | {best['mean']:.1f} at {best['threshold']} |")
         print("\nChosen:", json.dumps({k: v for k, v in found["chosen"].items() if k != "thresholds"}))
         print("Thresholds:", {m: v["threshold"] for m, v in found["chosen"]["thresholds"].items()})
@@ -302,8 +349,9 @@ def print_tables(search_path: Path, quality_path: Path, confident_path: Path | N
         kinds = [k for k in BENCHMARKS if k in table.get("train", {})]
         print("\n| method | " + " | ".join(f"{k} train (gt labels) | {k} val (predicted)" for k in kinds) + " |")
         print("|---|" + "---:|---:|" * len(kinds))
-        for method in ("all-background", *SEGMENT_METHODS):
-            cells = [f"{table['train'][k][method]:.1f} | {table['val'][k][method]:.1f}" for k in kinds]
+        for method in ("all-background", *SEGMENT_METHODS):  # a method newer than the table shows "-"
+            cells = [f"{table['train'][k][method]:.1f} | {table['val'][k][method]:.1f}" if method in table["val"][k]
+                     else "- | -" for k in kinds]
             print(f"| {method} | " + " | ".join(cells) + " |")
         print("\nGoals (val, predicted labels):")
         for line in goals({k: table["val"][k] for k in kinds}):
@@ -315,7 +363,7 @@ def print_tables(search_path: Path, quality_path: Path, confident_path: Path | N
               "kept / % of labelled pixels left out (255) / the plain method's mIoU %:\n")
         print("| method | " + " | ".join(f"{k}: confident mIoU | {k}: left out | {k}: plain mIoU" for k in kinds) + " |")
         print("|---|" + "---:|---:|---:|" * len(kinds))
-        for method in SEGMENT_METHODS:
+        for method in (m for m in SEGMENT_METHODS if all(m in table[k] for k in kinds)):
             cells = [f"{table[k][method]['confident_miou']:.1f} | {100 * table[k][method]['ignored_fraction']:.1f} | "
                      f"{table[k][method]['plain_miou']:.1f}" for k in kinds]
             print(f"| {method} | " + " | ".join(cells) + " |")
@@ -329,9 +377,12 @@ def main() -> None:
     parser.add_argument("--recipe", default="long", help="which recipe's full-train-split runs to use")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS))
     parser.add_argument("--images", type=int, default=150, help="search: the first N train images of each")
+    parser.add_argument("--real-images", type=int, default=40,
+                        help="search: the first N train photographs of the real set")
+    parser.add_argument("--real-data", type=Path, default=REAL_DATA, help="the real photographs (VOC layout)")
     parser.add_argument("--search-results", type=Path, default=HERE / "segment_defaults.json")
     parser.add_argument("--collect-only", action="store_true",
-                        help="quality: compute and cache the maps (WORK/cache), score nothing yet")
+                        help="search, quality: compute and cache the maps (WORK/cache), score nothing yet")
     parser.add_argument("--confident-results", type=Path, default=HERE / "confident_labels.json")
     parser.add_argument("--quality-results", type=Path, default=HERE / "segment_quality.json")
     args = parser.parse_args()
@@ -340,20 +391,27 @@ def main() -> None:
         return
     torch.manual_seed(0)
     kinds = args.benchmarks.split(",")
+    if "real" in kinds and not (args.real_data / "ImageSets").is_dir():
+        print(f"real photographs not found at {args.real_data}: searching without them")
+        kinds.remove("real")
     if args.command == "confident":
         table = {}
         for kind in kinds:
-            b = open_benchmark(args.work, kind, args.recipe, "train")
+            b = open_benchmark(args.work, kind, args.recipe, "train", args.real_data)
             b.records = cached_records(args.work / "cache" / f"{kind}-train-gt.pkl", b, "gt")
             table.update(confident([b]))
             b.records.clear()
         write_json_atomic(args.confident_results, table)
     elif args.command == "search":
-        benchmarks = [open_benchmark(args.work, kind, args.recipe, "train") for kind in kinds]
+        benchmarks = [open_benchmark(args.work, kind, args.recipe, "train", args.real_data) for kind in kinds]
+        images = {b.kind: args.real_images if b.kind == "real" else args.images for b in benchmarks}
         for b in benchmarks:
-            b.records = collect(b.model, b.dataset, b.dataset.ids[:args.images], "gt", pipelines_of(b))
+            b.records = cached_records(args.work / "cache" / f"{b.kind}-train-gt-first{images[b.kind]}.pkl", b, "gt",
+                                       images[b.kind])
+        if args.collect_only:
+            return
         found = search(benchmarks)
-        write_json_atomic(args.search_results, {"images": args.images, "recipe": args.recipe, **found})
+        write_json_atomic(args.search_results, {"images": images, "recipe": args.recipe, **found})
     else:
         table = {}
         for split, labels in (("train", "gt"), ("val", "predicted")):

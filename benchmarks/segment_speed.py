@@ -24,7 +24,7 @@ import torch
 from wsseg.data.synth import load_backgrounds
 from wsseg.data.transforms import resize
 from wsseg.data.classes import VOC_CLASSES
-from wsseg.fusion.misvm import MISVM_FILE, MiSVM
+from wsseg.fusion.misvm import MISVM_FILE, MISVM_MAX_SIDE, MiSVM
 from wsseg.models.run import RunConfig
 from wsseg.models import build_classifier
 from wsseg.pipelines import build_segmenter, segment_images
@@ -68,7 +68,7 @@ def main() -> None:
     RunConfig(list(class_names)).save(run)
     MiSVM(np.zeros(dims, np.float32), np.ones(dims, np.float32), rng.normal(0, 0.01, (20, dims)).astype(np.float32),
           np.zeros(20, np.float32), np.tile(np.array([1.0, 0.0], np.float32), (20, 1)),
-          class_names).save(run / MISVM_FILE)
+          class_names, MISVM_MAX_SIDE).save(run / MISVM_FILE)
     segment_images(model, images[:1], classes[:1], build_segmenter("dcsm-crf", scales=scales))  # warm-up
     if args.profile:
         profile(model, images, classes, args.trained_at)

@@ -245,6 +245,39 @@ def test_pipeline_a_and_train_misvm_work_on_vgg16(tiny_bench: Path, tmp_path: Pa
     assert [png.shape for png in _read_pngs(out, VOCDataset(tiny_bench, "val").ids)] == [(64, 64)] * 4
 
 
+def test_pipeline_a_works_on_the_side_its_misvm_was_trained_at(tiny_run: Path, tiny_bench: Path,
+                                                                tmp_path: Path) -> None:
+    """A photo is cut into superpixels on a copy shrunk to the mi-SVM's side (so a 640x480 photo is
+    not 1,536 instances of a 580 MB feature stack); the side is saved with the mi-SVM, older files
+    without one read as full size, and the labels come back at the image's own size."""
+    from wsseg.train_misvm import train_misvm_on_split
+
+    model, _ = load_run(tiny_run)
+    run = tmp_path / "run"
+    run.mkdir()
+    train_misvm_on_split(model, VOCDataset(tiny_bench, "train"), run, progress=False, max_side=32)
+    svm = MiSVM.load(run / MISVM_FILE)
+    assert svm.max_side == 32
+    with np.load(run / MISVM_FILE) as data:  # an mi-SVM saved before sides were recorded
+        np.savez(run / "old.npz", **{key: data[key] for key in data.files if key != "max_side"})
+    assert MiSVM.load(run / "old.npz").max_side is None
+    item = VOCDataset(tiny_bench, "val")[0]
+    labels = list(item.labels) or [1]
+    counts = {}
+    for side in (32, None):
+        segmenter = PipelineA(dataclasses.replace(svm, max_side=side), threshold=0.3)
+        features = segmenter.image_features(model, batch_tensor([item.image]))[0]
+        assert features.shape[1:] == ((32, 32) if side else item.image.shape[:2])
+        inputs = SegmentInput(item.image, [int(v) for v in labels],
+                              {DCSM(): np.random.default_rng(0).random((len(labels), 64, 64), np.float32)}, features)
+        prepared = segmenter.prepare(inputs, {})
+        assert prepared.superpixels.shape == item.image.shape[:2]
+        counts[side] = int(prepared.superpixels.max()) + 1
+        assert len(prepared.probabilities) == counts[side]
+        assert segmenter(inputs, prepared=prepared).shape == item.image.shape[:2]
+    assert counts[32] < counts[None], counts
+
+
 def _fusion_inputs(features: int = 0) -> SegmentInput:
     """A 48 x 64 image of coloured blocks with two classes' blurry maps (and random features)."""
     rng = np.random.default_rng(3)

@@ -468,6 +468,10 @@ def test_stale_or_damaged_misvm(data: Path, tiny_run: Path, tmp_path: Path, caps
                  **({"classes": np.array(classes)} if classes else {}))
         assert main(args) == 2
         _assert_one_line_error(capsys, "segment", str(path), problem)
+    np.savez(path, mean=svm.mean, scale=svm.scale, weights=svm.weights, bias=svm.bias, platt=svm.platt,
+             classes=np.array(svm.classes), max_side=np.array(5))
+    assert main(args) == 2
+    _assert_one_line_error(capsys, "segment", str(path), "max_side")
 
 
 def test_outputs_never_replace_the_dataset(data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:

@@ -38,7 +38,7 @@ from wsseg.fusion.superpixels import slic_superpixels, superpixel_areas, superpi
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
 from wsseg.maps.layers import stopwatch
-from wsseg.maps.resolution import MaxSide, refuse_useless_map_side
+from wsseg.maps.resolution import MaxSide, grow_ids, refuse_useless_map_side, shrink, shrink_image
 from wsseg.models.affinity import AffinityModel, load_affinity
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
@@ -220,16 +220,23 @@ class PipelineA(Segmenter):
     def maps(self) -> tuple[MapMethod, ...]:
         return (self.dcsm,)
 
+    def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
+        """Zoom-out source features of the images shrunk to the side the mi-SVM was trained at."""
+        return list(layer_features(model, shrink(batch, self.misvm.max_side), zoomout_layers(model)))
+
     def prepare(self, inputs: SegmentInput, timings: dict[str, float]) -> _SuperpixelsA:
         if inputs.features is None:
             raise ValueError("pipeline-a needs the image's zoom-out source features (SegmentInput.features)")
         with timed(timings, "superpixels"):
-            superpixels = slic_superpixels(inputs.image, PIXELS_PER_SUPERPIXEL)
-            descriptors = zoomout(inputs.features, superpixels)
-            contrast = contrast_weights(inputs.image, superpixels)
+            # superpixels, their features and the CRF's graph on the shrunk image (as the mi-SVM was
+            # trained); the superpixels grown back to the image's size carry the labels
+            small_image = shrink_image(inputs.image, self.misvm.max_side)
+            small = slic_superpixels(small_image, PIXELS_PER_SUPERPIXEL)
+            descriptors = zoomout(inputs.features, small)
+            contrast = contrast_weights(small_image, small)
         with timed(timings, "svm"):
             probabilities = self.misvm.probabilities(descriptors)[:, [label - 1 for label in inputs.labels]]  # [P, K]
-        return _SuperpixelsA(superpixels, probabilities, contrast)
+        return _SuperpixelsA(grow_ids(small, inputs.image.shape[:2]), probabilities, contrast)
 
     def fuse(self, inputs: SegmentInput, prepared: _SuperpixelsA, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "superpixel crf"):

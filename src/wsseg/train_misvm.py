@@ -16,10 +16,11 @@ import numpy as np
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
-from wsseg.fusion.misvm import MISVM_FILE, PIXELS_PER_SUPERPIXEL, train_misvm
+from wsseg.fusion.misvm import MISVM_FILE, MISVM_MAX_SIDE, PIXELS_PER_SUPERPIXEL, train_misvm
 from wsseg.fusion.superpixels import slic_superpixels, superpixel_means
 from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import CAM
+from wsseg.maps.resolution import shrink, shrink_image
 from wsseg.models.classifier import FCNClassifier
 from wsseg.runner import ImageItem, SplitSource, open_split, run_split
 
@@ -33,8 +34,10 @@ class MiSVMReport:
 
 
 def train_misvm_on_split(model: FCNClassifier, dataset: VOCDataset, run: str | Path, batch_size: int = 8,
-                         skip_bad: bool = False, progress: bool = True, seed: int = 0) -> MiSVMReport:
-    """Zoom-out features of every superpixel of the split, one mi-SVM per class, saved in RUN."""
+                         skip_bad: bool = False, progress: bool = True, seed: int = 0,
+                         max_side: int | None = MISVM_MAX_SIDE) -> MiSVMReport:
+    """Zoom-out features of every superpixel of the split (each image shrunk to at most ``max_side``,
+    the side pipeline A will shrink to), one mi-SVM per class, saved in RUN."""
     descriptors: list[np.ndarray] = []
     seeds: list[np.ndarray] = []
     bag_labels: list[list[int]] = []
@@ -42,12 +45,12 @@ def train_misvm_on_split(model: FCNClassifier, dataset: VOCDataset, run: str | P
     cam_method, layers = CAM(), zoomout_layers(model)
 
     def compute(batch: list[ImageItem]) -> list[tuple[np.ndarray, np.ndarray]]:
-        images = batch_tensor([item.image for item in batch], device)
+        images = shrink(batch_tensor([item.image for item in batch], device), max_side)
         every_class = [list(range(dataset.num_classes))] * len(batch)
         cams = cam_method.normalize(cam_method(model, images, every_class)).cpu().numpy()
         results = []
         for item, features, cam in zip(batch, layer_features(model, images, layers), cams):
-            superpixels = slic_superpixels(item.image, PIXELS_PER_SUPERPIXEL)
+            superpixels = slic_superpixels(shrink_image(item.image, max_side), PIXELS_PER_SUPERPIXEL)
             results.append((zoomout(features, superpixels), superpixel_means(cam, superpixels)))
         return results
 
@@ -64,7 +67,8 @@ def train_misvm_on_split(model: FCNClassifier, dataset: VOCDataset, run: str | P
     svm = train_misvm(np.concatenate(descriptors), bags, bag_labels, dataset.num_classes,
                       seed=seed, progress=progress, seeds=np.concatenate(seeds))
     path = Path(run) / MISVM_FILE
-    dataclasses.replace(svm, classes=dataset.classes.foreground).save(path)  # pipeline A checks them on load
+    # pipeline A checks the classes on load, and shrinks its images to the same side
+    dataclasses.replace(svm, classes=dataset.classes.foreground, max_side=max_side).save(path)
     return MiSVMReport(len(bag_labels), int(sum(len(d) for d in descriptors)), counts.skipped_bad, path)
 
 

@@ -20,10 +20,16 @@ from tqdm import tqdm
 
 from wsseg.errors import WssegError
 from wsseg.io import atomic_write
+from wsseg.maps.resolution import MIN_MAP_SIDE
 
 MISVM_FILE = "misvm.npz"
 # the instances' size: pipeline A must cut its superpixels as the mi-SVM was trained on them
 PIXELS_PER_SUPERPIXEL = 200
+# pipeline A works on images shrunk to at most this side (the dense CRF's grid, DEFAULT_CRF): at a
+# photo's full size a 640x480 image is 1,536 superpixels of 472 x 4 zoom-out features computed from
+# a 580 MB up-sampled feature stack, and the mi-SVM on 81 such photos did not finish in 30 minutes.
+# The side the mi-SVM was trained at is saved with it, and pipeline A uses that one.
+MISVM_MAX_SIDE = 320
 
 
 @dataclass
@@ -36,6 +42,8 @@ class MiSVM:
     bias: np.ndarray  # [C]
     platt: np.ndarray  # [C, 2]: probability = sigmoid(a * score + b)
     classes: tuple[str, ...] = ()  # the class list it was trained for (the run's)
+    # the side its images were shrunk to (None: full size, and what files that do not record one had)
+    max_side: int | None = None
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale) @ self.weights.T + self.bias
@@ -47,7 +55,8 @@ class MiSVM:
     def save(self, path: str | Path) -> None:
         with atomic_write(path) as handle:
             np.savez(handle, mean=self.mean, scale=self.scale, weights=self.weights, bias=self.bias, platt=self.platt,
-                     classes=np.array(self.classes, dtype=str))
+                     classes=np.array(self.classes, dtype=str),
+                     max_side=np.array(-1 if self.max_side is None else self.max_side, dtype=np.int64))
 
     @classmethod
     def load(cls, path: str | Path, classes: Sequence[str] | None = None) -> MiSVM:
@@ -60,6 +69,7 @@ class MiSVM:
             with np.load(path, allow_pickle=False) as data:
                 arrays = [data[key] for key in ("mean", "scale", "weights", "bias", "platt")]
                 stored = tuple(str(name) for name in data["classes"]) if "classes" in data.files else None
+                side = data["max_side"] if "max_side" in data.files else np.array(-1)
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise WssegError(f"{path}: unreadable mi-SVM ({exc.__class__.__name__}); train it again with "
                              "`wsseg train-misvm`") from None
@@ -67,6 +77,9 @@ class MiSVM:
         if weights.ndim != 2 or weights.shape[1] != mean.shape[0] or len(bias) != len(weights) \
                 or platt.shape != (len(weights), 2) or scale.shape != mean.shape:
             raise WssegError(f"{path}: damaged mi-SVM (its arrays do not fit together); train it again")
+        if side.shape != () or side.dtype.kind != "i" or not (int(side) == -1 or int(side) >= MIN_MAP_SIDE):
+            raise WssegError(f"{path}: damaged mi-SVM (max_side {side!r} is not a side in pixels); train it again")
+        max_side = None if int(side) == -1 else int(side)
         if classes is not None:
             if stored is None:
                 raise WssegError(f"{path}: this mi-SVM does not record its class list (an older wsseg); retrain it "
@@ -74,7 +87,7 @@ class MiSVM:
             if stored != tuple(classes) or len(weights) != len(stored):
                 raise WssegError(f"{path}: this mi-SVM was trained for other classes than the run's model; "
                                  "retrain it with `wsseg train-misvm`")
-        return cls(mean, scale, weights, bias, platt, stored or ())
+        return cls(mean, scale, weights, bias, platt, stored or (), max_side)
 
 
 def _linear_svm(features: np.ndarray, labels: np.ndarray, seed: int):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +56,23 @@ def shrink(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
     factor = max_side / max(height, width)
     size = [max(1, round(height * factor)), max(1, round(width * factor))]
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def shrink_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """An H x W x 3 uint8 image shrunk as :func:`shrink` shrinks a batch (the same size, so that
+    features computed on the shrunk batch line up with superpixels cut on the shrunk image)."""
+    if max_side is None or max(image.shape[:2]) <= max_side:
+        return image
+    tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float()
+    return shrink(tensor, max_side)[0].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def grow_ids(ids: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """An h x w map of integer ids (superpixels, labels) up-sampled to ``size`` by nearest neighbour."""
+    if tuple(ids.shape) == tuple(size):
+        return ids
+    grown = F.interpolate(torch.from_numpy(ids.astype(np.int64))[None, None].double(), size=list(size), mode="nearest")
+    return grown[0, 0].numpy().astype(ids.dtype)
 
 
 def grow(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
