@@ -100,7 +100,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        ...
+        """The optimiser; its groups' rates are the poly schedule's base rates."""
 
     @abc.abstractmethod
     def items(self) -> Dataset:
