@@ -46,7 +46,6 @@ from wsseg.pipelines import CRF_GRID, DEFAULT_CRF, walked_probabilities
 from wsseg.registry import method_info
 from wsseg.runner import batch_classes, iter_batches
 from wsseg.train_affinity import AffinityOptions, train_affinity
-from wsseg.train_options import AFFINITY_DEFAULTS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "affinity_goals.json"
@@ -184,7 +183,7 @@ def _shared_best(per_benchmark: list[dict[float, float]]) -> tuple[float, float]
 
 
 def run(benches: list[tuple[str, Path, Path, Path]], images: int = IMAGES, out: Path = RESULTS,
-        epochs: int = AFFINITY_DEFAULTS["epochs"]) -> dict:
+        epochs: int = AffinityOptions.epochs) -> dict:
     results: dict = {"benchmarks": {}, "images": images, "betas": BETAS, "logt": PSA_LOGT}
     grid = tuple(CRF_GRID)
     baselines = {"cam": (method_info("cam").threshold,), "dcsm-crf": (method_info("dcsm-crf").threshold,)}
@@ -303,8 +302,8 @@ def main() -> None:
     parser.add_argument("--bench", nargs=4, action="append", metavar=("NAME", "RUN", "DATA", "PSEUDO"), default=[])
     parser.add_argument("--images", type=int, default=IMAGES, help=f"first N images of each split (default {IMAGES})")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file (default beside this script)")
-    parser.add_argument("--epochs", type=int, default=AFFINITY_DEFAULTS["epochs"],
-                        help=f"affinity training epochs (default {AFFINITY_DEFAULTS['epochs']}, wsseg's)")
+    parser.add_argument("--epochs", type=int, default=AffinityOptions.epochs,
+                        help=f"affinity training epochs (default {AffinityOptions.epochs}, wsseg's)")
     args = parser.parse_args()
     if args.command == "run":
         results = run([(name, Path(r), Path(d), Path(p)) for name, r, d, p in args.bench], args.images, args.json,

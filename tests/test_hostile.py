@@ -377,7 +377,7 @@ def test_seeds_out_of_range_are_refused_before_any_work(tmp_path: Path, tiny_run
 def test_a_diverging_loss_stops_training_with_a_message(data: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     """--lr huge enough to overflow: the run stops at the first non-finite loss (it used to save
     a NaN model with exit 0)."""
-    import wsseg.train as training
+    import wsseg.training.classifier as training
 
     real_bce = training.F.binary_cross_entropy_with_logits
     monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits",

@@ -80,12 +80,12 @@ def test_seg_config_is_not_replaced_before_a_new_seed_has_a_checkpoint(finished_
                                                                        tmp_path: Path, monkeypatch) -> None:
     """Guards: `train-seg --seed 7` into a finished seed-0 folder, killed before its first checkpoint, left a seed-7
     config.json over the seed-0 network (and `--resume` then said 'finished' with the wrong weights)."""
-    import wsseg.train_seg
+    import wsseg.training.loop
 
     out = tmp_path / "seg"
     shutil.copytree(finished_seg, out)
     weights = (out / "model.pt").read_bytes()
-    monkeypatch.setattr(wsseg.train_seg, "_train_one_epoch", _killed)
+    monkeypatch.setattr(wsseg.training.loop, "_train_one_epoch", _killed)
     assert _exit_or_killed(_seg_args(tiny_bench, out, "--seed", "7")) in (2, "killed")
     assert (out / "model.pt").read_bytes() == weights
     assert json.loads((out / "config.json").read_text())["seed"] == 0  # the record still names what is held
@@ -95,12 +95,12 @@ def test_seg_overwrite_killed_before_its_first_checkpoint_leaves_no_record_of_th
         finished_seg: Path, tiny_bench: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """Guards: a new run killed before its first checkpoint left config.json next to weights of other settings;
     with --overwrite the old files go first and the new record comes with the first checkpoint."""
-    import wsseg.train_seg
+    import wsseg.training.loop
 
     out = tmp_path / "seg"
     shutil.copytree(finished_seg, out)
     with monkeypatch.context() as patch:
-        patch.setattr(wsseg.train_seg, "_train_one_epoch", _killed)
+        patch.setattr(wsseg.training.loop, "_train_one_epoch", _killed)
         assert _exit_or_killed(_seg_args(tiny_bench, out, "--seed", "7", "--overwrite")) == "killed"
     assert not any((out / name).exists() for name in ("config.json", "model.pt", "last.pt", "history.json"))
     assert main(_seg_args(tiny_bench, out, "--seed", "7", "--resume")) == 0
@@ -113,13 +113,13 @@ def test_affinity_record_is_not_replaced_before_a_new_radius_has_a_checkpoint(
         tiny_run: Path, tiny_bench: Path, pseudo: Path, tmp_path: Path, monkeypatch) -> None:
     """Guards: train-affinity with a new --radius, killed before its first checkpoint, left affinity.json saying
     the new radius over the old network: segment then walked with the new radius over the old weights."""
-    import wsseg.train_affinity
+    import wsseg.training.loop
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     assert main(_affinity_args(run, tiny_bench, pseudo)) == 0
     weights = (run / "affinity.pt").read_bytes()
-    monkeypatch.setattr(wsseg.train_affinity, "_train_one_epoch", _killed)
+    monkeypatch.setattr(wsseg.training.loop, "_train_one_epoch", _killed)
     assert _exit_or_killed(_affinity_args(run, tiny_bench, pseudo, "--radius", "3")) in (2, "killed")
     assert (run / "affinity.pt").read_bytes() == weights
     assert json.loads((run / "affinity.json").read_text())["training"]["radius"] == 5

@@ -97,7 +97,7 @@ def test_two_process_training_with_torchrun(bench: Path, tmp_path: Path) -> None
 
 def _scripted_val_maps(monkeypatch, maps: list[float]) -> None:
     """Make validation report these mAPs in turn, so the selection logic is tested exactly."""
-    import wsseg.train as training
+    import wsseg.training.classifier as training
 
     remaining = list(maps)
     monkeypatch.setattr(training, "classification_metrics", lambda scores, targets: {"map": remaining.pop(0), "f1": 0.5})
@@ -193,7 +193,7 @@ def test_frozen_batchnorm_makes_micro_batches_the_same_step(bench: Path, tmp_pat
     """With --freeze-bn, a step on micro-batches of 2 equals the step on the whole batch of 4 (the
     memory saving changes no result but drop-connect's random draws, switched off here), and the
     batch-norm statistics stay the pretrained ones."""
-    import wsseg.train as trainer
+    import wsseg.training.classifier as trainer
     from wsseg.models import build_classifier
 
     forwarded: list[int] = []  # the batch sizes the network saw: proof that the step was split

@@ -8,7 +8,7 @@ the layers listed before it (tests/test_layering.py parses every import and enfo
     wsseg.data
     wsseg.evaluate
     wsseg.models
-    wsseg.train wsseg.train_options wsseg.training wsseg.train_seg wsseg.train_affinity
+    wsseg.train wsseg.training wsseg.train_options wsseg.train_seg wsseg.train_affinity
     wsseg.maps
     wsseg.fusion
     wsseg.pipelines wsseg.runner wsseg.map_folders wsseg.tune wsseg.segment wsseg.train_misvm
@@ -18,10 +18,11 @@ the layers listed before it (tests/test_layering.py parses every import and enfo
 
 The first line is the bottom of the house, usable from every layer: errors, atomic file output,
 the output-folder rules, the torch-free table of method names (so ``wsseg --help`` lists them
-without torch) and the process group. Then datasets; scoring; the classifier; its training (``train_options``, the
-torch-free table of training defaults, sits with it because it reads a data default; ``training``
-holds what every trainer shares; ``train_affinity`` trains the affinity network on pseudo-labels); class
-maps; fusion from maps to labels, per image, no split loops; the segmentation floor (the typed
+without torch) and the process group. Then datasets; scoring; the networks; their training (the
+``training`` package: one loop, ``training.loop.fit``, that runs the classifier's, stage 2's and the
+affinity network's task objects, and ``training.options``, the torch-free options with their
+defaults, which sits here because it reads a data default; ``train``, ``train_seg``,
+``train_affinity`` and ``train_options`` are thin modules kept for earlier imports); class maps; fusion from maps to labels, per image, no split loops; the segmentation floor (the typed
 segmenters, the one split runner and its clients); the HTML report; the demo; the command line,
 which alone may import lazily (to keep ``wsseg --help`` fast).
 """

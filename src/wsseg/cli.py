@@ -14,10 +14,11 @@ from pathlib import Path
 
 from wsseg.errors import WssegError
 from wsseg.registry import MAP_METHOD_NAMES, NETWORK_METHODS, SEGMENT_METHODS
-from wsseg.train_options import SegTrainOptions, TrainOptions
+from wsseg.training.options import PRECISIONS, AffinityOptions, SegTrainOptions, TrainerOptions, TrainOptions
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 _SEG_DEFAULTS = SegTrainOptions(data="", out="")
+_AFFINITY_DEFAULTS = AffinityOptions(data="", run="", pseudo="")
 
 EXIT_USAGE = 2
 # one meaning for every command that reads a split
@@ -53,20 +54,6 @@ def _finite(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must not be negative")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive")
-    return value
-
-
 def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val") -> None:
     parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
     parser.add_argument("--split", default=split_default, help="split name: ImageSets/Segmentation/<split>.txt")
@@ -87,45 +74,50 @@ def _add_max_side(parser: argparse.ArgumentParser) -> None:
                                             f"(default {DEFAULT_MAX_FILE_SIZE // 2 ** 20})")
 
 
-def _add_training_args(parser: argparse.ArgumentParser, defaults, out_help: str) -> None:
-    """The flags every trainer shares (``train``, ``train-seg``), with that trainer's defaults."""
-    parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
-    parser.add_argument("--out", required=True, type=Path, help=out_help)
-    parser.add_argument("--split", default="train", help="training split (default train)")
-    parser.add_argument("--val-split", default="val", help="split scored after every epoch, or 'none' (default val)")
-    _add_max_side(parser)
-    parser.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "vgg16"])
-    parser.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+def _add_trainer_args(parser: argparse.ArgumentParser, defaults: TrainerOptions, lr_help: str) -> None:
+    """The flags every trainer shares, each the field of the same name in its options, with that
+    trainer's defaults. They parse only: the options check their bounds (TrainerOptions.check)."""
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
                         help=f"epochs; the poly schedule spans them (default {defaults.epochs})")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
-                        help=f"default {defaults.batch_size}")
-    parser.add_argument("--lr", type=_positive, default=defaults.lr,
-                        help=f"backbone learning rate, AdamW (default {defaults.lr:g})")
-    parser.add_argument("--head-lr-scale", type=_positive, default=defaults.head_lr_scale,
-                        help=f"the new head's learning rate is this times --lr (default {defaults.head_lr_scale:g})")
-    parser.add_argument("--weight-decay", type=_non_negative, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"default {defaults.batch_size}")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"{lr_help} (default {defaults.lr:g})")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help=f"AdamW's weight decay (default {defaults.weight_decay:g})")
     parser.add_argument("--scale-range", type=_scale_range, default=defaults.scale_range, metavar="LOW,HIGH",
                         help="random rescale of the image around the crop size (default "
                              f"{','.join(f'{v:g}' for v in defaults.scale_range)})")
-    parser.add_argument("--jitter", type=_non_negative, default=defaults.jitter,
-                        help=f"colour jitter strength, 0 to turn it off (default {defaults.jitter:g})")
-    parser.add_argument("--seed", type=_seed, default=0)
-    parser.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--workers", type=_workers, default=defaults.workers, metavar="N|auto",
                         help="data-loading processes per training process (default auto: 0 on a CPU, where the "
                              "training process uses every core; on CUDA min(8, CPU cores per process - 1), with "
                              "pinned memory and workers kept between epochs)")
-    parser.add_argument("--precision", default=defaults.precision, choices=["auto", "bf16", "fp16", "fp32"],
+    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                         help="training forward pass (default auto: bf16 autocast on a CUDA GPU that has it, fp16 "
                              "with a gradient scaler on older GPUs, fp32 on a CPU); maps and segmentation are "
                              "always fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
+    parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    parser.add_argument("--stop-after", type=int, metavar="EPOCH",
+                        help="stop after this epoch (for time-limited jobs; continue later with --resume)")
+
+
+def _add_run_args(parser: argparse.ArgumentParser, defaults: TrainOptions | SegTrainOptions, out_help: str) -> None:
+    """The flags of a trainer that fine-tunes a backbone into a run folder of its own (``train``, ``train-seg``)."""
+    parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
+    parser.add_argument("--out", required=True, type=Path, help=out_help)
+    parser.add_argument("--split", default=defaults.split, help=f"training split (default {defaults.split})")
+    parser.add_argument("--val-split", default="val", help="split scored after every epoch, or 'none' (default val)")
+    _add_max_side(parser)
+    parser.add_argument("--backbone", default=defaults.backbone, choices=["efficientnet-lite0", "vgg16"])
+    parser.add_argument("--weights", help="backbone weights file (torchvision-layout state dict for vgg16)")
+    _add_trainer_args(parser, defaults, "backbone learning rate, AdamW")
+    parser.add_argument("--head-lr-scale", type=float, default=defaults.head_lr_scale,
+                        help=f"the new head's learning rate is this times --lr (default {defaults.head_lr_scale:g})")
+    parser.add_argument("--jitter", type=float, default=defaults.jitter,
+                        help=f"colour jitter strength, 0 to turn it off (default {defaults.jitter:g})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the run already in --out (its files are deleted first); without it, or "
                              "--resume, a folder holding a run is refused")
-    parser.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
-                        help="stop after this epoch (for time-limited jobs; continue later with --resume)")
     parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
 
 
@@ -203,9 +195,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from wsseg.train import best_record, train
+    from wsseg.training.classifier import best_record, train
 
-    history = train(_train_options(args))
+    history = train(_trainer_options(args, TrainOptions))
     best = best_record(history) if history else {}
     if "val_map" in best:
         print(f"[train] done: best val mAP {best['val_map']:.3f} at epoch {best['epoch']}; "
@@ -213,20 +205,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_options(args: argparse.Namespace, kind=TrainOptions):
-    """A trainer's arguments as its options (TrainOptions, SegTrainOptions): every flag is the
-    field of the same name."""
+def _trainer_options(args: argparse.Namespace, kind: type[TrainerOptions]) -> TrainerOptions:
+    """A trainer's arguments as its options (TrainOptions, SegTrainOptions, AffinityOptions): every
+    flag is the field of the same name; paths become strings, sizes bytes, ``none`` None."""
     given = {field.name: getattr(args, field.name) for field in dataclasses.fields(kind) if hasattr(args, field.name)}
-    val_split = None if args.val_split.lower() == "none" else args.val_split
-    paths = {name: str(given[name]) for name in ("data", "out", "pseudo") if given.get(name) is not None}
-    return kind(**{**given, **paths, "val_split": val_split, "max_file_size": args.max_file_size * 2 ** 20,
-                   "progress": not args.quiet})
+    given.update({name: str(given[name]) for name in ("data", "out", "run", "pseudo") if given.get(name) is not None})
+    if "val_split" in given:
+        given["val_split"] = None if args.val_split.lower() == "none" else args.val_split
+    return kind(**{**given, "max_file_size": args.max_file_size * 2 ** 20, "progress": not args.quiet})
 
 
 def _cmd_train_seg(args: argparse.Namespace) -> int:
-    from wsseg.train_seg import train_segmentation
+    from wsseg.training.segnet import train_segmentation
 
-    history = train_segmentation(_train_options(args, SegTrainOptions))
+    history = train_segmentation(_trainer_options(args, SegTrainOptions))
     if history and history[-1].get("val_miou") is not None:
         print(f"[train-seg] done: val mIoU {100 * history[-1]['val_miou']:.2f} at the last epoch ({history[-1]['epoch']}); "
               f"network in {args.out}/model.pt")
@@ -318,17 +310,9 @@ def _cmd_train_misvm(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_affinity(args: argparse.Namespace) -> int:
-    from wsseg.train_affinity import AffinityOptions, train_affinity
+    from wsseg.training.affinity import train_affinity
 
-    options = AffinityOptions(
-        run=str(args.run), data=str(args.data), pseudo=str(args.pseudo), split=args.split, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, image_size=args.image_size,
-        scale_range=args.scale_range, radius=args.radius, seed=args.seed, limit=args.limit, workers=args.workers,
-        precision=args.precision, device=args.device, resume=args.resume, overwrite=args.overwrite,
-        stop_after=args.stop_after,
-        skip_bad=args.skip_bad, progress=not args.quiet, masks=args.masks, max_side=args.max_side,
-        max_file_size=args.max_file_size * 2 ** 20)
-    history = train_affinity(options)
+    history = train_affinity(_trainer_options(args, AffinityOptions))
     if history:
         print(f"[train-affinity] done: {len(history)} epochs, last loss {history[-1]['loss']:.4f}; "
               f"{args.run}/affinity.pt and {args.run}/affinity.json")
@@ -400,13 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "and report the fraction left out; without it a predicted 255 counts as background")
 
     train = command("train", _cmd_train, "train the multi-label FCN classifier on image-level labels")
-    _add_training_args(train, _TRAIN_DEFAULTS, "run folder (model.pt, config.json, history.json)")
+    _add_run_args(train, _TRAIN_DEFAULTS, "run folder (model.pt, config.json, history.json)")
     train.add_argument("--masks", default="SegmentationClass", help="mask folder (labels fall back to masks)")
     train.add_argument("--random-init", action="store_true", help="start from random weights (not advised)")
     train.add_argument("--pooling", default=_TRAIN_DEFAULTS.pooling, choices=["gmp", "gap", "lse"],
                        help="global pooling of the class score maps: gap (default, trains fastest), gmp "
                             "(global max, the authors'), lse")
-    train.add_argument("--lse-r", type=_positive, default=5.0, help="sharpness r of lse pooling (default 5)")
+    train.add_argument("--lse-r", type=float, default=_TRAIN_DEFAULTS.lse_r,
+                       help=f"sharpness r of lse pooling (default {_TRAIN_DEFAULTS.lse_r:g})")
     train.add_argument("--image-size", type=int, default=None,
                        help="training crop side, a multiple of 32 (default: the split's median longer side "
                             "rounded up to 32, at most 512)")
@@ -433,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_seg = command("train-seg", _cmd_train_seg,
                         "stage 2: train a segmentation network on pseudo-labels (or on ground truth: the bound)")
-    _add_training_args(train_seg, _SEG_DEFAULTS, "run folder of the network (model.pt, config.json, history.json)")
+    _add_run_args(train_seg, _SEG_DEFAULTS, "run folder of the network (model.pt, config.json, history.json)")
     labels = train_seg.add_mutually_exclusive_group(required=True)
     labels.add_argument("--pseudo", type=Path, metavar="FOLDER",
                         help="pseudo-labels: the <id>.png of `wsseg segment` (255 = ignored, e.g. --ignore-uncertain)")
@@ -496,43 +481,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(misvm, split_default="train")
     misvm.add_argument("--seed", type=_seed, default=0)
 
-    from wsseg.train_options import AFFINITY_DEFAULTS
-
     affinity = command("train-affinity", _cmd_train_affinity,
                        "train the affinity network of the random-walk methods (cam-rw, dcsm-rw) on confident "
                        "pseudo-labels, into RUN/affinity.pt")
     affinity.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
                           help="the classifier's run folder (its backbone stays frozen; spell it --run-dir under "
                                "torchrun)")
-    _add_dataset_args(affinity, split_default="train")
+    _add_dataset_args(affinity, split_default=_AFFINITY_DEFAULTS.split)
     affinity.add_argument("--pseudo", required=True, type=Path,
                           help="folder of pseudo-label PNGs written by `wsseg segment` (255 = ignored), e.g. "
                                "--method dcsm-crf --labels gt --ignore-uncertain on the same split")
-    affinity.add_argument("--epochs", type=_positive_int, default=AFFINITY_DEFAULTS["epochs"])
-    affinity.add_argument("--batch-size", type=_positive_int, default=AFFINITY_DEFAULTS["batch_size"])
-    affinity.add_argument("--lr", type=_positive, default=AFFINITY_DEFAULTS["lr"],
-                          help=f"AdamW learning rate of the head (default {AFFINITY_DEFAULTS['lr']:g})")
-    affinity.add_argument("--weight-decay", type=_non_negative, default=AFFINITY_DEFAULTS["weight_decay"])
+    _add_trainer_args(affinity, _AFFINITY_DEFAULTS, "AdamW learning rate of the head")
     affinity.add_argument("--image-size", type=int, default=None,
                           help="training crop side, a multiple of 32 (default: the classifier's)")
-    affinity.add_argument("--scale-range", type=_scale_range, default=AFFINITY_DEFAULTS["scale_range"],
-                          metavar="LOW,HIGH", help="random rescale around --image-size (default "
-                          f"{','.join(f'{v:g}' for v in AFFINITY_DEFAULTS['scale_range'])})")
-    affinity.add_argument("--radius", type=_positive_int, default=AFFINITY_DEFAULTS["radius"],
-                          help=f"pairs within this many grid pixels (stride 4; default {AFFINITY_DEFAULTS['radius']})")
-    affinity.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                          help="train on the split's first N images only")
-    affinity.add_argument("--seed", type=_seed, default=0)
-    affinity.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
-                          help="data-loading processes (default auto: 0 on a CPU)")
-    affinity.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                          help="training forward pass (default auto: bf16/fp16 autocast on CUDA, fp32 on a CPU)")
-    affinity.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    affinity.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
+    affinity.add_argument("--radius", type=int, default=_AFFINITY_DEFAULTS.radius,
+                          help=f"pairs within this many grid pixels (stride 4; default {_AFFINITY_DEFAULTS.radius})")
+    affinity.add_argument("--limit", type=int, default=None, metavar="N", help="train on the split's first N images only")
     affinity.add_argument("--overwrite", action="store_true",
                           help="replace the affinity network already in the run (its files are deleted first); "
                                "without it, or --resume, a run holding one is refused")
-    affinity.add_argument("--stop-after", type=_positive_int, metavar="EPOCH", help="stop after this epoch")
 
     tune = command("tune-background", _cmd_tune_background,
                    "choose a method's background threshold on a labelled split (an oracle choice)")

@@ -30,10 +30,11 @@ from wsseg.report import build_report
 from wsseg.report.html import weak_full_ratio
 from wsseg.runner import SplitSource
 from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
-from wsseg.train import TrainOptions, best_record, train
-from wsseg.train_affinity import AffinityOptions, train_affinity
-from wsseg.train_options import SegTrainOptions
-from wsseg.train_seg import train_segmentation
+from wsseg.training.affinity import train_affinity
+from wsseg.training.classifier import train
+from wsseg.training.loop import best_record
+from wsseg.training.options import AffinityOptions, SegTrainOptions, TrainOptions
+from wsseg.training.segnet import train_segmentation
 from wsseg.train_misvm import train_misvm_from_run
 
 QUICK = SynthConfig(train=60, val=20, size=96)

@@ -43,7 +43,7 @@ from wsseg.pipelines import (Confident, NetworkSegmenter, Segmenter, build_segme
 from wsseg.registry import NETWORK_METHODS, method_info
 from wsseg.runner import (ImageItem, OpenSplit, RunCounts, SplitSource, batch_classes, check_label_source,
                           open_split, predict_labels, run_split)
-from wsseg.training import SEGMENT_RECORD_FIELDS
+from wsseg.training.pseudo import SEGMENT_RECORD_FIELDS
 from wsseg.tune import BACKGROUND_FILE, load_choices, tuned_for_other_maps
 
 SEGMENT_RECORD = "segment.json"

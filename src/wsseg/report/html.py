@@ -34,7 +34,7 @@ from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, is_stage2_row, row
 from wsseg.report.plots import colour_labels, plot_training_curve
 from wsseg.runner import ImageItem, batch_classes, run_split
 from wsseg.segment import read_segment_record, record_maps
-from wsseg.train import best_record
+from wsseg.training.loop import best_record
 
 REPORT_DIR = "report"
 BASELINE = "background-only"

@@ -1,26 +1,57 @@
-"""What every wsseg trainer shares (the classifier, the stage-2 segmentation network, the
-affinity network): device precision, loader workers, the poly schedule, dropping bad items,
-timing the loader, and finding the checkpoint to resume from.
+"""The pieces that :func:`wsseg.training.loop.fit` and the tasks put together: the training and
+val splits and the crop size chosen from them, device precision, loader workers, the poly schedule,
+dropping bad items, timing the loader, placing and restoring a model, and one epoch's steps
+(:class:`EpochSteps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from wsseg.data.images import read_image_size
 from wsseg.data.loading import auto_workers, cpus_per_rank
 from wsseg.data.voc import VOCDataset
-from wsseg.distributed import ProcessGroup, process_group
-from wsseg.io import NUMBER, check_fields, read_json
+from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
-from wsseg.models.run import read_checkpoint
-from wsseg.outputs import claim_run_files, claimed_output
+from wsseg.training.options import PRECISIONS, RunOptions
+
+
+def training_splits(options: RunOptions) -> tuple[VOCDataset, VOCDataset | None]:
+    """The training split (refused when it has no image) and the val split (None without one)."""
+    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                           max_file_size=options.max_file_size)
+    train_set.require_images()
+    val_set = None
+    if options.val_split:
+        val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
+                             max_side=options.max_side, max_file_size=options.max_file_size)
+    return train_set, val_set
+
+
+def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:
+    """The median longer side of the split (up to ``sample`` images spread over it, read from their
+    headers), rounded up to a multiple of 32 and at most ``cap`` (128 for the shapes benchmark, 192
+    for glyphs at 224, 512 for PASCAL VOC's ~500 px images, as IRN crops)."""
+    ids = dataset.ids
+    chosen = [ids[int(i)] for i in np.unique(np.linspace(0, len(ids) - 1, min(sample, len(ids))).round())]
+    sides = []
+    for image_id in chosen:
+        try:
+            sides.append(max(read_image_size(dataset.image_path(image_id))))
+        except DataError:
+            continue
+    if not sides:
+        raise WssegError(f"{dataset.root}: no image of split {dataset.split!r} can be read")
+    return int(min(cap, max(32, math.ceil(float(np.median(sides)) / 32) * 32)))
 
 
 def drop_bad(batch, skip_bad: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -50,20 +81,6 @@ def resolve_workers(requested: int | None, device: torch.device, local_world_siz
             raise WssegError(f"--workers {requested}: must be 0 or more (or auto)")
         return requested
     return auto_workers(device.type, cpus_per_rank(local_world_size))
-
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def check_shared_options(seed: int, precision: str, scale_range: tuple[float, float]) -> None:
-    """The option checks every trainer shares, with one message each whichever trainer it is."""
-    if not 0 <= seed < 2 ** 32:
-        raise WssegError(f"--seed {seed}: must be from 0 to 2**32 - 1")
-    if precision not in PRECISIONS:
-        raise WssegError(f"--precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    low, high = scale_range
-    if not 0 < low <= high:
-        raise WssegError(f"--scale-range {low},{high}: needs 0 < low <= high")
 
 
 def training_autocast(device: torch.device, precision: str = "auto", bf16_supported: bool | None = None
@@ -101,18 +118,6 @@ def precision_name(autocast_dtype: torch.dtype | None) -> str:
     return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaler"}[autocast_dtype]
 
 
-def resume_checkpoint(out: Path) -> dict | None:
-    """The state to resume from: last.pt, or the model.pt of a run from before last.pt existed
-    (it carried the optimiser). A model.pt alone without it (killed before the first last.pt)
-    is only a best-epoch snapshot: such a run starts afresh."""
-    if (out / "last.pt").exists():
-        return read_checkpoint(out / "last.pt")
-    if (out / "model.pt").exists():
-        state = read_checkpoint(out / "model.pt")
-        return state if "optimizer" in state else None
-    return None
-
-
 def timed_batches(batches, waits: list[float]):
     """The batches of a loader, appending to ``waits`` how long each took to arrive: time the
     training step spent waiting for data (too many seconds here: raise --workers)."""
@@ -125,6 +130,13 @@ def timed_batches(batches, waits: list[float]):
             return
         waits.append(time.perf_counter() - asked)
         yield batch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: the GPU's allocations on CUDA, the process's resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
 def synchronize(device: torch.device) -> None:
@@ -171,14 +183,6 @@ def same_setting(name: str, recorded: object, given: object) -> bool:
     return recorded == given
 
 
-def refuse_changed(previous: object, config: object, must_match: Sequence[str], out: Path) -> None:
-    """``--resume`` continues a run only with the settings it was started with (its dataset and split too)."""
-    changed = [name for name in must_match if not same_setting(name, getattr(previous, name), getattr(config, name))]
-    if changed:
-        raise WssegError(f"{out}: cannot resume with other settings than the run's ({', '.join(changed)} "
-                         "differ); use another --out for a new run")
-
-
 @contextlib.contextmanager
 def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
     """Deterministic kernels while training on a CPU (bit-identical reruns and resumes); the
@@ -190,114 +194,6 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
-
-
-# what a run folder of `wsseg train` or `train-seg` holds, checkpoints first: --overwrite deletes them in
-# this order, so that a kill part-way never leaves a record over weights it does not describe
-RUN_FILES = ("last.pt", "model.pt", "affinity.pt", "misvm.npz", "history.json", "affinity-history.json",
-             "background.json", "affinity.json", "config.json")
-RUN_RECORD = "config.json"
-
-
-@contextlib.contextmanager
-def training_run(device: str | None, out: str | Path, data: str | Path, masks: str, resume: bool = False,
-                 overwrite: bool = False, records: Sequence[str] = (RUN_RECORD, "history.json"),
-                 run_files: Sequence[str] = RUN_FILES, what: str = "a training run") -> Iterator[ProcessGroup]:
-    """Join torchrun's process group and claim the run folder ``out`` by the rules of
-    :mod:`wsseg.outputs` (rank 0 holds the lock, which also clears a killed run's temporaries; a
-    refusal on any rank stops them all); a folder already holding ``run_files`` is refused unless
-    ``resume`` or ``overwrite`` (then rank 0 deletes them first)."""
-    with process_group(device) as group, contextlib.ExitStack() as held:
-        with group.together():
-            held.enter_context(claimed_output(out, records, data, masks, group.is_main))
-            if group.is_main:
-                claim_run_files(out, run_files, resume, overwrite, what)
-        yield group
-
-
-def resume_point(out: Path, resume: bool, load_record: Callable[[Path], Any]) -> tuple[dict | None, Any]:
-    """With ``resume``: the checkpoint to resume from (None: start afresh) and the run's record (None
-    where it has none yet), read whenever it exists -- a damaged record, or one of another kind of
-    run, is refused, never taken for 'no record' -- and a checkpoint without a record is refused."""
-    if not resume:
-        return None, None
-    previous = load_record(out) if (out / RUN_RECORD).exists() else None
-    state = resume_checkpoint(out)
-    if state is not None and previous is None:
-        raise WssegError(f"{out / RUN_RECORD}: missing; the checkpoint in {out} has no record of its settings, so "
-                         "it cannot be resumed (--overwrite starts afresh)")
-    return state, previous
-
-
-def resumed_history(records: list[dict], epoch: int, epochs: int, tag: str, what: str | Path,
-                    is_main: bool) -> list[dict] | None:
-    """The history of a run resumed from its checkpoint of ``epoch`` (0-based; records written
-    after it are dropped), saying so on rank 0; None when the run had already finished."""
-    history = records[:epoch + 1]
-    if len(history) >= epochs:
-        if is_main:
-            print(f"[{tag}] {what} finished after epoch {len(history)}; nothing to do")
-        return None
-    if is_main:
-        print(f"[{tag}] resuming {what} after epoch {len(history)}")
-    return history
-
-
-PSEUDO_RECORD = "segment.json"  # what `wsseg segment` leaves beside its PNGs
-# the kinds of segment.json's fields that readers use (null allowed): a field of another kind is damage
-SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "method": str, "labels": str, "label_threshold": NUMBER, "threshold": NUMBER, "ignore_uncertain": bool,
-    "tuned_on_ground_truth": bool, "run": str, "model_sha256": str, "data": str, "split": str, "classes": list,
-    "maps": list, "stored_maps": dict, "scales": list}
-# what a trainer records of it: where the pseudo-labels it learnt from came from
-_PSEUDO_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source", "tuned_on_ground_truth",
-                "run", "split", "data", "model_sha256", "scales")
-
-
-def read_pseudo_record(pseudo: str | Path, required: bool) -> dict[str, Any] | None:
-    """PSEUDO/segment.json, what made the pseudo-labels; when not ``required`` (pseudo-labels another
-    tool made are welcome), None where it is missing. One that is there but damaged is refused
-    either way: it is never taken for 'no record'."""
-    path = Path(pseudo) / PSEUDO_RECORD
-    if not path.is_file():
-        if not required:
-            return None
-        raise WssegError(f"{path}: missing; --pseudo must be a folder written by `wsseg segment` (e.g. "
-                         "wsseg segment --split train --labels gt --method dcsm-crf --ignore-uncertain --out PSEUDO)")
-    try:
-        record = read_json(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]}); make the "
-                         "pseudo-labels again with `wsseg segment`") from None
-    if not isinstance(record, dict) or not isinstance(record.get("method"), str):
-        raise WssegError(f"{path}: damaged: not a wsseg segment record (no method)")
-    return check_fields(record, SEGMENT_RECORD_FIELDS, path)
-
-
-def check_pseudo_record(record: dict[str, Any] | None, pseudo: str | Path, dataset: VOCDataset) -> None:
-    """Refuse pseudo-labels whose segment.json says they were made on another dataset (resolved path),
-    split or class list than the one given, saying which; a record that names none of them (another
-    tool's, or an older wsseg's) is not compared on what it does not name."""
-    if record is None:
-        return
-    given_root = dataset.root.resolve()
-    differ = []
-    if isinstance(record.get("data"), str) and not same_setting("data", record["data"], str(given_root)):
-        differ.append(f"dataset {record['data']} (given {given_root})")
-    if isinstance(record.get("split"), str) and record["split"] != dataset.split:
-        differ.append(f"split {record['split']!r} (given {dataset.split!r})")
-    if isinstance(record.get("classes"), list) and record["classes"] != list(dataset.classes.foreground):
-        differ.append(f"class list of {len(record['classes'])} classes (given {len(dataset.classes.foreground)})")
-    if differ:
-        raise WssegError(f"{Path(pseudo) / PSEUDO_RECORD}: these pseudo-labels were made on another "
-                         f"{'; another '.join(differ)}; make them for this one with `wsseg segment`")
-
-
-def pseudo_label_source(record: dict[str, Any] | None, pseudo: str | Path) -> dict[str, Any]:
-    """The part of a segment record that says where pseudo-labels came from (None for each key
-    when there is no record)."""
-    record = record or {}
-    return {"folder": str(Path(pseudo).resolve()), **{key: record.get(key) for key in _PSEUDO_KEYS}}
 
 
 class EpochSteps:
