@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import pickle
 import time
 from collections.abc import Callable, Sequence
@@ -130,13 +131,38 @@ def collect(model: torch.nn.Module, dataset: VOCDataset, ids: Sequence[str], lab
 
 
 def score(records: Sequence[Record], segmenters: Sequence[Segmenter], num_labels: int) -> list[float]:
-    """mIoU (percent) of each segmenter over the records."""
+    """mIoU (percent) of each segmenter over the records; with JOBS > 1, the segmenters are shared
+    out among forked worker processes (the records are read, not copied: fork shares them)."""
+    if JOBS > 1 and len(segmenters) > 1:
+        global _SCORING
+        _SCORING = (records, segmenters, num_labels)
+        shares = [list(range(len(segmenters)))[job::JOBS] for job in range(JOBS)]
+        with multiprocessing.get_context("fork").Pool(JOBS) as pool:
+            parts = pool.map(_score_share, shares)
+        _SCORING = None
+        values = [0.0] * len(segmenters)
+        for share, part in zip(shares, parts):
+            for index, value in zip(share, part):
+                values[index] = value
+        return values
     matrices = [ConfusionMatrix(num_labels) for _ in segmenters]
     timings: dict[str, float] = {}
     for record in records:
         for matrix, segmenter in zip(matrices, segmenters):
             matrix.update(record.segment(segmenter, timings), record.truth)
     return [100.0 * matrix.miou() for matrix in matrices]
+
+
+JOBS = 1  # worker processes for score(); --jobs
+_SCORING: tuple | None = None  # what forked workers read
+
+
+def _score_share(indices: list[int]) -> list[float]:
+    assert _SCORING is not None
+    records, segmenters, num_labels = _SCORING
+    global JOBS
+    JOBS = 1
+    return score(records, [segmenters[i] for i in indices], num_labels)
 
 
 def with_thresholds(segmenter: Segmenter, grid: Sequence[float]) -> list[Segmenter]:
@@ -380,6 +406,8 @@ def main() -> None:
     parser.add_argument("--real-images", type=int, default=40,
                         help="search: the first N train photographs of the real set")
     parser.add_argument("--real-data", type=Path, default=REAL_DATA, help="the real photographs (VOC layout)")
+    parser.add_argument("--jobs", type=int, default=1, help="search, quality, confident: worker processes "
+                        "that score candidate settings side by side (fork; each with one thread)")
     parser.add_argument("--search-results", type=Path, default=HERE / "segment_defaults.json")
     parser.add_argument("--collect-only", action="store_true",
                         help="search, quality: compute and cache the maps (WORK/cache), score nothing yet")
@@ -390,6 +418,8 @@ def main() -> None:
         print_tables(args.search_results, args.quality_results, args.confident_results)
         return
     torch.manual_seed(0)
+    global JOBS
+    JOBS = max(1, args.jobs)
     kinds = args.benchmarks.split(",")
     if "real" in kinds and not (args.real_data / "ImageSets").is_dir():
         print(f"real photographs not found at {args.real_data}: searching without them")
