@@ -179,7 +179,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from wsseg.segment import score_segmentations
+    from wsseg.evaluate import score_segmentations
 
     scores = score_segmentations(args.pred, args.data, args.split, args.masks, args.max_side, args.skip_bad,
                                  not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20,
@@ -260,20 +260,20 @@ def _parse_numbers(text: str) -> tuple[float, ...]:
 
 
 def _source(args: argparse.Namespace):
-    from wsseg.runner import SplitSource
+    from wsseg.segmentation.runner import SplitSource
 
     return SplitSource(args.run, args.data, args.split, args.masks, args.max_side, args.max_file_size * 2 ** 20)
 
 
 def _segment_options(args: argparse.Namespace):
-    from wsseg.segment import SegmentOptions
+    from wsseg.segmentation.segment import SegmentOptions
 
     return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
                           args.ignore_uncertain, args.tta, args.crf, map_side=args.map_side)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
-    from wsseg.map_folders import export_maps
+    from wsseg.segmentation.map_folders import export_maps
 
     counts = export_maps(_source(args), args.out, args.method, args.labels, args.label_threshold, args.scales,
                          args.batch_size, args.device, args.skip_bad, not args.quiet, args.overwrite, args.map_side)
@@ -282,7 +282,7 @@ def _cmd_maps(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from wsseg.segment import segment_dataset, segment_image_file
+    from wsseg.segmentation.segment import segment_dataset, segment_image_file
 
     if args.image is not None:
         if args.maps:
@@ -300,7 +300,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_misvm(args: argparse.Namespace) -> int:
-    from wsseg.train_misvm import train_misvm_from_run
+    from wsseg.segmentation.train_misvm import train_misvm_from_run
 
     report = train_misvm_from_run(_source(args), args.batch_size, args.device, args.skip_bad, not args.quiet,
                                   args.seed)
@@ -320,7 +320,7 @@ def _cmd_train_affinity(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_background(args: argparse.Namespace) -> int:
-    from wsseg.tune import tune_background_on_split
+    from wsseg.segmentation.tune import tune_background_on_split
 
     curve, best = tune_background_on_split(_source(args), args.method, args.thresholds, args.scales,
                                            args.batch_size, args.device, args.skip_bad, not args.quiet, args.map_side)

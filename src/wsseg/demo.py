@@ -21,21 +21,21 @@ import numpy as np
 from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
-from wsseg.evaluate import load_result
+from wsseg.evaluate import load_result, score_segmentations
 from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import write_json_atomic, write_text_atomic
 from wsseg.outputs import check_may_write
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, method_info, row_title, stage2_row
 from wsseg.report import build_report
 from wsseg.report.html import weak_full_ratio
-from wsseg.runner import SplitSource
-from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
+from wsseg.segmentation.runner import SplitSource
+from wsseg.segmentation.segment import SegmentOptions, segment_dataset
 from wsseg.training.affinity import train_affinity
 from wsseg.training.classifier import train
 from wsseg.training.loop import best_record
 from wsseg.training.options import AffinityOptions, SegTrainOptions, TrainOptions
 from wsseg.training.segnet import train_segmentation
-from wsseg.train_misvm import train_misvm_from_run
+from wsseg.segmentation.train_misvm import train_misvm_from_run
 
 QUICK = SynthConfig(train=60, val=20, size=96)
 FULL = SynthConfig().resolved()

@@ -26,14 +26,15 @@ from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import NUMBER, check_fields, read_json, write_text_atomic
-from wsseg.map_folders import StoredMaps, method_options
+from wsseg.outputs import read_segment_record
+from wsseg.segmentation.map_folders import StoredMaps, method_options
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run, read_history
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, is_stage2_row, row_description, row_title
 from wsseg.report.plots import colour_labels, plot_training_curve
-from wsseg.runner import ImageItem, batch_classes, run_split
-from wsseg.segment import read_segment_record, record_maps
+from wsseg.segmentation.runner import ImageItem, batch_classes, run_split
+from wsseg.segmentation.segment import record_maps
 from wsseg.training.loop import best_record
 
 REPORT_DIR = "report"
