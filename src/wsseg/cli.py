@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.registry import MAP_METHOD_NAMES, NETWORK_METHODS, SEGMENT_METHODS
+from wsseg.registry import MAP_METHOD_NAMES, METHODS, SEGMENT_METHODS
 from wsseg.training.options import PRECISIONS, AffinityOptions, SegTrainOptions, TrainerOptions, TrainOptions
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
@@ -162,10 +162,11 @@ def _map_side(text: str) -> int | str | None:
 
 
 def _add_segment_method(parser: argparse.ArgumentParser, networks: bool = False) -> None:
-    described = {name: info.description for name, info in SEGMENT_METHODS.items()}
-    described.update(NETWORK_METHODS if networks else {})
-    parser.add_argument("--method", default="dcsm-crf", choices=list(described),
-                        help="; ".join(f"{name}: {text}" for name, text in described.items()) + " (default dcsm-crf)")
+    """--method: the registry's methods (with ``networks``, stage 2's too), each with its description."""
+    rows = METHODS if networks else SEGMENT_METHODS
+    parser.add_argument("--method", default="dcsm-crf", choices=list(rows),
+                        help="; ".join(f"{name}: {info.description}" for name, info in rows.items())
+                        + " (default dcsm-crf)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from wsseg.errors import WssegError
 from wsseg.io import (NUMBER, check_fields, current_umask, read_json, remove_outputs, remove_stale_temporaries,
                       resolves_inside, write_json_atomic)
+from wsseg.registry import ARTEFACTS
 
 if TYPE_CHECKING:  # only a type here: importing it would import torch into `wsseg --help`
     from wsseg.distributed import ProcessGroup
@@ -322,10 +323,11 @@ SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "method": str, "labels": str, "label_threshold": NUMBER, "threshold": NUMBER, "ignore_uncertain": bool,
     "tuned_on_ground_truth": bool, "run": str, "model_sha256": str, "data": str, "split": str, "classes": list,
     "maps": list, "stored_maps": dict, "scales": list}
-# the keys that decide what the PNGs are: resuming into a folder made otherwise is refused
+# the keys that decide what the PNGs are: resuming into a folder made otherwise is refused (the
+# digests of the run's weights and of every trained file a method's registry row may read)
 SEGMENT_SHAPING_KEYS = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold",
-                        "threshold_source", "tuned_on_ground_truth", "tta", "crf",
-                        "split", "data", "model_sha256", "misvm_sha256", "affinity_sha256")
+                        "threshold_source", "tuned_on_ground_truth", "tta", "crf", "split", "data", "model_sha256",
+                        *(artefact.record_key for artefact in ARTEFACTS))
 # what a trainer records of where the pseudo-labels it learnt from came from
 SEGMENT_SOURCE_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source",
                        "tuned_on_ground_truth", "run", "split", "data", "model_sha256", "scales")

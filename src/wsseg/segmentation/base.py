@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from wsseg.fusion.zoomout import layer_features, zoomout_layers
 from wsseg.maps import MapMethod
 from wsseg.maps.layers import stopwatch
 from wsseg.models.classifier import FCNClassifier
+from wsseg.registry import MethodInfo
 
 # saturating maps need thresholds close to 1; a CRF moves slowly with the threshold, so a coarse grid
 THRESHOLD_GRID = tuple(round(t, 3) for t in np.linspace(0.05, 0.95, 19)) + (0.97, 0.98, 0.99, 0.995)
@@ -53,6 +54,15 @@ class Segmenter:
     threshold: float = dataclasses.field(kw_only=True)
     needs_features: ClassVar[bool] = False
     grid: ClassVar[tuple[float, ...]] = THRESHOLD_GRID  # thresholds `wsseg tune-background` tries
+    fusions: ClassVar[tuple[str, ...]] = ()  # the registry's fusion kinds this class implements
+    uses_labels: ClassVar[bool] = True  # segments the classes each image is labelled with
+
+    @classmethod
+    def from_row(cls, info: MethodInfo, threshold: float, maps: Sequence[MapMethod],
+                 artefacts: Mapping[str, Any]) -> Segmenter:
+        """The segmenter of the registry's row ``info``: its map methods (in the row's order), the
+        trained artefacts it reads (loaded, by file name) and its background threshold."""
+        return cls(*maps, threshold=threshold)
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -78,6 +88,13 @@ class Segmenter:
     def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
         """The label map of an image with at least one class; stage times added to ``timings``."""
         raise NotImplementedError
+
+    def segment_batch(self, model: FCNClassifier, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
+                      timings: dict[str, float],
+                      maps: Mapping[MapMethod, Sequence[np.ndarray]] | None = None) -> list[np.ndarray]:
+        """Label maps of equally sized RGB images (``classes``: 0-based, per image), the way every
+        segmenter, stage 2's network included, is run over a split."""
+        return [self(inputs, timings) for inputs in segment_inputs(model, images, classes, self, timings, maps)]
 
     def __call__(self, inputs: SegmentInput, timings: dict[str, float] | None = None,
                  prepared: object = None) -> np.ndarray:

@@ -25,6 +25,7 @@ class DenseCRF(Thresholded):
 
     crf: CRFParams = DEFAULT_CRF
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
+    fusions: ClassVar[tuple[str, ...]] = ("crf",)
 
     def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
         with timed(timings, "crf"):

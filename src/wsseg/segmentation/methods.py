@@ -1,10 +1,11 @@
-"""The segmentation methods by name: each registry name built into its segmenter.
+"""The segmentation methods by name: each row of :mod:`wsseg.registry`'s table built into its segmenter.
 
     segmenter = build_segmenter("pipeline-a", run="runs/x")  # its mi-SVM loaded from the run
     labels = segment_images(model, rgb_images, classes, segmenter)
 
-The names, descriptions and default thresholds are :mod:`wsseg.registry`'s table; ``BUILDERS``
-here makes each name a segmenter, loading the trained artefacts it needs from the run folder.
+A row names its fusion kind; the segmenter class that declares that kind in its ``fusions``
+builds it (``Segmenter.from_row``) from the row's map methods and the trained artefacts the row
+lists, loaded here from the run folder. Nothing here names a method.
 """
 
 from __future__ import annotations
@@ -13,61 +14,61 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from wsseg.errors import WssegError
-from wsseg.fusion.misvm import MISVM_FILE, MiSVM
-from wsseg.maps import CAM, DCSM, GradCAM, Gradient, Guided, MapMethod
+from wsseg.fusion.misvm import MiSVM
+from wsseg.maps import MapMethod, map_method
 from wsseg.maps.resolution import MaxSide, refuse_useless_map_side
-from wsseg.models.affinity import AffinityModel, load_affinity
+from wsseg.models.affinity import load_affinity
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import RunConfig
-from wsseg.registry import SEGMENT_METHODS, method_info
-from wsseg.segmentation.base import Segmenter, segment_inputs
-from wsseg.segmentation.crf import DEFAULT_CRF, DenseCRF
+from wsseg.registry import AFFINITY, ARTEFACTS, METHODS, MISVM, SEGMENT_METHODS, MethodInfo, method_info
+from wsseg.segmentation.base import Segmenter
+from wsseg.segmentation.crf import DenseCRF
+from wsseg.segmentation.network import NetworkSegmenter
 from wsseg.segmentation.pipeline_a import PipelineA
 from wsseg.segmentation.pipeline_b import PipelineB
 from wsseg.segmentation.random_walk import RandomWalk
 from wsseg.segmentation.threshold import Thresholded
 
-
-def _misvm(run: Path | None) -> MiSVM:
-    if run is None:
-        raise WssegError("pipeline-a needs a trained mi-SVM: build it from a run folder (build_segmenter(name, run))"
-                         " after `wsseg train-misvm --run RUN --data ROOT`")
-    return MiSVM.load(run / MISVM_FILE, RunConfig.load(run).classes)
-
-
-def _affinity(run: Path | None) -> AffinityModel:
-    if run is None:
-        raise WssegError("the random-walk methods need a trained affinity network: build them from a run folder "
-                         "(build_segmenter(name, run)) after `wsseg train-affinity --run RUN --data ROOT --pseudo "
-                         "PSEUDO`")
-    return load_affinity(run)
-
+# fusion kind -> the segmenter class that implements it (each class declares its kinds)
+SEGMENTERS: dict[str, type[Segmenter] | type[NetworkSegmenter]] = {
+    kind: cls for cls in (Thresholded, DenseCRF, PipelineA, PipelineB, RandomWalk, NetworkSegmenter)
+    for kind in cls.fusions}
+# trained artefact (by file name) -> how it is loaded from a run folder
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    MISVM.file: lambda run: MiSVM.load(run / MISVM.file, RunConfig.load(run).classes),
+    AFFINITY.file: load_affinity,
+}
+_unknown = [f"{info.name}: {info.fusion}" for info in METHODS.values() if info.fusion not in SEGMENTERS]
+if _unknown or set(LOADERS) != {artefact.file for artefact in ARTEFACTS}:
+    raise ImportError(f"wsseg.registry's rows name fusion kinds or artefacts no segmenter implements: {_unknown}")
 
 Scales = tuple[float, ...] | None
-# name -> segmenter from (threshold, scales, run folder); the names are wsseg.registry's
+
+
+def _artefacts(info: MethodInfo, run: Path | None) -> dict[str, Any]:
+    """The trained files the row reads, loaded from ``run``."""
+    if info.artefacts and run is None:
+        artefact = info.artefacts[0]
+        raise WssegError(f"{info.name} needs a trained {artefact.file}: build it from a run folder "
+                         f"(build_segmenter(name, run)) after {artefact.made_by}")
+    return {artefact.file: LOADERS[artefact.file](run) for artefact in info.artefacts}
+
+
+def _build(name: str, threshold: float, scales: Scales, run: Path | None) -> Segmenter:
+    info = method_info(name)
+    maps = tuple(map_method(map_name).with_scales(scales) for map_name in info.maps)
+    return SEGMENTERS[info.fusion].from_row(info, threshold, maps, _artefacts(info, run))
+
+
+# name -> segmenter from (threshold, scales, run folder), for every method that fuses maps: derived
+# from the registry, kept for earlier imports
 BUILDERS: dict[str, Callable[[float, Scales, Path | None], Segmenter]] = {
-    "cam": lambda t, s, run: Thresholded(CAM().with_scales(s), threshold=t),
-    "cam-crf": lambda t, s, run: DenseCRF(CAM().with_scales(s), threshold=t),
-    "gradcam": lambda t, s, run: Thresholded(GradCAM(), threshold=t),
-    "gradient": lambda t, s, run: Thresholded(Gradient(), threshold=t),
-    "guided": lambda t, s, run: Thresholded(Guided(), threshold=t),
-    "dcsm": lambda t, s, run: Thresholded(DCSM().with_scales(s), threshold=t),
-    "dcsm-crf": lambda t, s, run: DenseCRF(DCSM().with_scales(s), threshold=t),
-    "pipeline-a": lambda t, s, run: PipelineA(_misvm(run), DCSM().with_scales(s), threshold=t),
-    "pipeline-b": lambda t, s, run: PipelineB(CAM().with_scales(s), DCSM().with_scales(s), threshold=t),
-    "cam-rw": lambda t, s, run: RandomWalk(CAM().with_scales(s), affinity=_affinity(run), threshold=t),
-    "dcsm-rw": lambda t, s, run: RandomWalk(DCSM().with_scales(s), affinity=_affinity(run), threshold=t),
-    "cam-rw-crf": lambda t, s, run: RandomWalk(CAM().with_scales(s), affinity=_affinity(run), crf=DEFAULT_CRF,
-                                               threshold=t),
-    "dcsm-rw-crf": lambda t, s, run: RandomWalk(DCSM().with_scales(s), affinity=_affinity(run), crf=DEFAULT_CRF,
-                                                threshold=t),
-}
-if list(BUILDERS) != list(SEGMENT_METHODS):
-    raise ImportError("wsseg.segmentation.methods.BUILDERS and wsseg.registry.SEGMENT_METHODS list different methods")
+    name: (lambda t, s, run, name=name: _build(name, t, s, run)) for name in SEGMENT_METHODS}
 
 
 def build_segmenter(name: str, run: str | Path | None = None, threshold: float | None = None,
@@ -76,8 +77,8 @@ def build_segmenter(name: str, run: str | Path | None = None, threshold: float |
     (default: the method's), ``scales`` (input scales of its dcsm and cam maps) and ``map_side``
     (the longest side they are computed at: wsseg.maps.resolution) as given."""
     info = method_info(name)
-    segmenter = BUILDERS[name](info.threshold if threshold is None else threshold,
-                               None if scales is None else tuple(scales), None if run is None else Path(run))
+    segmenter = _build(name, info.threshold if threshold is None else threshold,
+                       None if scales is None else tuple(scales), None if run is None else Path(run))
     return with_map_side(segmenter, map_side)
 
 
@@ -100,6 +101,5 @@ def segment_images(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
 
     ``method``: a segmenter, or a registry name with its defaults (``build_segmenter``).
     """
-    segmenter = _segmenter(method)
     timings = timings if timings is not None else defaultdict(float)
-    return [segmenter(inputs, timings) for inputs in segment_inputs(model, images, classes, segmenter, timings)]
+    return _segmenter(method).segment_batch(model, images, classes, timings)

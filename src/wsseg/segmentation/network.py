@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from wsseg.data.transforms import batch_tensor
 from wsseg.fusion.crf import DEEPLAB, dense_crf
+from wsseg.maps import MapMethod
 from wsseg.models.segnet import SegmentationNet, segment_probabilities
 from wsseg.segmentation.base import timed
 
@@ -23,6 +25,16 @@ class NetworkSegmenter:
     model: SegmentationNet
     tta: bool = False
     crf: bool = False
+    fusions: ClassVar[tuple[str, ...]] = ("network",)
+    uses_labels: ClassVar[bool] = False  # labels every pixel by itself: no image labels, maps or threshold
+    maps: ClassVar[tuple[MapMethod, ...]] = ()
+
+    def segment_batch(self, model: object, images: Sequence[np.ndarray], classes: Sequence[Sequence[int]],
+                      timings: dict[str, float],
+                      maps: Mapping[MapMethod, Sequence[np.ndarray]] | None = None) -> list[np.ndarray]:
+        """As :meth:`wsseg.segmentation.base.Segmenter.segment_batch`: the network is its own model,
+        and reads no classes or maps."""
+        return self(images, timings)
 
     def __call__(self, images: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[np.ndarray]:
         """Label maps for equally sized RGB images."""

@@ -3,8 +3,9 @@ a CRF over the superpixel graph."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from wsseg.fusion.zoomout import layer_features, zoomout, zoomout_layers
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.resolution import grow_ids, shrink, shrink_image
 from wsseg.models.classifier import FCNClassifier
+from wsseg.registry import MISVM, MethodInfo
 from wsseg.segmentation.base import CRF_GRID, SegmentInput, Segmenter, timed, to_labels
 
 # chosen on the train splits of both synthetic benchmarks (docs/method.md 3.1)
@@ -45,6 +47,12 @@ class PipelineA(Segmenter):
     misvm_weight: float = PIPELINE_A_MISVM_WEIGHT
     needs_features: ClassVar[bool] = True
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
+    fusions: ClassVar[tuple[str, ...]] = ("pipeline-a",)
+
+    @classmethod
+    def from_row(cls, info: MethodInfo, threshold: float, maps: Sequence[MapMethod],
+                 artefacts: Mapping[str, Any]) -> PipelineA:
+        return cls(artefacts[MISVM.file], *maps, threshold=threshold)
 
     @property
     def maps(self) -> tuple[MapMethod, ...]:

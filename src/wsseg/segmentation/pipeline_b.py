@@ -38,6 +38,7 @@ class PipelineB(Segmenter):
     objectness_weight: float = PIPELINE_B_OBJECTNESS_WEIGHT
     cam_weight: float = PIPELINE_B_CAM_WEIGHT
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
+    fusions: ClassVar[tuple[str, ...]] = ("pipeline-b",)
 
     @property
     def maps(self) -> tuple[MapMethod, ...]:

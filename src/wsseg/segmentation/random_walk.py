@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,8 +13,11 @@ import torch
 from wsseg.fusion.crf import CRFParams, dense_crf
 from wsseg.fusion.random_walk import PSA_LOGT, transition_matrix, walk_with_background
 from wsseg.models.affinity import AffinityModel
+from wsseg.maps import MapMethod
 from wsseg.models.classifier import FCNClassifier
+from wsseg.registry import AFFINITY, MethodInfo
 from wsseg.segmentation.base import CRF_GRID, SegmentInput, timed, to_labels
+from wsseg.segmentation.crf import DEFAULT_CRF
 from wsseg.segmentation.threshold import Thresholded
 
 RW_BETA = 32.0  # chosen on both train splits: psa's 8 scored 4.6 points lower, 16 tied (docs/method.md 7.1)
@@ -47,6 +51,13 @@ class RandomWalk(Thresholded):
     crf: CRFParams | None = None
     needs_features: ClassVar[bool] = True
     grid: ClassVar[tuple[float, ...]] = CRF_GRID
+    fusions: ClassVar[tuple[str, ...]] = ("random-walk", "random-walk-crf")  # the walk alone; with the dense CRF
+
+    @classmethod
+    def from_row(cls, info: MethodInfo, threshold: float, maps: Sequence[MapMethod],
+                 artefacts: Mapping[str, Any]) -> RandomWalk:
+        return cls(*maps, affinity=artefacts[AFFINITY.file], crf=DEFAULT_CRF if info.fusion == "random-walk-crf" else None,
+                   threshold=threshold)
 
     def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
         return list(self.affinity.embed(model, batch))

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,20 +30,18 @@ from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import pick_device
 from wsseg.errors import WssegError
-from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import atomic_write, file_sha256
 from wsseg.maps.methods import MapMethod, recorded_map_method
 from wsseg.maps.resolution import MaxSide
-from wsseg.models.affinity import AFFINITY_FILE
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
-from wsseg.models.segnet import load_segmentation_run
+from wsseg.models.segnet import SegmentationNet, load_segmentation_run
 from wsseg.outputs import SEGMENTATIONS, check_may_write, segment_record_differs
-from wsseg.registry import NETWORK_METHODS, method_info
-from wsseg.segmentation.base import Segmenter, label_overlay, segment_inputs
+from wsseg.registry import ARTEFACTS, CLASSIFIER_RUN, METHODS, STAGE2_RUN, method_info, method_row
+from wsseg.segmentation.base import Segmenter, label_overlay
 from wsseg.segmentation.confident import Confident
 from wsseg.segmentation.map_folders import StoredMaps, method_options, model_digest
-from wsseg.segmentation.methods import build_segmenter, segment_images
+from wsseg.segmentation.methods import build_segmenter
 from wsseg.segmentation.network import NetworkSegmenter
 from wsseg.segmentation.runner import (ImageItem, RunCounts, SplitSource, batch_classes, check_label_source,
                                       open_split, predict_labels, run_split)
@@ -67,15 +65,20 @@ class SegmentOptions:
     # side), None (the image's own) or pixels (wsseg.maps.resolution)
     map_side: MaxSide = "auto"
 
+    @property
+    def uses_labels(self) -> bool:
+        """Whether the method segments each image's labelled classes (all but stage 2's network)."""
+        return self.method not in METHODS or METHODS[self.method].uses_labels
+
     def __post_init__(self) -> None:
-        if self.method not in NETWORK_METHODS:  # the defaults of the methods that use labels
+        if self.uses_labels:  # the defaults of the methods that use labels
             object.__setattr__(self, "labels", "gt" if self.labels is None else self.labels)
             object.__setattr__(self, "label_threshold", 0.5 if self.label_threshold is None else self.label_threshold)
 
 
 def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
-    if options.method in NETWORK_METHODS:
+    if not options.uses_labels:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
                                        ("--labels", options.labels is not None),
                                        ("--label-threshold", options.label_threshold is not None),
@@ -147,24 +150,24 @@ def record_maps(record: dict[str, Any]) -> list[MapMethod]:
 
 def provenance(source: SplitSource, method: str, dataset: VOCDataset) -> dict[str, Any]:
     """What a folder's segmentations were made from: the split, the dataset, and the exact bytes of
-    the weights (and of the mi-SVM or the affinity network where the method reads it): a retrained
-    model at the same path makes other segmentations."""
-    run = Path(source.run)
-    misvm, affinity = run / MISVM_FILE, run / AFFINITY_FILE
-    return {"split": source.split, "data": str(Path(source.data).resolve()), "classes": list(dataset.classes.foreground),
-            "model_sha256": model_digest(run),
-            "misvm_sha256": file_sha256(misvm) if method == "pipeline-a" and misvm.is_file() else None,
-            "affinity_sha256": file_sha256(affinity) if "-rw" in method and affinity.is_file() else None}
+    the run's weights and of every trained file the method's registry row reads (a retrained model
+    at the same path makes other segmentations); the digest of a file it does not read is null."""
+    run, reads = Path(source.run), method_row(method).artefacts
+    digests = {artefact.record_key: file_sha256(run / artefact.file)
+               if artefact in reads and (run / artefact.file).is_file() else None for artefact in ARTEFACTS}
+    return {"split": source.split, "data": str(Path(source.data).resolve()),
+            "classes": list(dataset.classes.foreground), "model_sha256": model_digest(run), **digests}
 
 
-def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter | str, out: str | Path,
-                  labels: str = "gt", batch_size: int = 8, label_threshold: float = 0.5, skip_bad: bool = False,
-                  progress: bool = True, ids: Sequence[str] | None = None,
-                  stored: StoredMaps | None = None) -> RunCounts:
+def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
+                  method: Segmenter | NetworkSegmenter | str, out: str | Path, labels: str = "gt", batch_size: int = 8,
+                  label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
+                  ids: Sequence[str] | None = None, stored: StoredMaps | None = None) -> RunCounts:
     """Write ``out/<id>.png`` (VOC palette) for every image of ``ids`` (default: the split) not done yet.
 
-    ``method``: a segmenter, or a registry name with its defaults. ``stored``: read the maps (and
-    the classes) from ``wsseg maps`` folders instead of computing them.
+    ``method``: a segmenter (stage 2's network too: it reads no labels), or a registry name with its
+    defaults. ``stored``: read the maps (and the classes) from ``wsseg maps`` folders instead of
+    computing them.
     """
     segmenter = build_segmenter(method) if isinstance(method, str) else method
     check_label_source(labels)
@@ -176,17 +179,20 @@ def segment_split(model: FCNClassifier, dataset: VOCDataset, method: Segmenter |
         if stored is not None:
             classes, maps = stored.batch(batch, dataset.num_classes)
         else:
-            classes = batch_classes(model, batch, labels, label_threshold)
-        images = [item.image for item in batch]
-        inputs = segment_inputs(model, images, classes, segmenter, counts.timings, maps)
-        return [segmenter(one, counts.timings) for one in inputs]
+            classes = batch_classes(model, batch, labels, label_threshold) if segmenter.uses_labels else []
+        return segmenter.segment_batch(model, [item.image for item in batch], classes, counts.timings, maps)
 
     def finish(item: ImageItem, label_map: np.ndarray) -> None:
         write_label_png(out / f"{item.id}.png", label_map)
 
-    return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size, need_labels=labels == "gt",
+    return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size,
+                     need_labels=segmenter.uses_labels and labels == "gt",
                      is_done=lambda image_id: (out / f"{image_id}.png").exists(), skip_bad=skip_bad,
                      progress=progress, desc="segment", counts=counts)
+
+
+# how each kind of run a registry row reads is loaded
+RUN_LOADERS: dict[str, Callable[..., tuple[Any, Any]]] = {CLASSIFIER_RUN: load_run, STAGE2_RUN: load_segmentation_run}
 
 
 def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOptions = SegmentOptions(),
@@ -196,26 +202,34 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
 
     ``maps``: folders written by ``wsseg maps``, one per map method the segmenter reads, fused
     instead of computing the maps again (each checked against what the segmenter would compute).
+    With stage 2's ``seg``, ``source.run`` is a ``train-seg`` run and no image labels are read.
     """
     out = Path(out)
     check_options(options, bool(maps))
-    if options.method in NETWORK_METHODS:
-        return segment_with_network(source, out, options, batch_size, device, skip_bad, progress, overwrite)
-    check_label_source(options.labels)
-    with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record]) as split:
-        threshold = choose_threshold(source.run, options.method, options.threshold, options.scales, options.map_side)
-        segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
-        if options.ignore_uncertain:
-            segmenter = Confident.of(segmenter)
-        stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source,
-                                 options.method) if maps else None
-        record = {**segment_record(options, segmenter, threshold, source.run, stored),
-                  **provenance(source, options.method, split.dataset)}
+    info = method_row(options.method)
+    if info.uses_labels:
+        check_label_source(options.labels)
+    with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record],
+                    load=RUN_LOADERS[info.run]) as split:
+        threshold, stored = None, None
+        if info.uses_labels:
+            threshold = choose_threshold(source.run, options.method, options.threshold, options.scales,
+                                         options.map_side)
+            segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
+            if options.ignore_uncertain:
+                segmenter = Confident.of(segmenter)
+            stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source,
+                                     options.method) if maps else None
+            record = {**segment_record(options, segmenter, threshold, source.run, stored),
+                      **provenance(source, options.method, split.dataset)}
+        else:
+            segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
+            record = network_record(options, source, split.config.labels, split.dataset)
         SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
-        if split.group.is_main and threshold.oracle:
+        if split.group.is_main and threshold is not None and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
-        counts = segment_split(split.model, split.dataset, segmenter, out, options.labels, batch_size,
-                               options.label_threshold, skip_bad, progress and split.group.is_main, split.ids,
+        counts = segment_split(split.model, split.dataset, segmenter, out, options.labels or "gt", batch_size,
+                               options.label_threshold or 0.5, skip_bad, progress and split.group.is_main, split.ids,
                                stored)
     counts.rank_tag = split.rank_tag
     return counts
@@ -228,25 +242,6 @@ def network_record(options: SegmentOptions, source: SplitSource, trained_on: dic
             "scales": None, "maps": [], "threshold": None, "threshold_source": None, "tuned_on_ground_truth": False,
             "tuned_split": None, "stored_maps": {}, "run": str(Path(source.run).resolve()), "tta": options.tta,
             "crf": options.crf, "trained_on": trained_on, **provenance(source, options.method, dataset)}
-
-
-def segment_with_network(source: SplitSource, out: Path, options: SegmentOptions, batch_size: int = 8,
-                         device: str = "auto", skip_bad: bool = False, progress: bool = True,
-                         overwrite: bool = False) -> RunCounts:
-    """``wsseg segment --method seg``: a stage-2 network (``source.run`` is a ``train-seg`` run)
-    labels this rank's share of the split, no image labels needed."""
-    with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record],
-                    load=load_segmentation_run) as split:
-        record = network_record(options, source, split.config.labels, split.dataset)
-        SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
-        segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
-        counts = RunCounts()
-        run_split(split.dataset, lambda batch: segmenter([item.image for item in batch], counts.timings),
-                  lambda item, label_map: write_label_png(out / f"{item.id}.png", label_map), ids=split.ids,
-                  batch_size=batch_size, need_labels=False, is_done=lambda image_id: (out / f"{image_id}.png").exists(),
-                  skip_bad=skip_bad, progress=progress and split.group.is_main, desc="segment", counts=counts)
-    counts.rank_tag = split.rank_tag
-    return counts
 
 
 @dataclass(frozen=True)
@@ -271,21 +266,21 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
     for path in (out, overlay):  # before any work: neither may replace the image or a dataset's file
         check_may_write(path, inputs=[image_path])
     image = read_image(image_path, max_side, max_file_size)
-    if options.method in NETWORK_METHODS:
-        network, network_config = load_segmentation_run(run, map_location=pick_device(device))
-        (label_map,) = NetworkSegmenter(network, options.tta, options.crf)([image])
-        found = [int(v) - 1 for v in np.unique(label_map) if 0 < v <= len(network_config.classes)]
-        class_names = [network_config.classes[c] for c in found]
-    else:
-        model, config = load_run(run, map_location=pick_device(device))
+    info = method_row(options.method)
+    model, config = RUN_LOADERS[info.run](run, map_location=pick_device(device))
+    if info.uses_labels:
         classes = predict_labels(model, to_tensor(image)[None].to(next(model.parameters()).device),
                                  options.label_threshold)
         threshold = choose_threshold(run, options.method, options.threshold, options.scales, options.map_side)
         if threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
         segmenter = build_segmenter(options.method, run, threshold.value, options.scales, options.map_side)
-        (label_map,) = segment_images(model, [image], classes, segmenter)
-        class_names = [config.classes[c] for c in classes[0]]
+    else:
+        classes, segmenter = [[]], NetworkSegmenter(model, options.tta, options.crf)
+    (label_map,) = segmenter.segment_batch(model, [image], classes, {})
+    if not info.uses_labels:  # the classes the network found
+        classes = [[int(v) - 1 for v in np.unique(label_map) if 0 < v <= len(config.classes)]]
+    class_names = [config.classes[c] for c in classes[0]]
     write_label_png(out, label_map)
     with atomic_write(overlay) as handle:
         Image.fromarray(label_overlay(image, label_map)).save(handle, format="PNG")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,6 +17,7 @@ class Thresholded(Segmenter):
     """One method's maps; background where every map is below the threshold."""
 
     method: MapMethod
+    fusions: ClassVar[tuple[str, ...]] = ("threshold",)
 
     @property
     def maps(self) -> tuple[MapMethod, ...]:
