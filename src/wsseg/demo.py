@@ -96,7 +96,7 @@ def _pseudo_labels(out: Path, data_root: Path, run: Path, pseudo_method: str, bu
     pseudo = out / "pseudo" / pseudo_method
     print(f"[demo] 4/8 {pseudo_method}'s confident pseudo-labels of the first {len(ids)} train images -> {pseudo}")
     segment_dataset(SplitSource(run, data_root, PSEUDO_SPLIT), pseudo,
-                    SegmentOptions(pseudo_method, labels="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
+                    SegmentOptions(pseudo_method, label_source="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
     return pseudo
 
 
@@ -161,7 +161,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
         if name == "background-only":
             segment = partial(_background_baseline, val)
         else:  # labels predicted by the classifier
-            options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
+            options = SegmentOptions(name, label_source="predicted", scales=(1.0,) if quick else None)
             segment = _segmenting(SplitSource(run, data_root, "val"), options, progress)
         _score(name, out, data_root, segment, results, f"6/8 ({step}/{len(methods)})")
     _stage2(out, data_root, run, pseudo, pseudo_method, budget, progress, results)

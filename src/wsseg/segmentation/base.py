@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from wsseg.data.classes import mask_values
 from wsseg.data.images import voc_palette
 from wsseg.data.transforms import batch_tensor
 from wsseg.fusion.background import check_threshold
@@ -133,7 +134,7 @@ def segment_inputs(model: FCNClassifier, images: Sequence[np.ndarray], classes: 
     if segmenter.needs_features:
         with timed(timings, "features"):
             features = segmenter.image_features(model, batch)
-    return [SegmentInput(image, [c + 1 for c in per_image],
+    return [SegmentInput(image, mask_values(per_image),
                          {method: values[n][: len(per_image)] for method, values in prepared.items()}, features[n])
             for n, (image, per_image) in enumerate(zip(images, classes))]
 

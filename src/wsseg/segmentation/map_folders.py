@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsseg.data.classes import class_indices, mask_values
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
@@ -52,7 +53,7 @@ class MapsRecord:
     """What shaped a folder's maps (its ``maps.json``)."""
 
     method: MapMethod
-    labels: str  # "gt" or "predicted"
+    label_source: str  # "gt" or "predicted" (maps.json's "labels")
     label_threshold: float | None  # for predicted labels
     run: str
     model_sha256: str
@@ -61,7 +62,7 @@ class MapsRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": RECORD_FORMAT, "method": self.method.name, "options": method_options(self.method),
-                "labels": self.labels, "label_threshold": self.label_threshold, "run": self.run,
+                "labels": self.label_source, "label_threshold": self.label_threshold, "run": self.run,
                 "model_sha256": self.model_sha256, "data": self.data, "split": self.split}
 
     @classmethod
@@ -85,9 +86,9 @@ class MapsRecord:
         """What differs from ``other`` (in words), or None when the maps would be the same."""
         if self.method != other.method:
             return f"{self.method} here, {other.method} asked for"
-        if self.labels != other.labels:
-            return f"--labels {self.labels} here, {other.labels} asked for"
-        if self.labels == "predicted" and self.label_threshold != other.label_threshold:
+        if self.label_source != other.label_source:
+            return f"--labels {self.label_source} here, {other.label_source} asked for"
+        if self.label_source == "predicted" and self.label_threshold != other.label_threshold:
             return f"--label-threshold {self.label_threshold} here, {other.label_threshold} asked for"
         if self.model_sha256 != other.model_sha256:
             return f"made by the weights of {self.run}, not those of {other.run}"
@@ -100,10 +101,10 @@ class MapsRecord:
         return None
 
 
-def maps_record(method: MapMethod, labels: str, label_threshold: float, source: SplitSource) -> MapsRecord:
+def maps_record(method: MapMethod, label_source: str, label_threshold: float, source: SplitSource) -> MapsRecord:
     """The record of maps made by ``method`` on these classes with the run's weights, on the source's
     dataset (its resolved root) and split."""
-    return MapsRecord(method, labels, label_threshold if labels == "predicted" else None, str(source.run),
+    return MapsRecord(method, label_source, label_threshold if label_source == "predicted" else None, str(source.run),
                       model_digest(source.run), str(Path(source.data).resolve()), source.split)
 
 
@@ -117,38 +118,38 @@ def maps_record_differs(out: Path, record: MapsRecord) -> str | None:
 
 
 def compute_split_maps(model: FCNClassifier, dataset: VOCDataset, method: MapMethod | str, out: str | Path,
-                       labels: str = "gt", scales: Sequence[float] | None = None, batch_size: int = 8,
+                       label_source: str = "gt", scales: Sequence[float] | None = None, batch_size: int = 8,
                        threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
                        ids: Sequence[str] | None = None) -> RunCounts:
     """Write maps for every image of ``ids`` (default: the split) not already done.
 
     ``method``: a map method, or its name (with ``scales`` for the methods that take them).
     """
-    check_label_source(labels)
+    check_label_source(label_source)
     method = (map_method(method) if isinstance(method, str) else method).with_scales(scales)
     out = Path(out)
     device = next(model.parameters()).device
 
     def compute(batch: list[ImageItem]) -> list[tuple]:
         images = batch_tensor([item.image for item in batch], device)
-        classes = batch_classes(model, batch, labels, threshold, images)
+        classes = batch_classes(model, batch, label_source, threshold, images)
         maps, extras = method.with_extras(model, images, classes)
         shown = method.normalize(maps).cpu().numpy()
         raw = maps.detach().cpu().numpy()
         extra = {key: value.detach().cpu().numpy() for key, value in extras.items()}
-        return [(raw[n, :len(per_image)], [c + 1 for c in per_image], shown[n], {k: v[n] for k, v in extra.items()})
+        return [(raw[n, :len(per_image)], mask_values(per_image), shown[n], {k: v[n] for k, v in extra.items()})
                 for n, per_image in enumerate(classes)]
 
     def finish(item: ImageItem, result: tuple) -> None:
         raw, mask_values, shown, extras = result
         write_image_maps(out, item.id, item.image, raw, mask_values, shown, extras)
 
-    return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size, need_labels=labels == "gt",
+    return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size, need_labels=label_source == "gt",
                      is_done=lambda image_id: maps_written(out, image_id), skip_bad=skip_bad, progress=progress,
                      desc=f"maps ({method.name})")
 
 
-def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labels: str = "gt",
+def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", label_source: str = "gt",
                 label_threshold: float = 0.5, scales: Sequence[float] | None = None, batch_size: int = 8,
                 device: str = "auto", skip_bad: bool = False, progress: bool = True,
                 overwrite: bool = False, map_side: MaxSide = "auto") -> RunCounts:
@@ -159,11 +160,11 @@ def export_maps(source: SplitSource, out: str | Path, method: str = "dcsm", labe
     chosen = map_method(method).with_scales(scales)
     refuse_useless_map_side(map_side, chosen.has_max_side, method)
     chosen = chosen.with_max_side(map_side)
-    check_label_source(labels)
+    check_label_source(label_source)
     with open_split(source, device, batch_size, out, records=[MAPS.record]) as split:
-        record = maps_record(chosen, labels, label_threshold, source)
+        record = maps_record(chosen, label_source, label_threshold, source)
         MAPS.start(split.group, out, record.to_json(), lambda: maps_record_differs(out, record), overwrite)
-        counts = compute_split_maps(split.model, split.dataset, chosen, out, labels, None, batch_size,
+        counts = compute_split_maps(split.model, split.dataset, chosen, out, label_source, None, batch_size,
                                     label_threshold, skip_bad, progress and split.group.is_main, split.ids)
     counts.rank_tag = split.rank_tag
     return counts
@@ -176,11 +177,11 @@ class StoredMaps:
     folders: Mapping[MapMethod, Path]
 
     @classmethod
-    def open(cls, folders: Sequence[str | Path], wanted: Sequence[MapMethod], labels: str, label_threshold: float,
+    def open(cls, folders: Sequence[str | Path], wanted: Sequence[MapMethod], label_source: str, label_threshold: float,
              source: SplitSource, segmenter_name: str) -> StoredMaps:
         """One folder per map method the segmenter reads, each checked against what it would compute
         (on the source's dataset and split, with its run's weights)."""
-        expected = {method.name: maps_record(method, labels, label_threshold, source) for method in wanted}
+        expected = {method.name: maps_record(method, label_source, label_threshold, source) for method in wanted}
         found: dict[MapMethod, Path] = {}
         for folder in map(Path, folders):
             record = MapsRecord.read(folder)
@@ -208,7 +209,7 @@ class StoredMaps:
             per_image = None
             for method, folder in self.folders.items():
                 arrays = read_maps(folder / f"{item.id}.npz", item.image.shape[:2], num_classes)
-                stored = [int(value) - 1 for value in arrays["labels"]]
+                stored = class_indices(arrays["labels"])
                 if per_image is not None and stored != per_image:
                     raise WssegError(f"{folder / f'{item.id}.npz'}: other classes than the other --maps folder's "
                                      f"for this image")

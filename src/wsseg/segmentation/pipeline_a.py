@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from scipy import sparse
 
+from wsseg.data.classes import class_indices
 from wsseg.fusion.background import soft_probabilities
 from wsseg.fusion.misvm import PIXELS_PER_SUPERPIXEL, MiSVM
 from wsseg.fusion.spcrf import contrast_weights, mean_field
@@ -73,7 +74,7 @@ class PipelineA(Segmenter):
             descriptors = zoomout(inputs.features, small)
             contrast = contrast_weights(small_image, small)
         with timed(timings, "svm"):
-            probabilities = self.misvm.probabilities(descriptors)[:, [label - 1 for label in inputs.labels]]  # [P, K]
+            probabilities = self.misvm.probabilities(descriptors)[:, class_indices(inputs.labels)]  # [P, K]
         return _SuperpixelsA(grow_ids(small, inputs.image.shape[:2]), probabilities, contrast)
 
     def fuse(self, inputs: SegmentInput, prepared: _SuperpixelsA, timings: dict[str, float]) -> np.ndarray:

@@ -56,8 +56,8 @@ class RandomWalk(Thresholded):
     @classmethod
     def from_row(cls, info: MethodInfo, threshold: float, maps: Sequence[MapMethod],
                  artefacts: Mapping[str, Any]) -> RandomWalk:
-        return cls(*maps, affinity=artefacts[AFFINITY.file], crf=DEFAULT_CRF if info.fusion == "random-walk-crf" else None,
-                   threshold=threshold)
+        crf = DEFAULT_CRF if info.fusion == "random-walk-crf" else None
+        return cls(*maps, affinity=artefacts[AFFINITY.file], crf=crf, threshold=threshold)
 
     def image_features(self, model: FCNClassifier, batch: torch.Tensor) -> list[np.ndarray | torch.Tensor | None]:
         return list(self.affinity.embed(model, batch))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wsseg.data.classes import class_indices
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
@@ -49,10 +50,11 @@ class ImageItem:
     done: bool = False  # its output exists already (computed again only as a batch neighbour)
 
 
-def check_label_source(labels: str) -> str:
-    if labels not in LABEL_SOURCES:
-        raise WssegError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {labels!r}")
-    return labels
+def check_label_source(label_source: str) -> str:
+    """Where an image's classes come from (``--labels``): its ground-truth labels or the classifier's."""
+    if label_source not in LABEL_SOURCES:
+        raise WssegError(f"--labels must be one of {', '.join(LABEL_SOURCES)}, not {label_source!r}")
+    return label_source
 
 
 def predict_labels(model: FCNClassifier, images: torch.Tensor, threshold: float = 0.5) -> list[list[int]]:
@@ -67,11 +69,11 @@ def predict_labels(model: FCNClassifier, images: torch.Tensor, threshold: float 
     return result
 
 
-def batch_classes(model: FCNClassifier, batch: Sequence[ImageItem], labels: str, threshold: float = 0.5,
+def batch_classes(model: FCNClassifier, batch: Sequence[ImageItem], label_source: str, threshold: float = 0.5,
                   images: torch.Tensor | None = None) -> list[list[int]]:
     """The classes (0-based) to explain per image: its ground-truth labels, or the classifier's."""
-    if labels == "gt":
-        return [[label - 1 for label in item.labels] for item in batch]
+    if label_source == "gt":
+        return [class_indices(item.labels) for item in batch]
     if images is None:
         images = batch_tensor([item.image for item in batch], next(model.parameters()).device)
     return predict_labels(model, images, threshold)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsseg.data.classes import class_indices
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image, write_label_png
 from wsseg.data.transforms import to_tensor
 from wsseg.data.voc import VOCDataset
@@ -54,7 +55,7 @@ class SegmentOptions:
     method: str = "dcsm-crf"
     # the image-level labels (pseudo-labels), or "predicted" by the classifier; None: not given (gt, for
     # the methods that use labels; --method seg uses none, and refuses them given)
-    labels: str | None = None
+    label_source: str | None = None  # --labels; segment.json's "labels"
     label_threshold: float | None = None  # score threshold for predicted labels; None: not given (0.5)
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
     threshold: float | None = None  # background threshold; None: the tuned one, else the method's default
@@ -72,7 +73,7 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         if self.uses_labels:  # the defaults of the methods that use labels
-            object.__setattr__(self, "labels", "gt" if self.labels is None else self.labels)
+            object.__setattr__(self, "label_source", "gt" if self.label_source is None else self.label_source)
             object.__setattr__(self, "label_threshold", 0.5 if self.label_threshold is None else self.label_threshold)
 
 
@@ -80,7 +81,7 @@ def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
     if not options.uses_labels:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
-                                       ("--labels", options.labels is not None),
+                                       ("--labels", options.label_source is not None),
                                        ("--label-threshold", options.label_threshold is not None),
                                        ("--threshold", options.threshold is not None),
                                        ("--scales", options.scales is not None), ("--maps", stored_maps),
@@ -130,7 +131,7 @@ def choose_threshold(run: str | Path | None, method: str, given: float | None = 
 def segment_record(options: SegmentOptions, segmenter: Segmenter, threshold: BackgroundThreshold,
                    run: str | Path | None = None, stored: StoredMaps | None = None) -> dict[str, Any]:
     """What ``segment.json`` says about a folder of segmentations."""
-    return {"method": options.method, "labels": options.labels, "label_threshold": options.label_threshold,
+    return {"method": options.method, "labels": options.label_source, "label_threshold": options.label_threshold,
             "ignore_uncertain": options.ignore_uncertain,
             "scales": None if options.scales is None else list(options.scales),
             "maps": [{"method": method.name, "options": method_options(method)} for method in segmenter.maps],
@@ -160,7 +161,8 @@ def provenance(source: SplitSource, method: str, dataset: VOCDataset) -> dict[st
 
 
 def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
-                  method: Segmenter | NetworkSegmenter | str, out: str | Path, labels: str = "gt", batch_size: int = 8,
+                  method: Segmenter | NetworkSegmenter | str, out: str | Path, label_source: str = "gt",
+                  batch_size: int = 8,
                   label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
                   ids: Sequence[str] | None = None, stored: StoredMaps | None = None) -> RunCounts:
     """Write ``out/<id>.png`` (VOC palette) for every image of ``ids`` (default: the split) not done yet.
@@ -170,7 +172,7 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
     computing them.
     """
     segmenter = build_segmenter(method) if isinstance(method, str) else method
-    check_label_source(labels)
+    check_label_source(label_source)
     out = Path(out)
     counts = RunCounts()
 
@@ -179,14 +181,14 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
         if stored is not None:
             classes, maps = stored.batch(batch, dataset.num_classes)
         else:
-            classes = batch_classes(model, batch, labels, label_threshold) if segmenter.uses_labels else []
+            classes = batch_classes(model, batch, label_source, label_threshold) if segmenter.uses_labels else []
         return segmenter.segment_batch(model, [item.image for item in batch], classes, counts.timings, maps)
 
     def finish(item: ImageItem, label_map: np.ndarray) -> None:
         write_label_png(out / f"{item.id}.png", label_map)
 
     return run_split(dataset, compute, finish, ids=ids, batch_size=batch_size,
-                     need_labels=segmenter.uses_labels and labels == "gt",
+                     need_labels=segmenter.uses_labels and label_source == "gt",
                      is_done=lambda image_id: (out / f"{image_id}.png").exists(), skip_bad=skip_bad,
                      progress=progress, desc="segment", counts=counts)
 
@@ -208,7 +210,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     check_options(options, bool(maps))
     info = method_row(options.method)
     if info.uses_labels:
-        check_label_source(options.labels)
+        check_label_source(options.label_source)
     with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record],
                     load=RUN_LOADERS[info.run]) as split:
         threshold, stored = None, None
@@ -218,7 +220,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
             segmenter = build_segmenter(options.method, source.run, threshold.value, options.scales, options.map_side)
             if options.ignore_uncertain:
                 segmenter = Confident.of(segmenter)
-            stored = StoredMaps.open(maps, segmenter.maps, options.labels, options.label_threshold, source,
+            stored = StoredMaps.open(maps, segmenter.maps, options.label_source, options.label_threshold, source,
                                      options.method) if maps else None
             record = {**segment_record(options, segmenter, threshold, source.run, stored),
                       **provenance(source, options.method, split.dataset)}
@@ -228,7 +230,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
         if split.group.is_main and threshold is not None and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
-        counts = segment_split(split.model, split.dataset, segmenter, out, options.labels or "gt", batch_size,
+        counts = segment_split(split.model, split.dataset, segmenter, out, options.label_source or "gt", batch_size,
                                options.label_threshold or 0.5, skip_bad, progress and split.group.is_main, split.ids,
                                stored)
     counts.rank_tag = split.rank_tag
@@ -279,7 +281,7 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
         classes, segmenter = [[]], NetworkSegmenter(model, options.tta, options.crf)
     (label_map,) = segmenter.segment_batch(model, [image], classes, {})
     if not info.uses_labels:  # the classes the network found
-        classes = [[int(v) - 1 for v in np.unique(label_map) if 0 < v <= len(config.classes)]]
+        classes = [class_indices(v for v in np.unique(label_map) if 0 < v <= len(config.classes))]
     class_names = [config.classes[c] for c in classes[0]]
     write_label_png(out, label_map)
     with atomic_write(overlay) as handle:

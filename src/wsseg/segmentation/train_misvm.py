@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsseg.data.classes import class_indices
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
@@ -57,7 +58,7 @@ def train_misvm_on_split(model: FCNClassifier, dataset: VOCDataset, run: str | P
     def finish(item: ImageItem, result: tuple[np.ndarray, np.ndarray]) -> None:
         descriptors.append(result[0])
         seeds.append(result[1])
-        bag_labels.append([label - 1 for label in item.labels])
+        bag_labels.append(class_indices(item.labels))
 
     counts = run_split(dataset, compute, finish, batch_size=batch_size, skip_bad=skip_bad, progress=progress,
                        desc="zoom-out features")

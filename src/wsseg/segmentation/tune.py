@@ -12,6 +12,7 @@ from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
+from wsseg.data.classes import class_indices
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
@@ -37,7 +38,7 @@ def tune_background(model: FCNClassifier, dataset: VOCDataset, method: Segmenter
     timings: dict[str, float] = {}
 
     def compute(batch: list[ImageItem]) -> list[SegmentInput]:
-        classes = [[label - 1 for label in item.labels] for item in batch]
+        classes = [class_indices(item.labels) for item in batch]
         return segment_inputs(model, [item.image for item in batch], classes, segmenter, timings)
 
     def finish(item: ImageItem, inputs: SegmentInput) -> None:
