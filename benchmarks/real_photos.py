@@ -90,7 +90,7 @@ def score_map_methods(work: Path, data: Path, run: Path, methods: tuple[str, ...
     """Each method on train with the true labels and on val with the classifier's."""
     for split, labels in (("train", "gt"), ("val", "predicted")):
         for method in methods:
-            options = None if method == "all-background" else SegmentOptions(method, labels=labels)
+            options = None if method == "all-background" else SegmentOptions(method, label_source=labels)
             score_method(work, data, run, split, method, options, result)
 
 
@@ -125,7 +125,7 @@ def run_chain(args: argparse.Namespace) -> dict:
     pseudo = work / "pseudo" / PSEUDO_METHOD
     if not (pseudo / "segment.json").exists() or len(list(pseudo.glob("*.png"))) < len(VOCDataset(data, "train")):
         timed_step(result, "confident pseudo-labels", lambda: segment_dataset(
-            SplitSource(run, data, "train"), pseudo, SegmentOptions(PSEUDO_METHOD, labels="gt", ignore_uncertain=True),
+            SplitSource(run, data, "train"), pseudo, SegmentOptions(PSEUDO_METHOD, label_source="gt", ignore_uncertain=True),
             progress=False))
     timed_step(result, "train-affinity", lambda: train_affinity(AffinityOptions(
         run=str(run), data=str(data), pseudo=str(pseudo), resume=True, progress=False)))

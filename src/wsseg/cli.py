@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from wsseg.errors import WssegError
-from wsseg.registry import MAP_METHOD_NAMES, NETWORK_METHODS, SEGMENT_METHODS
+from wsseg.registry import MAP_METHOD_NAMES, METHODS, SEGMENT_METHODS
 from wsseg.training.options import PRECISIONS, AffinityOptions, SegTrainOptions, TrainerOptions, TrainOptions
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
@@ -162,10 +162,11 @@ def _map_side(text: str) -> int | str | None:
 
 
 def _add_segment_method(parser: argparse.ArgumentParser, networks: bool = False) -> None:
-    described = {name: info.description for name, info in SEGMENT_METHODS.items()}
-    described.update(NETWORK_METHODS if networks else {})
-    parser.add_argument("--method", default="dcsm-crf", choices=list(described),
-                        help="; ".join(f"{name}: {text}" for name, text in described.items()) + " (default dcsm-crf)")
+    """--method: the registry's methods (with ``networks``, stage 2's too), each with its description."""
+    rows = METHODS if networks else SEGMENT_METHODS
+    parser.add_argument("--method", default="dcsm-crf", choices=list(rows),
+                        help="; ".join(f"{name}: {info.description}" for name, info in rows.items())
+                        + " (default dcsm-crf)")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -179,7 +180,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from wsseg.segment import score_segmentations
+    from wsseg.evaluate import score_segmentations
 
     scores = score_segmentations(args.pred, args.data, args.split, args.masks, args.max_side, args.skip_bad,
                                  not args.quiet, args.json, max_file_size=args.max_file_size * 2 ** 20,
@@ -260,20 +261,20 @@ def _parse_numbers(text: str) -> tuple[float, ...]:
 
 
 def _source(args: argparse.Namespace):
-    from wsseg.runner import SplitSource
+    from wsseg.segmentation.runner import SplitSource
 
     return SplitSource(args.run, args.data, args.split, args.masks, args.max_side, args.max_file_size * 2 ** 20)
 
 
 def _segment_options(args: argparse.Namespace):
-    from wsseg.segment import SegmentOptions
+    from wsseg.segmentation.segment import SegmentOptions
 
     return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
                           args.ignore_uncertain, args.tta, args.crf, map_side=args.map_side)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
-    from wsseg.map_folders import export_maps
+    from wsseg.segmentation.map_folders import export_maps
 
     counts = export_maps(_source(args), args.out, args.method, args.labels, args.label_threshold, args.scales,
                          args.batch_size, args.device, args.skip_bad, not args.quiet, args.overwrite, args.map_side)
@@ -282,7 +283,7 @@ def _cmd_maps(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from wsseg.segment import segment_dataset, segment_image_file
+    from wsseg.segmentation.segment import segment_dataset, segment_image_file
 
     if args.image is not None:
         if args.maps:
@@ -300,7 +301,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_misvm(args: argparse.Namespace) -> int:
-    from wsseg.train_misvm import train_misvm_from_run
+    from wsseg.segmentation.train_misvm import train_misvm_from_run
 
     report = train_misvm_from_run(_source(args), args.batch_size, args.device, args.skip_bad, not args.quiet,
                                   args.seed)
@@ -320,7 +321,7 @@ def _cmd_train_affinity(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_background(args: argparse.Namespace) -> int:
-    from wsseg.tune import tune_background_on_split
+    from wsseg.segmentation.tune import tune_background_on_split
 
     curve, best = tune_background_on_split(_source(args), args.method, args.thresholds, args.scales,
                                            args.batch_size, args.device, args.skip_bad, not args.quiet, args.map_side)

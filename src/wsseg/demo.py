@@ -21,21 +21,21 @@ import numpy as np
 from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
 from wsseg.data.voc import VOCDataset
-from wsseg.evaluate import load_result
+from wsseg.evaluate import load_result, score_segmentations
 from wsseg.fusion.misvm import MISVM_FILE
 from wsseg.io import write_json_atomic, write_text_atomic
 from wsseg.outputs import check_may_write
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, method_info, row_title, stage2_row
 from wsseg.report import build_report
 from wsseg.report.html import weak_full_ratio
-from wsseg.runner import SplitSource
-from wsseg.segment import SegmentOptions, score_segmentations, segment_dataset
+from wsseg.segmentation.runner import SplitSource
+from wsseg.segmentation.segment import SegmentOptions, segment_dataset
 from wsseg.training.affinity import train_affinity
 from wsseg.training.classifier import train
 from wsseg.training.loop import best_record
 from wsseg.training.options import AffinityOptions, SegTrainOptions, TrainOptions
 from wsseg.training.segnet import train_segmentation
-from wsseg.train_misvm import train_misvm_from_run
+from wsseg.segmentation.train_misvm import train_misvm_from_run
 
 QUICK = SynthConfig(train=60, val=20, size=96)
 FULL = SynthConfig().resolved()
@@ -96,7 +96,7 @@ def _pseudo_labels(out: Path, data_root: Path, run: Path, pseudo_method: str, bu
     pseudo = out / "pseudo" / pseudo_method
     print(f"[demo] 4/8 {pseudo_method}'s confident pseudo-labels of the first {len(ids)} train images -> {pseudo}")
     segment_dataset(SplitSource(run, data_root, PSEUDO_SPLIT), pseudo,
-                    SegmentOptions(pseudo_method, labels="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
+                    SegmentOptions(pseudo_method, label_source="gt", scales=(1.0,), ignore_uncertain=True), progress=progress)
     return pseudo
 
 
@@ -161,7 +161,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
         if name == "background-only":
             segment = partial(_background_baseline, val)
         else:  # labels predicted by the classifier
-            options = SegmentOptions(name, labels="predicted", scales=(1.0,) if quick else None)
+            options = SegmentOptions(name, label_source="predicted", scales=(1.0,) if quick else None)
             segment = _segmenting(SplitSource(run, data_root, "val"), options, progress)
         _score(name, out, data_root, segment, results, f"6/8 ({step}/{len(methods)})")
     _stage2(out, data_root, run, pseudo, pseudo_method, budget, progress, results)

@@ -4,6 +4,9 @@ Conventions (as psa/IRN and the VOC devkit): pixels whose ground truth is 255 (v
 ignored; IoU = diag / (row + col - diag); mIoU is the mean over background and every class,
 leaving out a class absent from both ground truth and prediction (its IoU is None).
 A predicted 255 counts as background (IRN's convention for 'uncertain' pseudo-label pixels).
+
+:func:`score_segmentations` is ``wsseg evaluate``: a folder of PNGs scored on a split, each rank
+its share, with the oracle flag its ``segment.json`` carries.
 """
 
 from __future__ import annotations
@@ -12,16 +15,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from wsseg.data.classes import VOID, ClassList
-from wsseg.data.images import read_label_png
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_label_png
 from wsseg.data.voc import VOCDataset
-from wsseg.distributed import ProcessGroup
+from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
 from wsseg.io import write_json_atomic
+from wsseg.outputs import check_may_write, read_segment_record
 
 
 class ConfusionMatrix:
@@ -190,3 +195,37 @@ def save_result(path: str | Path, result: EvaluationResult, extra: dict | None =
 
 def load_result(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A split's scores, and whether the segmentations used an oracle threshold."""
+
+    result: EvaluationResult
+    oracle: bool  # the segmentations' threshold was tuned on ground truth
+
+
+def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", masks: str = "SegmentationClass",
+                        max_side: int = DEFAULT_MAX_SIDE, skip_bad: bool = False, progress: bool = True,
+                        json_path: str | Path | None = None, extra: dict[str, Any] | None = None,
+                        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+                        ignore_uncertain: bool = False) -> Scores | None:
+    """``wsseg evaluate``: score the PNGs in ``pred`` (each rank its share, summed); the scores,
+    also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
+    if json_path is not None:  # before scoring: the scores must not replace a prediction or the dataset's files
+        check_may_write(json_path, inputs=[pred], dataset_root=data, masks=masks)
+    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size).require_images()
+    with process_group("cpu") as group:
+        with group.together():
+            result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
+                                       progress=progress and group.is_main, ignore_uncertain=ignore_uncertain)
+        result = sum_over_ranks(result, group)  # every rank scored its share: add them up
+    check_scored(result, pred, split)
+    if not group.is_main:
+        return None
+    record = read_segment_record(pred) or {}
+    oracle = bool(record.get("tuned_on_ground_truth"))
+    if json_path is not None:
+        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle,
+                                        **(extra or {})})
+    return Scores(result, oracle)

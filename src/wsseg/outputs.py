@@ -16,6 +16,13 @@
   is taken over, by one process only (the takeover is serialised by ``flock`` on a gate file).
   Only the holder removes the temporaries a killed run left, and only those named by
   :func:`wsseg.io.atomic_write`'s own pattern.
+* A folder of outputs with a record (``segment.json`` beside segmentations, ``maps.json`` beside
+  maps) follows one protocol, :meth:`RecordedFolder.start`: every rank compares the folder's
+  record with what it is about to write (refused when they differ, unless ``--overwrite``; a
+  damaged record is never taken for "no record") -> barrier -> rank 0 removes the old outputs
+  when replacing them and writes the new record -> barrier; only then is an output written.
+  ``segment.json``'s file name, reader and keys are here, read by ``wsseg evaluate``, the report
+  and the trainers that learn from pseudo-labels alike.
 """
 
 from __future__ import annotations
@@ -27,11 +34,18 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wsseg.errors import WssegError
-from wsseg.io import current_umask, read_json, remove_stale_temporaries, resolves_inside
+from wsseg.io import (NUMBER, check_fields, current_umask, read_json, remove_outputs, remove_stale_temporaries,
+                      resolves_inside, write_json_atomic)
+from wsseg.registry import ARTEFACTS
+
+if TYPE_CHECKING:  # only a type here: importing it would import torch into `wsseg --help`
+    from wsseg.distributed import ProcessGroup
 
 LOCK_FILE = ".wsseg.lock"
 # the parts of a VOC-layout dataset that outputs must never replace (besides its mask folder)
@@ -257,3 +271,88 @@ def claimed_output(out: str | Path, records: Iterable[str], dataset_root: str | 
     check_may_write(out, dataset_root=dataset_root, masks=masks, records=[*records, LOCK_FILE])
     with OutputLock(out, enabled=is_main) as lock:
         yield lock
+
+
+@dataclass(frozen=True)
+class RecordedFolder:
+    """A kind of output folder whose files one JSON record describes: the record's file name, the
+    patterns of the files it describes (removed when they are replaced) and what they are called."""
+
+    record: str
+    outputs: tuple[str, ...]
+    what: str
+
+    def must_replace(self, out: str | Path, difference: Callable[[], str | None], overwrite: bool) -> bool:
+        """Compare: ``difference()`` reads the folder's record and says what the folder holds, when that
+        differs from what is about to be written ("other maps (...)"; None: the same, or no record; a
+        damaged record raises WssegError). Refused unless ``overwrite``; True when the outputs must go."""
+        try:
+            differs = difference()
+        except WssegError as exc:  # damaged: what made the folder's outputs is unknown, never 'no record'
+            if overwrite:
+                return True
+            raise WssegError(f"{exc}; use --overwrite to replace this folder's {self.what}, or write to another "
+                             "--out") from None
+        if differs is None:
+            return False
+        if overwrite:
+            return True
+        raise WssegError(f"{Path(out) / self.record}: this folder holds {differs}; use --overwrite to replace them, "
+                         "or write to another --out")
+
+    def start(self, group: ProcessGroup, out: str | Path, record: dict[str, Any],
+              difference: Callable[[], str | None], overwrite: bool) -> None:
+        """The protocol: every rank compares (so that all stop together) -> barrier -> rank 0 removes
+        the old outputs when replacing them and writes ``record`` -> barrier (no output is written
+        before the old ones are gone)."""
+        replace = self.must_replace(out, difference, overwrite)
+        group.barrier()  # every rank has read the old record before rank 0 replaces it
+        if group.is_main:
+            if replace:
+                remove_outputs(out, self.outputs)
+            write_json_atomic(Path(out) / self.record, record)
+        group.barrier()
+
+
+# What `wsseg segment` leaves beside its PNGs: read by `wsseg segment` (resuming), `wsseg evaluate`
+# (the oracle flag), the report (the maps it names) and the trainers that learn from pseudo-labels.
+SEGMENT_RECORD = "segment.json"
+SEGMENTATIONS = RecordedFolder(SEGMENT_RECORD, ("*.png",), "segmentations")
+# the kinds of its fields that readers use (null allowed): a field of another kind is damage
+SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "method": str, "labels": str, "label_threshold": NUMBER, "threshold": NUMBER, "ignore_uncertain": bool,
+    "tuned_on_ground_truth": bool, "run": str, "model_sha256": str, "data": str, "split": str, "classes": list,
+    "maps": list, "stored_maps": dict, "scales": list}
+# the keys that decide what the PNGs are: resuming into a folder made otherwise is refused (the
+# digests of the run's weights and of every trained file a method's registry row may read)
+SEGMENT_SHAPING_KEYS = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold",
+                        "threshold_source", "tuned_on_ground_truth", "tta", "crf", "split", "data", "model_sha256",
+                        *(artefact.record_key for artefact in ARTEFACTS))
+# what a trainer records of where the pseudo-labels it learnt from came from
+SEGMENT_SOURCE_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source",
+                       "tuned_on_ground_truth", "run", "split", "data", "model_sha256", "scales")
+
+
+def read_segment_record(folder: str | Path, missing: str | None = None, again: str = "") -> dict[str, Any] | None:
+    """``folder/segment.json``; where there is none, None, or (``missing`` given: the record is required)
+    a refusal ending in ``missing``. A damaged one (unreadable, or a field of the wrong kind) is refused
+    naming the file and the field, ``again`` added: it is never taken for 'no record'."""
+    path = Path(folder) / SEGMENT_RECORD
+    if not path.is_file():
+        if missing is None:
+            return None
+        raise WssegError(f"{path}: missing; {missing}")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise WssegError(f"{path}: damaged or unreadable ({exc.__class__.__name__}: {str(exc)[:80]}){again}") from None
+    if not isinstance(data, dict):
+        raise WssegError(f"{path}: damaged or unreadable (not a JSON object)")
+    return check_fields(data, SEGMENT_RECORD_FIELDS, path)
+
+
+def segment_record_differs(out: str | Path, record: dict[str, Any]) -> str | None:
+    """What ``out``'s segment.json says the folder holds, when made otherwise than ``record`` says."""
+    earlier = read_segment_record(out)
+    changed = [key for key in SEGMENT_SHAPING_KEYS if earlier is not None and earlier.get(key) != record.get(key)]
+    return f"segmentations made with another {', '.join(changed)}" if changed else None

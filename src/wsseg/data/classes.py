@@ -1,7 +1,14 @@
-"""Class lists. Index 0 is always background; foreground classes are 1..C in masks."""
+"""Class lists. Index 0 is always background; foreground classes are 1..C in masks.
+
+The one convention past the dataset reader: a class is its 0-based index (the classifier's output,
+a map's channel, a mi-SVM's column). Mask values 1..C live in label maps and what writes them
+(the dataset's masks and image-level labels as read, a segmenter's ``SegmentInput.labels``, a
+maps file's ``labels``); :func:`class_indices` and :func:`mask_values` are the one conversion.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +24,16 @@ BACKGROUND = "background"
 VOID = 255
 # 255 marks void pixels, so at most 254 foreground classes fit in an 8-bit mask.
 MAX_CLASSES = 254
+
+
+def class_indices(values: Iterable[int]) -> list[int]:
+    """Mask values 1..C -> 0-based class indices."""
+    return [int(value) - 1 for value in values]
+
+
+def mask_values(classes: Iterable[int]) -> list[int]:
+    """0-based class indices -> mask values 1..C."""
+    return [int(index) + 1 for index in classes]
 
 
 @dataclass(frozen=True)

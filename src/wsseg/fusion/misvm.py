@@ -21,8 +21,9 @@ from tqdm import tqdm
 from wsseg.errors import WssegError
 from wsseg.io import atomic_write
 from wsseg.maps.resolution import MIN_MAP_SIDE
+from wsseg.registry import MISVM
 
-MISVM_FILE = "misvm.npz"
+MISVM_FILE = MISVM.file  # the registry names the trained files its methods read
 # the instances' size: pipeline A must cut its superpixels as the mi-SVM was trained on them
 PIXELS_PER_SUPERPIXEL = 200
 # pipeline A works on images shrunk to at most this side (the dense CRF's grid, DEFAULT_CRF): at a

@@ -33,8 +33,9 @@ from wsseg.io import file_sha256, read_json
 from wsseg.models.backbones import FeatureTap
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import read_checkpoint
+from wsseg.registry import AFFINITY
 
-AFFINITY_FILE = "affinity.pt"
+AFFINITY_FILE = AFFINITY.file  # the registry names the trained files its methods read
 AFFINITY_RECORD = "affinity.json"
 DEFAULT_RADIUS = 5  # psa's, on its stride-8 grid; ours is stride 4 (section 7 of docs/method.md)
 # the largest radius accepted: training holds one tensor per pair offset (about pi r^2 / 2 of them) and

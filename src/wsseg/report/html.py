@@ -21,19 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from wsseg.data.classes import mask_values
 from wsseg.data.images import read_label_png, voc_palette, write_image
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import NUMBER, check_fields, read_json, write_text_atomic
-from wsseg.map_folders import StoredMaps, method_options
+from wsseg.outputs import read_segment_record
+from wsseg.segmentation.map_folders import StoredMaps, method_options
 from wsseg.maps import DCSM, MapMethod
 from wsseg.maps.export import heat_overlay
 from wsseg.models.run import load_run, read_history
 from wsseg.registry import SEGMENT_METHODS, STAGE2_BOUND_ROW, is_stage2_row, row_description, row_title
 from wsseg.report.plots import colour_labels, plot_training_curve
-from wsseg.runner import ImageItem, batch_classes, run_split
-from wsseg.segment import read_segment_record, record_maps
+from wsseg.segmentation.runner import ImageItem, batch_classes, run_split
+from wsseg.segmentation.segment import record_maps
 from wsseg.training.loop import best_record
 
 REPORT_DIR = "report"
@@ -151,14 +153,15 @@ class UsedMaps:
 
     segmenter: str  # the segmentation method whose record this is ("" when there is none)
     method: MapMethod
-    labels: str  # "gt" or "predicted"
+    label_source: str  # "gt" or "predicted" (segment.json's "labels")
     label_threshold: float
     stored: Path | None  # the `wsseg maps` folder it fused, when it read stored maps
 
     def describe(self) -> str:
         options = ", ".join(f"{key} {'default' if value is None else value}"
                             for key, value in method_options(self.method).items())
-        source = "ground-truth labels" if self.labels == "gt" else f"predicted labels (score > {self.label_threshold})"
+        source = ("ground-truth labels" if self.label_source == "gt"
+                  else f"predicted labels (score > {self.label_threshold})")
         used = f"the maps {self.segmenter} fused" if self.segmenter else "no segment.json found, so the defaults"
         where = f", read from {self.stored}" if self.stored else ""
         return f"{used}: {self.method.name} ({options}), {source}{where}"
@@ -188,7 +191,7 @@ def map_overlays(model, dataset: VOCDataset, ids: Sequence[str],
 
     def finish(item: ImageItem, result: tuple[list[int], np.ndarray]) -> None:
         classes, maps = result
-        overlays[item.id] = [(c + 1, heat_overlay(item.image, maps[k])) for k, c in enumerate(classes)]
+        overlays[item.id] = [(value, heat_overlay(item.image, maps[k])) for k, value in enumerate(mask_values(classes))]
 
     if used.stored is not None:
         stored = StoredMaps({used.method: used.stored})
@@ -199,7 +202,7 @@ def map_overlays(model, dataset: VOCDataset, ids: Sequence[str],
     elif model is not None:
         def compute(batch: list[ImageItem]) -> list[tuple[list[int], np.ndarray]]:
             images = batch_tensor([item.image for item in batch], next(model.parameters()).device)
-            classes = batch_classes(model, batch, used.labels, used.label_threshold, images)
+            classes = batch_classes(model, batch, used.label_source, used.label_threshold, images)
             maps = used.method.normalize(used.method(model, images, classes)).cpu().numpy()
             return [(per_image, maps[n, :len(per_image)]) for n, per_image in enumerate(classes)]
     else:
