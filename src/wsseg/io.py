@@ -126,6 +126,15 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ValueError("JSON nested too deeply to read") from None
 
 
+def read_json_or_refuse(path: str | os.PathLike[str], what: str) -> Any:
+    """A JSON record's content; a file that is not JSON (or cannot be read) is refused in one line naming
+    the file and ``what`` it should have been, so that no record reader repeats the refusal."""
+    try:
+        return read_json(path)
+    except (ValueError, OSError) as exc:
+        raise WssegError(f"{path}: unreadable {what} ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+
+
 NUMBER = (int, float)
 
 

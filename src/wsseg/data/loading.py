@@ -30,7 +30,27 @@ from wsseg.errors import DataError
 MAX_AUTO_WORKERS = 8
 
 
-class LabelledImages(Dataset):
+class SeededImages(Dataset):
+    """What both training datasets share: a split read by key (a split index, or ``(epoch, split
+    index)``, as :class:`EpochShards` gives), and augmentation seeded by (seed, epoch, split index),
+    so that an item is the same whichever worker or rank reads it."""
+
+    def __init__(self, dataset: VOCDataset, seed: int, scale_range: tuple[float, float], jitter: float) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.scale_range = scale_range
+        self.jitter = jitter
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def locate(self, key: int | tuple[int, int]) -> tuple[str, np.random.Generator]:
+        """The image id a key names, and the generator of that item's augmentation in that epoch."""
+        epoch, split_index = key if isinstance(key, tuple) else (0, key)
+        return self.dataset.ids[split_index], np.random.default_rng([self.seed, epoch, split_index])
+
+
+class LabelledImages(SeededImages):
     """(image tensor, multi-hot labels, error text) by key: a split index, or ``(epoch, split index)``.
 
     With ``augment`` the image is randomly rescaled, cropped, flipped and colour-jittered by a
@@ -42,26 +62,18 @@ class LabelledImages(Dataset):
 
     def __init__(self, dataset: VOCDataset, image_size: int, seed: int = 0, augment: bool = False,
                  scale_range: tuple[float, float] = (0.7, 1.3), jitter: float = 0.0) -> None:
-        self.dataset = dataset
+        super().__init__(dataset, seed, scale_range, jitter)
         self.image_size = image_size
-        self.seed = seed
         self.augment = augment
-        self.scale_range = scale_range
-        self.jitter = jitter
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        epoch, split_index = key if isinstance(key, tuple) else (0, key)
-        image_id = self.dataset.ids[split_index]
+        image_id, rng = self.locate(key)
         try:
             rgb = self.dataset.load_image(image_id)
             labels = self.dataset.load_labels(image_id)
         except DataError as exc:
             return torch.zeros(3, self.image_size, self.image_size), torch.zeros(self.dataset.num_classes), str(exc)
         if self.augment:
-            rng = np.random.default_rng([self.seed, epoch, split_index])
             rgb = random_scale_crop_flip(rgb, self.image_size, rng, self.scale_range)
             rgb = colour_jitter(rgb, rng, self.jitter)
         else:
@@ -69,7 +81,7 @@ class LabelledImages(Dataset):
         return to_tensor(rgb), torch.from_numpy(labels_to_vector(labels, self.dataset.num_classes)), ""
 
 
-class SegmentationPairs(Dataset):
+class SegmentationPairs(SeededImages):
     """(image tensor, label map tensor, error text) by key: a split index, or ``(epoch, split index)``,
     for training a segmentation network on label maps: pseudo-labels (``label_folder/<id>.png``)
     or, with ``label_folder=None``, the dataset's own masks (the fully supervised bound).
@@ -81,15 +93,9 @@ class SegmentationPairs(Dataset):
 
     def __init__(self, dataset: VOCDataset, label_folder: str | Path | None, crop_size: int, seed: int = 0,
                  scale_range: tuple[float, float] = (0.5, 1.5), jitter: float = 0.0) -> None:
-        self.dataset = dataset
+        super().__init__(dataset, seed, scale_range, jitter)
         self.label_folder = None if label_folder is None else Path(label_folder)
         self.crop_size = crop_size
-        self.seed = seed
-        self.scale_range = scale_range
-        self.jitter = jitter
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def load_pair(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The image and its label map, checked against each other (raises DataError)."""
@@ -108,14 +114,12 @@ class SegmentationPairs(Dataset):
         return rgb, labels
 
     def __getitem__(self, key: int | tuple[int, int]):
-        epoch, split_index = key if isinstance(key, tuple) else (0, key)
-        image_id = self.dataset.ids[split_index]
+        image_id, rng = self.locate(key)
         try:
             rgb, labels = self.load_pair(image_id)
         except DataError as exc:
             size = self.crop_size
             return torch.zeros(3, size, size), torch.full((size, size), 255, dtype=torch.long), str(exc)
-        rng = np.random.default_rng([self.seed, epoch, split_index])
         rgb, labels = random_scale_crop_flip_pair(rgb, labels, self.crop_size, rng, self.scale_range)
         rgb = colour_jitter(rgb, rng, self.jitter)
         return to_tensor(rgb), torch.from_numpy(labels.astype(np.int64)), ""

@@ -15,25 +15,23 @@ import torch
 
 from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import NUMBER, atomic_write, check_fields, load_weights_only, read_json, write_json_atomic
+from wsseg.io import (NUMBER, atomic_write, check_fields, load_weights_only, read_json_or_refuse,
+                      write_json_atomic)
 from wsseg.models.classifier import FCNClassifier, build_classifier
 
 CHECKPOINT_FORMAT = "wsseg-checkpoint-1"
 
 
 @dataclass
-class RunConfig:
-    """Everything needed to rebuild the classifier and to know what it was trained for.
-
-    ``wsseg.train.run_config`` fills every field from the training options (the one source of
-    defaults); the defaults here only stand in for keys that runs written by older versions lack,
-    so they are the values those versions trained with."""
+class TrainedRunConfig:
+    """What every training run's config.json holds, the classifier's and the stage-2 network's:
+    the class list, the backbone and the shared training recipe. One base, so that a key the two
+    formats share means one thing in both; each format adds its own keys and, where they differ,
+    its own defaults (defaults only stand in for keys that files written by older versions lack,
+    so they are the values those versions trained with)."""
 
     classes: list[str]
     backbone: str = "efficientnet-lite0"
-    pooling: str = "gap"
-    lse_r: float = 5.0
-    image_size: int = 224
     output_stride: int = 16
     epochs: int = 10
     batch_size: int = 16
@@ -42,17 +40,11 @@ class RunConfig:
     weight_decay: float = 1e-4
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     jitter: float = 0.0
-    patience: int | None = None
-    probe_epochs: int = 0
-    freeze_bn: bool = False
-    cutmix: float = 0.0
-    micro_batch: int | None = None  # images per forward pass when a step was split (None: the whole batch)
     seed: int = 0
     split: str = "train"
     val_split: str | None = "val"
     data: str = ""
     masks: str = "SegmentationClass"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def class_list(self) -> ClassList:
@@ -62,21 +54,47 @@ class RunConfig:
         write_json_atomic(Path(run) / "config.json", asdict(self))
 
     @classmethod
-    def load(cls, run: str | Path) -> RunConfig:
+    def read(cls, run: str | Path, missing: str) -> tuple[Path, Any]:
+        """RUN/config.json's path and content as read (any JSON value: each format says what it
+        refuses); ``missing`` says what to do when there is no such file."""
         path = Path(run) / "config.json"
         if not path.is_file():
-            raise WssegError(f"{path}: run config is missing (is {run} a training run folder?)")
-        try:
-            data = read_json(path)
-        except ValueError as exc:
-            raise WssegError(f"{path}: unreadable run config ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+            raise WssegError(f"{path}: {missing}")
+        return path, read_json_or_refuse(path, "run config")
+
+    @classmethod
+    def known(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The keys of ``data`` this format has: a newer version's extra keys are ignored, not refused."""
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class RunConfig(TrainedRunConfig):
+    """Everything needed to rebuild the classifier and to know what it was trained for.
+
+    ``wsseg.training.classifier.run_config`` fills every field from the training options (the one
+    source of defaults)."""
+
+    pooling: str = "gap"
+    lse_r: float = 5.0
+    image_size: int = 224
+    patience: int | None = None
+    probe_epochs: int = 0
+    freeze_bn: bool = False
+    cutmix: float = 0.0
+    micro_batch: int | None = None  # images per forward pass when a step was split (None: the whole batch)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run: str | Path) -> RunConfig:
+        path, data = cls.read(run, f"run config is missing (is {run} a training run folder?)")
         if not isinstance(data, dict):
             raise WssegError(f"{path}: run config must be a JSON object, not {type(data).__name__}")
         if data.get("network") == "segmentation":  # wsseg.models.segnet.SEGMENTATION_NETWORK
             raise WssegError(f"{path}: this is a stage-2 segmentation network's run (`wsseg train-seg`), not a "
                              "classifier's: use it with --method seg")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = cls.known(data)
         for name, value in values.items():
             problem = _field_problem(name, value)
             if problem:
@@ -126,10 +144,7 @@ def read_history(run: str | Path, name: str = "history.json") -> list[dict]:
     path = Path(run) / name
     if not path.exists():
         return []
-    try:
-        history = read_json(path)
-    except (ValueError, OSError) as exc:
-        raise WssegError(f"{path}: unreadable training history ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    history = read_json_or_refuse(path, "training history")
     if not isinstance(history, list) or not all(
             isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r.get("epoch"), bool)
             for r in history):

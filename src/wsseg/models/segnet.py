@@ -23,7 +23,7 @@ start.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsseg.data.classes import ClassList
 from wsseg.errors import WssegError
-from wsseg.io import file_sha256, read_json, write_json_atomic
+from wsseg.io import file_sha256
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from wsseg.models.run import load_run, read_checkpoint
+from wsseg.models.run import TrainedRunConfig, load_run, read_checkpoint
 
 HEADS = ("deeplabv3plus", "lraspp")
 PAD_TO = 32  # inputs are padded to a multiple of the backbone's largest stride
@@ -172,54 +171,30 @@ def start_record(run: str | Path | None) -> dict[str, Any]:
 
 
 @dataclass
-class SegRunConfig:
+class SegRunConfig(TrainedRunConfig):
     """A stage-2 run folder's config.json: what the network is, how it was trained, and where its
     training labels came from (``labels``: ``{"source": "pseudo", "folder", "method", "run", ...}``
     or ``{"source": "ground-truth", "masks"}``)."""
 
-    classes: list[str]
-    labels: dict[str, Any]
+    labels: dict[str, Any] = field(kw_only=True)
     # where the backbone's weights started: IMAGENET_START, or the classifier run's record
     init: dict[str, Any] = field(default_factory=lambda: dict(IMAGENET_START))
     network: str = SEGMENTATION_NETWORK
-    backbone: str = "efficientnet-lite0"
     head: str = "deeplabv3plus"
-    output_stride: int = 16
     crop_size: int = 224
+    # the recipe's defaults of the versions that wrote no such key
     epochs: int = 20
     batch_size: int = 8
-    lr: float = 1e-3
-    head_lr_scale: float = 10.0
-    weight_decay: float = 1e-4
     scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     jitter: float = 0.4
-    seed: int = 0
-    split: str = "train"
-    val_split: str | None = "val"
-    data: str = ""
-    masks: str = "SegmentationClass"
-
-    @property
-    def class_list(self) -> ClassList:
-        return ClassList(tuple(self.classes))
-
-    def save(self, run: str | Path) -> None:
-        write_json_atomic(Path(run) / "config.json", asdict(self))
 
     @classmethod
     def load(cls, run: str | Path) -> SegRunConfig:
-        path = Path(run) / "config.json"
-        try:
-            data = read_json(path)
-        except FileNotFoundError:
-            raise WssegError(f"{path}: missing; is {run} a run folder made by `wsseg train-seg`?") from None
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise WssegError(f"{path}: unreadable run configuration ({exc.__class__.__name__})") from None
+        path, data = cls.read(run, f"missing; is {run} a run folder made by `wsseg train-seg`?")
         if not isinstance(data, dict) or data.get("network") != SEGMENTATION_NETWORK:
             raise WssegError(f"{path}: not a segmentation network's run (made by `wsseg train-seg`); "
                              "--method seg needs one")
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        data = cls.known(data)
         problems = []
         if not (isinstance(data.get("classes"), list) and data["classes"]
                 and all(isinstance(c, str) for c in data["classes"])):

@@ -16,7 +16,7 @@ from wsseg.data.classes import class_indices
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
-from wsseg.io import read_json, write_json_atomic
+from wsseg.io import read_json_or_refuse, write_json_atomic
 from wsseg.maps.resolution import MaxSide
 from wsseg.models.classifier import FCNClassifier
 from wsseg.segmentation.base import SegmentInput, Segmenter, segment_inputs
@@ -98,10 +98,7 @@ def load_choices(run: str | Path) -> dict:
     path = Path(run) / BACKGROUND_FILE
     if not path.exists():
         return {}
-    try:
-        stored = read_json(path)
-    except ValueError as exc:
-        raise WssegError(f"{path}: unreadable ({exc.__class__.__name__}: {str(exc)[:80]})") from None
+    stored = read_json_or_refuse(path, "tuned thresholds")
     if not isinstance(stored, dict):
         raise WssegError(f"{path}: must map method names to tuned thresholds; delete it or tune again")
     for method, choice in stored.items():
