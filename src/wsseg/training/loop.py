@@ -40,14 +40,16 @@ from wsseg.errors import WssegError
 from wsseg.io import write_json_atomic
 from wsseg.models.run import read_checkpoint, read_history, save_checkpoint
 from wsseg.outputs import claim_run_files, claimed_output
+from wsseg.registry import ARTEFACTS
 from wsseg.training.options import TrainerOptions
 from wsseg.training.steps import (EpochSteps, deterministic_on_cpu, place, precision_name, resolve_workers, restore,
                                   synchronize, training_autocast)
 
-# what a run folder of `wsseg train` or `train-seg` holds, checkpoints first: --overwrite deletes them in
-# this order, so that a kill part-way never leaves a record over weights it does not describe
-RUN_FILES = ("last.pt", "model.pt", "affinity.pt", "misvm.npz", "history.json", "affinity-history.json",
-             "background.json", "affinity.json", "config.json")
+# what a run folder of `wsseg train` or `train-seg` holds, checkpoints and the trained files the
+# registry's methods read first: --overwrite deletes them in this order, so that a kill part-way never
+# leaves a record over weights it does not describe
+RUN_FILES = ("last.pt", "model.pt", *(artefact.file for artefact in ARTEFACTS), "history.json",
+             "affinity-history.json", "background.json", "affinity.json", "config.json")
 RUN_RECORD = "config.json"
 
 
