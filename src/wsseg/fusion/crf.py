@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from wsseg.errors import WssegError
-from wsseg.maps.resolution import grow, shrink
+from wsseg.maps.resolution import grow, shrink, shrink_image
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,7 @@ def _dense_crf_shrunk(image: np.ndarray, probabilities: np.ndarray, params: CRFP
     widths shrunk by the same factor, the result up-sampled bilinearly to the image."""
     height, width = probabilities.shape[1:]
     factor = params.max_side / max(height, width)
-    small_image = shrink(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float(),
-                         params.max_side)[0]
-    small_image = np.ascontiguousarray(small_image.clamp(0, 255).round().byte().permute(1, 2, 0).numpy())
+    small_image = shrink_image(image, params.max_side)
     small_probabilities = shrink(torch.from_numpy(np.ascontiguousarray(probabilities, np.float32))[None],
                                  params.max_side)[0].numpy()
     small = dataclasses.replace(params, max_side=None, gaussian_sxy=params.gaussian_sxy * factor,

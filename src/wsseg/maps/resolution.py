@@ -64,7 +64,7 @@ def shrink_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     if max_side is None or max(image.shape[:2]) <= max_side:
         return image
     tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].float()
-    return shrink(tensor, max_side)[0].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(shrink(tensor, max_side)[0].round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
 
 
 def grow_ids(ids: np.ndarray, size: Sequence[int]) -> np.ndarray:
