@@ -1,13 +1,20 @@
 """Peak resident memory and speed of ``wsseg train`` at the default size for photographs (512 px),
-for several micro-batch sizes: what a laptop with 8 or 16 GB can run.
+with and without its memory savings: what a laptop with 8 or 16 GB can run.
 
 Each setting trains one epoch of batch 16 on 16 photos in a fresh process (so each peak is its
-own) and prints its peak RSS and images/s. The photos are the first 16 of the real set's train
+own) and prints its peak RSS, images/s and loss. The settings:
+
+    default       the defaults (activation checkpointing: auto, on at 512 px on a CPU)
+    plain         --checkpoint-activations off: every activation kept, as before
+    freeze-bn     --freeze-bn (micro-batches: auto, 4 crops of 512 px on a CPU)
+    freeze-bn-16  --freeze-bn --micro-batch 16 --checkpoint-activations off
+
+The photos are the first 16 of the real set's train The photos are the first 16 of the real set's train
 split (../shared/data/coco97-voc, copied into a temporary folder outside the repository) when
 present, else crops of scikit-image's bundled photographs at 640x480; memory does not depend on
 what the photos show.
 
-    python benchmarks/train_memory.py [--size 512] [--micro 16,8,4]
+    python benchmarks/train_memory.py [--size 512] [--settings default,plain,freeze-bn,freeze-bn-16]
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REAL = HERE.parent.parent / "shared" / "data" / "coco97-voc"
 IMAGES = 16
+SETTINGS = {
+    "default": {},
+    "plain": {"checkpoint_activations": "off"},
+    "freeze-bn": {"freeze_bn": True},
+    "freeze-bn-16": {"freeze_bn": True, "micro_batch": 16, "checkpoint_activations": "off"},
+}
 
 CHILD = """
 import json, resource, sys, time
@@ -34,6 +47,7 @@ options = json.loads(sys.argv[1])
 started = time.perf_counter()
 history = train(TrainOptions(**options))
 print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                  "micro_batch": json.load(open(options["out"] + "/config.json"))["micro_batch"],
                   "images_per_second": history[-1]["images_per_second"],
                   "loss": history[-1]["loss"]}))
 """
@@ -72,29 +86,27 @@ def make_dataset(root: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--micro", default="16,8,4", help="micro-batch sizes to measure (comma-separated)")
-    parser.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                        help="pass --freeze-bn / --no-freeze-bn (default: wsseg's default)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"settings to measure, comma-separated, from {', '.join(SETTINGS)}")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wsseg-memory-"))
     try:
         source = make_dataset(work / "data")
         rows = []
-        for micro in (int(m) for m in args.micro.split(",")):
-            options = {"data": str(work / "data"), "out": str(work / f"run{micro}"), "val_split": None, "epochs": 1,
-                       "batch_size": 16, "micro_batch": micro, "image_size": args.size, "progress": False}
-            if args.freeze_bn is not None:
-                options["freeze_bn"] = args.freeze_bn
+        for name in args.settings.split(","):
+            options = {"data": str(work / "data"), "out": str(work / name), "val_split": None, "epochs": 1,
+                       "batch_size": 16, "image_size": args.size, "progress": False, **SETTINGS[name]}
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(options)], capture_output=True, text=True,
                                   check=True)
-            rows.append((micro, json.loads(done.stdout.strip().splitlines()[-1])))
+            rows.append((name, json.loads(done.stdout.strip().splitlines()[-1])))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wsseg train, one epoch of batch 16 at {args.size} px on {source}; {os.cpu_count()} cores")
-    print("| micro-batch | peak RSS (GB) | images/s | loss |")
-    print("|---:|---:|---:|---:|")
-    for micro, row in rows:
-        print(f"| {micro} | {row['peak_rss_gb']:.2f} | {row['images_per_second']:.2f} | {row['loss']:.5f} |")
+    print("| setting | images per pass | peak RSS (GB) | images/s | loss |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in rows:
+        print(f"| {name} | {row['micro_batch'] or 16} | {row['peak_rss_gb']:.2f} | {row['images_per_second']:.2f} "
+              f"| {row['loss']:.5f} |")
 
 
 if __name__ == "__main__":

@@ -265,3 +265,44 @@ def test_automatic_micro_batches_only_where_they_change_nothing() -> None:
     assert size("cpu", image_size=256, freeze_bn=True) == 16
     assert size("cuda", image_size=512, freeze_bn=True) == 16
     assert size("cpu", image_size=512, micro_batch=2) == 2
+
+
+def test_activation_checkpointing_trains_the_same_weights_and_statistics(bench: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """--checkpoint-activations (auto at 512 px on a CPU) saves memory and nothing else: with
+    drop-connect and training-mode batch norms, the weights and running statistics after an epoch
+    are those of a plain run, though every block did run twice."""
+    import wsseg.training.classifier as trainer
+    from wsseg.models import build_classifier
+
+    block_calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        model = build_classifier(*args, **kwargs)
+        model.backbone.blocks[3].register_forward_pre_hook(lambda module, inputs: block_calls.append(1))
+        return model
+
+    monkeypatch.setattr(trainer, "build_classifier", counted)
+    common = dict(data=str(bench), epochs=1, val_split=None, **TINY)
+    train(TrainOptions(out=str(tmp_path / "plain"), checkpoint_activations="off", **common))
+    plain_calls, block_calls[:] = len(block_calls), []
+    train(TrainOptions(out=str(tmp_path / "recomputed"), checkpoint_activations="on", **common))
+    assert len(block_calls) == 2 * plain_calls > 0
+    plain, recomputed = _weights(tmp_path / "plain"), _weights(tmp_path / "recomputed")
+    assert any(k.endswith("running_mean") for k in plain)
+    assert plain.keys() == recomputed.keys() and all(torch.equal(plain[k], recomputed[k]) for k in plain)
+
+
+def test_activation_checkpointing_is_automatic_only_where_a_pass_is_large() -> None:
+    from wsseg.train import TrainOptions
+    from wsseg.training.classifier import checkpoints_blocks
+
+    def used(device: str, micro: int, **options) -> bool:
+        return checkpoints_blocks(TrainOptions(data="", out="", batch_size=16, **options), torch.device(device), micro)
+
+    assert used("cpu", 16, image_size=512)  # the default recipe on photos: 8.8 GB without it
+    assert not used("cpu", 4, image_size=512, freeze_bn=True)  # micro-batches already keep it small
+    assert not used("cpu", 16, image_size=256)
+    assert not used("cuda", 16, image_size=512)
+    assert used("cuda", 16, image_size=256, checkpoint_activations="on")
+    assert not used("cpu", 16, image_size=512, checkpoint_activations="off")

@@ -416,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=_TRAIN_DEFAULTS.freeze_bn,
                        help="keep the backbone's pretrained batch-norm statistics while fine-tuning "
                             f"(default {'on' if _TRAIN_DEFAULTS.freeze_bn else 'off'})")
+    train.add_argument("--checkpoint-activations", choices=["auto", "on", "off"],
+                       default=_TRAIN_DEFAULTS.checkpoint_activations,
+                       help="recompute the backbone blocks' activations in the backward pass instead of keeping "
+                            "them: about a third of the memory for one more forward pass, the same result "
+                            "(default auto: on a CPU when a forward pass holds more than 4 crops of 512 px, "
+                            "as the whole batch of 16 at 512 px does)")
 
     train_seg = command("train-seg", _cmd_train_seg,
                         "stage 2: train a segmentation network on pseudo-labels (or on ground truth: the bound)")

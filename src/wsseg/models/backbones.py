@@ -8,13 +8,16 @@ timm's ``feature_info``): DCSM differentiates at them and zoom-out features pool
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from wsseg.errors import WssegError
 from wsseg.io import load_weights_only
@@ -83,6 +86,9 @@ class EfficientNetLite0(nn.Module):
         self.drop_connect_rate = float(net._global_params.drop_connect_rate or 0.0)
         self.out_channels = net._bn1.num_features
         self.output_stride = output_stride
+        # activation checkpointing in training: each block keeps only its input, and recomputes its
+        # inside during the backward pass (one more forward, a third of the memory; same result)
+        self.checkpoint_blocks = False
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 # the package ports TensorFlow's momentum 0.99 as 0.01: running statistics would
@@ -109,10 +115,19 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for index, block in enumerate(self.blocks):
-            rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
-            x = block(x, drop_connect_rate=rate)
+        for index in range(len(self.blocks)):
+            x = self._run_block(index, x)
         return self.head(x)
+
+    def _run_block(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[index]
+        rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
+        if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+            # the recomputation redraws drop-connect from the saved RNG state (the same draws) and must
+            # not move the batch norms' running statistics a second time
+            return checkpoint(block, x, rate, use_reentrant=False,
+                              context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(block)))
+        return block(x, drop_connect_rate=rate)
 
     def trim_after(self, name: str) -> None:
         """Drop the layers after ``name`` (a segmentation head reads no further: unused weights would
@@ -125,15 +140,29 @@ class EfficientNetLite0(nn.Module):
         """The outputs of the named layers, running no further than the last of them."""
         found: dict[str, torch.Tensor] = {}
         x = self.stem(x)
-        for index, block in enumerate(self.blocks):
-            rate = self.drop_connect_rate * index / len(self.blocks) if self.training else None
-            x = block(x, drop_connect_rate=rate)
+        for index in range(len(self.blocks)):
+            x = self._run_block(index, x)
             if f"blocks.{index}" in names:
                 found[f"blocks.{index}"] = x
                 if len(found) == len(names):
                     return found
         found["head"] = self.head(x)
         return {name: found[name] for name in names}
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """The batch norms of ``module`` end with the running statistics they started with."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, (mean, var, count) in zip(norms, saved):
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(count)
 
 
 def _set_output_stride(backbone: EfficientNetLite0, output_stride: int) -> None:

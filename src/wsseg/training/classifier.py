@@ -58,6 +58,7 @@ class ClassifierTask(Task):
         # recorded (None: the whole batch): parts change what a step computes unless every batch norm is
         # frozen, and even then drop-connect's random draws, so a resumed run must keep them
         self.config.micro_batch = self.micro_batch if self.micro_batch < options.batch_size else None
+        self.checkpoint_blocks = checkpoints_blocks(options, group.device, self.micro_batch)
         return options
 
     def read_record(self, folder: Path) -> RunConfig:
@@ -75,6 +76,12 @@ class ClassifierTask(Task):
         self.model = build_classifier(self.train_set.num_classes, backbone=options.backbone, pooling=options.pooling,
                                       pretrained=not options.random_init, weights=options.weights,
                                       output_stride=options.output_stride, lse_r=options.lse_r)
+        if self.checkpoint_blocks and not hasattr(self.model.backbone, "checkpoint_blocks"):
+            if options.checkpoint_activations == "on":
+                raise WssegError(f"--checkpoint-activations on: the {options.backbone} backbone does not support it")
+            self.checkpoint_blocks = False  # auto: this backbone trains as it is
+        if self.checkpoint_blocks:
+            self.model.backbone.checkpoint_blocks = True
         return self.model
 
     def optimizer(self, model: FCNClassifier) -> torch.optim.Optimizer:
@@ -87,7 +94,8 @@ class ClassifierTask(Task):
                               scale_range=options.scale_range, jitter=options.jitter)
 
     def describe(self, group: ProcessGroup, precision: str, workers: int) -> str:
-        return f"{group.world_size} x {group.device}, {precision}, {workers} loader worker(s) per process"
+        return (f"{group.world_size} x {group.device}, {precision}, {workers} loader worker(s) per process"
+                + (", activation checkpointing" if self.checkpoint_blocks else ""))
 
     def start_epoch(self, epoch: int, steps, optimizer: torch.optim.Optimizer) -> None:
         probe_epochs = self.options.probe_epochs
@@ -147,15 +155,15 @@ _RESUME_MUST_MATCH = ("classes", "backbone", "pooling", "lse_r", "image_size", "
                       "seed", "probe_epochs", "freeze_bn", "cutmix", "micro_batch", "data", "split")
 
 
-# On a CPU with --freeze-bn a step forwards at most this many pixels at once: 4 crops of 512 px
-# (the default size for photographs) peak at 2.9 GB where the whole batch of 16 needs 8.8 GB
-# (benchmarks/train_memory.py)
-CPU_MICRO_BATCH_PIXELS = 4 * 512 * 512
+# On a CPU a forward pass of more pixels than this is made smaller: with --freeze-bn by micro-batches,
+# else by activation checkpointing. 4 crops of 512 px (the default size for photographs) peak at 2.9 GB
+# where the whole batch of 16 needs 8.8 GB (benchmarks/train_memory.py)
+CPU_PASS_PIXELS = 4 * 512 * 512
 
 
 def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
     """Images per forward pass: ``--micro-batch``, else the whole batch, except on a CPU with
-    ``--freeze-bn``: as many crops as fit CPU_MICRO_BATCH_PIXELS. Only frozen batch norms make
+    ``--freeze-bn``: as many crops as fit CPU_PASS_PIXELS. Only frozen batch norms make
     the parts' step the whole batch's (training-mode ones would normalise each part by its own
     statistics); what still differs is drop-connect's random draws per image, the same
     distribution drawn in another order."""
@@ -163,7 +171,17 @@ def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
         return min(options.micro_batch, options.batch_size)
     if device.type != "cpu" or not options.freeze_bn:
         return options.batch_size
-    return max(1, min(options.batch_size, CPU_MICRO_BATCH_PIXELS // (options.image_size or 512) ** 2))
+    return max(1, min(options.batch_size, CPU_PASS_PIXELS // (options.image_size or 512) ** 2))
+
+
+def checkpoints_blocks(options: TrainOptions, device: torch.device, micro_batch: int) -> bool:
+    """Whether the backbone recomputes its blocks' insides in the backward pass (``--checkpoint-activations``):
+    "auto" does on a CPU when a forward pass holds more than CPU_PASS_PIXELS, as the default recipe at
+    512 px does (training-mode batch norms, so no micro-batches). It costs one more forward pass and
+    changes nothing else: the same draws, the same running statistics (tests/test_train.py)."""
+    if options.checkpoint_activations != "auto":
+        return options.checkpoint_activations == "on"
+    return device.type == "cpu" and micro_batch * (options.image_size or 512) ** 2 > CPU_PASS_PIXELS
 
 
 def run_config(options: TrainOptions, classes: tuple[str, ...]) -> RunConfig:

@@ -16,6 +16,7 @@ from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.errors import WssegError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CHECKPOINT_CHOICES = ("auto", "on", "off")
 # the largest crop side accepted: beyond it one batch would not fit in memory
 MAX_IMAGE_SIZE = 1024
 
@@ -124,6 +125,9 @@ class TrainOptions(RunOptions):
     # batch-norm statistics stay as pretrained), then everything is fine-tuned (LP-FT)
     probe_epochs: int = 0
     freeze_bn: bool = False  # the backbone's batch norms keep their pretrained statistics throughout
+    # activation checkpointing of the backbone's blocks: "on", "off", or "auto": on a CPU when one forward
+    # pass holds more pixels than CPU_PASS_PIXELS (classifier.checkpoints_blocks). The result is the same.
+    checkpoint_activations: str = "auto"
     cutmix: float = 0.0  # probability that a training crop gets a box of another pasted in (classifier.cutmix)
 
     def check(self) -> None:
@@ -135,6 +139,9 @@ class TrainOptions(RunOptions):
             raise WssegError("--patience must be at least 1 (or 'none')")
         if self.micro_batch is not None:
             _at_least("micro_batch", self.micro_batch, 1)
+        if self.checkpoint_activations not in CHECKPOINT_CHOICES:
+            raise WssegError(f"--checkpoint-activations {self.checkpoint_activations!r}: choose from "
+                             f"{', '.join(CHECKPOINT_CHOICES)}")
         if not 0 <= self.cutmix <= 1:
             raise WssegError(f"--cutmix {self.cutmix}: a probability, in [0, 1]")
         if not 0 <= self.probe_epochs < self.epochs:
