@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsseg.data.classes import ClassList
+from wsseg.data.coco import COCODataset, find_coco
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.voc import VOCDataset
 
 
 def is_coco(data: str | Path, split: str = "train") -> bool:
-    from wsseg.data.coco import find_coco
-
     return find_coco(data, split) is not None
 
 
@@ -30,8 +29,6 @@ def open_dataset(
     """The split of the dataset ``data`` names: a COCODataset for a COCO layout, else a VOCDataset.
     Both have the same interface; ``masks`` is not used by COCO (its masks are rendered). With
     ``beside``, a ``data`` naming a COCO JSON gives the split ``split`` names beside it (a val split)."""
-    from wsseg.data.coco import COCODataset, find_coco
-
     found = find_coco(data, split, beside)
     if found is None:
         return VOCDataset(data, split, masks=masks, classes=classes, ids=ids, max_side=max_side,
