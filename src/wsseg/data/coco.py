@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -125,7 +126,9 @@ class COCOIndex:
             return mask
         rles = [_rle(segmentation, height, width) for _, _, segmentation in entries]
         areas = mask_utils.area(rles)
-        decoded = mask_utils.decode(rles)  # H x W x K
+        with warnings.catch_warnings():  # pycocotools 2.0.11's decode under numpy >= 2: a harmless deprecation
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            decoded = mask_utils.decode(rles)  # H x W x K
         objects = [k for k, (_, crowd, _) in enumerate(entries) if not crowd]
         for k in sorted(objects, key=lambda k: -int(areas[k])):  # stable: equal areas keep the file's order
             mask[decoded[:, :, k] > 0] = entries[k][0]
@@ -180,6 +183,11 @@ def _parse(path: Path) -> Any:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quote(value: Any) -> str:
+    """A value from the file for a message: a whole number as it is, anything else quoted and cut short."""
+    return str(value) if _is_int(value) else excerpt(str(value))
 
 
 def _is_number(value: Any) -> bool:
@@ -284,10 +292,10 @@ def build_index(path: Path, data: Any) -> COCOIndex:
         _require(annotation, ("image_id", "category_id", "segmentation"), path, where)
         position = positions.get(annotation["image_id"]) if _is_int(annotation["image_id"]) else None
         if position is None:
-            raise DataError(path, f"{where}: image_id {excerpt(str(annotation['image_id']))} is not in 'images'")
+            raise DataError(path, f"{where}: image_id {_quote(annotation['image_id'])} is not in 'images'")
         value = values.get(annotation["category_id"]) if _is_int(annotation["category_id"]) else None
         if value is None:
-            raise DataError(path, f"{where}: category_id {excerpt(str(annotation['category_id']))} is not in "
+            raise DataError(path, f"{where}: category_id {_quote(annotation['category_id'])} is not in "
                                   "'categories'")
         crowd = annotation.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, bool):
