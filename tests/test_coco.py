@@ -287,3 +287,60 @@ def test_a_deep_json_is_one_line_in_a_real_process(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "nested too deeply" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def coco_bench(tiny_bench: Path, tmp_path_factory) -> Path:
+    """tiny_bench as COCO (train2014, val2014), its first training image left without annotations."""
+    coco = tmp_path_factory.mktemp("coco-bench")
+    _voc_as_coco(tiny_bench, "train", coco, "train2014")
+    _voc_as_coco(tiny_bench, "val", coco, "val2014")
+    path = coco / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 1000]
+    path.write_text(json.dumps(data))
+    return coco
+
+
+def test_every_command_runs_on_coco(coco_bench: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    train = ["--data", str(coco_bench), "--split", "train2014", "--quiet"]
+    val = ["--data", str(coco_bench), "--split", "val2014", "--quiet"]
+    assert main(["maps", "--run", str(run), *val, "--method", "cam", "--scales", "1", "--out",
+                 str(tmp_path / "maps")]) == 0
+    assert len(list((tmp_path / "maps").glob("*.npz"))) == 4
+    assert main(["tune-background", "--run", str(run), *val, "--method", "cam", "--thresholds", "0.3,0.5",
+                 "--scales", "1"]) == 0
+    pseudo = tmp_path / "pseudo"  # the image without annotations gets an all-background pseudo-label
+    assert main(["segment", "--run", str(run), *train, "--labels", "gt", "--method", "cam-crf", "--ignore-uncertain",
+                 "--scales", "1", "--out", str(pseudo)]) == 0
+    assert len(list(pseudo.glob("*.png"))) == 8
+    assert main(["train-affinity", "--run", str(run), *train, "--pseudo", str(pseudo), "--epochs", "1",
+                 "--batch-size", "4"]) == 0
+    seg = tmp_path / "seg"
+    assert main(["train-seg", *train, "--val-split", "val2014", "--pseudo", str(pseudo), "--out", str(seg),
+                 "--epochs", "1", "--batch-size", "4", "--crop-size", "64", "--device", "cpu"]) == 0
+    folder = tmp_path / "results"
+    assert main(["segment", "--run", str(seg), *val, "--method", "seg", "--out", str(folder / "predictions" / "seg")]) == 0
+    assert main(["evaluate", "--pred", str(folder / "predictions" / "seg"), *val, "--json",
+                 str(folder / "scores" / "seg.json")]) == 0
+    assert main(["report", str(folder), "--data", str(coco_bench), "--run", str(run), "--split", "val2014",
+                 "--examples", "2", "--quiet"]) == 0
+    assert (folder / "report" / "index.html").is_file()
+    assert json.loads((seg / "config.json").read_text())["classes"] == json.loads(
+        (run / "config.json").read_text())["classes"]
+
+
+def test_torchrun_sharding_on_coco_equals_one_process(coco_bench: Path, tiny_run: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["segment", "--run-dir", str(tiny_run), "--data", str(coco_bench), "--split", "train2014",
+            "--batch-size", "3", "--method", "cam", "--scales", "1", "--quiet"]
+    one = subprocess.run([sys.executable, "-m", "wsseg", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29571", "-m", "wsseg", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    files = {name: {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))} for name in ("one", "two")}
+    assert len(files["one"]) == 8 and files["one"] == files["two"]
