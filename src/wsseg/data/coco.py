@@ -120,22 +120,21 @@ class COCOIndex:
     def render(self, position: int) -> np.ndarray:
         """The H x W uint8 mask of one image (see the module docstring for the rules)."""
         height, width = int(self.heights[position]), int(self.widths[position])
-        mask = np.zeros((height, width), dtype=np.uint8)
         entries = self.annotations_of(position)
         if not entries:
-            return mask
+            return np.zeros((height, width), dtype=np.uint8)
         rles = [_rle(segmentation, height, width) for _, _, segmentation in entries]
         areas = mask_utils.area(rles)
         with warnings.catch_warnings():  # pycocotools 2.0.11's decode under numpy >= 2: a harmless deprecation
             warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
             decoded = mask_utils.decode(rles)  # H x W x K
+        # painted in pycocotools' column-major order (each object's pixels contiguous: 3x faster)
+        mask = np.zeros((height, width), dtype=np.uint8, order="F")
         objects = [k for k, (_, crowd, _) in enumerate(entries) if not crowd]
-        for k in sorted(objects, key=lambda k: -int(areas[k])):  # stable: equal areas keep the file's order
-            mask[decoded[:, :, k] > 0] = entries[k][0]
-        for k, (_, crowd, _) in enumerate(entries):
-            if crowd:
-                mask[decoded[:, :, k] > 0] = VOID
-        return mask
+        crowds = [k for k, (_, crowd, _) in enumerate(entries) if crowd]
+        for k in [*sorted(objects, key=lambda k: -int(areas[k])), *crowds]:  # stable: equal areas in file order
+            np.copyto(mask, np.uint8(VOID if entries[k][1] else entries[k][0]), where=decoded[:, :, k].view(bool))
+        return np.ascontiguousarray(mask)
 
 
 def _rle(segmentation: Any, height: int, width: int) -> dict:
