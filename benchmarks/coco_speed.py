@@ -4,14 +4,15 @@ Two measurements, on generated COCO-like data (no download):
 
   speed   500 images of 640x480 (COCO's most common size) written as JPEG (quality 90, smooth
           content with shapes and noise, ~160 KiB as COCO's photos average), each with COCO's mean of
-          ~7 objects (polygons of 8-40 vertices, one object in 10 of two polygons, 1 image in 20 with a
+          ~7 objects (polygons of 8-69 vertices, one object in 10 of two polygons, 1 image in 20 with a
           crowd region in RLE). Per image: the JPEG decode (wsseg's read_image, what every command pays)
           and the mask render (COCODataset.load_mask: JSON slice -> pycocotools -> painted mask), best
           of --repeats passes; prints a Markdown table.
-  scale   an instances JSON of train2014's size (82,783 images, ~604k objects; polygons of 8-40
+  scale   an instances JSON of train2014's size (82,783 images, ~604k objects; polygons of 8-69
           vertices, ~450 MB) written to --tmp (deleted after), then, in a fresh process, the index
-          built from it: wall time and peak RSS (getrusage), the index's own size, and the private
-          (copied) memory of 2 forked workers that each render 500 masks (how loader workers share it).
+          built from it: wall time and peak RSS (getrusage), the index's own size, and the memory of
+          2 workers forked after it (as the DataLoader's are) that each render 500 masks: private
+          (their own) and shared with the parent (the index, not copied).
 
 Usage:
     .venv/bin/python benchmarks/coco_speed.py speed [--images 500] [--repeats 3]
@@ -69,12 +70,14 @@ def annotation(rng, number: int, image_id: int, width: int, height: int, crowd: 
     if crowd:
         segmentation = crowd_rle(rng, width, height)
     else:
-        segmentation = [polygon(rng, width, height, int(rng.integers(8, 41)))
+        segmentation = [polygon(rng, width, height, int(rng.integers(*POINTS)))
                         for _ in range(2 if rng.random() < 0.1 else 1)]
     return {"id": number, "image_id": image_id, "category_id": int(CATEGORY_IDS[rng.integers(0, 80)]),
             "iscrowd": int(crowd), "segmentation": segmentation, "area": 1.0, "bbox": [0, 0, 1, 1]}
 
 
+# polygon vertices: 8..69, which makes a train2014-sized file ~450 MB as the real one is
+POINTS = (8, 70)
 # COCO's 80 ids: 1..90 with 10 gaps
 CATEGORY_IDS = np.array([i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)])
 CATEGORIES = [{"id": int(i), "name": f"class{i}", "supercategory": "thing"} for i in CATEGORY_IDS]
@@ -159,18 +162,20 @@ def write_big_json(path: Path, images: int, objects: int) -> None:
         handle.write('], "categories": ' + json.dumps(CATEGORIES) + "}")
 
 
-def private_memory_mb() -> float:
-    """This process's private (not shared) memory: what a forked worker copied."""
+def memory_mb() -> tuple[float, float]:
+    """This process's (private, shared) resident memory, MiB: a forked worker's own, and its parent's pages."""
     text = Path("/proc/self/smaps_rollup").read_text()
     fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
-    return (fields.get("Private_Dirty", 0) + fields.get("Private_Clean", 0)) / 1024
+    private = fields.get("Private_Dirty", 0) + fields.get("Private_Clean", 0)
+    shared = fields.get("Shared_Dirty", 0) + fields.get("Shared_Clean", 0)
+    return private / 1024, shared / 1024
 
 
 def _worker(dataset, ids, queue) -> None:
-    before = private_memory_mb()
+    before = memory_mb()
     for image_id in ids:
         dataset.load_mask(image_id)
-    queue.put((before, private_memory_mb()))
+    queue.put((before, memory_mb()))
 
 
 def index_only(path: Path) -> None:
@@ -186,6 +191,8 @@ def index_only(path: Path) -> None:
     own = sum(getattr(index, name).nbytes for name in ("name_offsets", "heights", "widths", "labels", "objects",
                                                         "offsets", "category_ids"))
     own += len(index.annotations) + len(index.names)
+    for image_id in dataset.ids[:50]:  # the parent's own warm-up (pycocotools, the allocator), as training's
+        dataset.load_mask(image_id)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     workers = [context.Process(target=_worker, args=(dataset, dataset.ids[k::2][:500], queue)) for k in range(2)]
@@ -198,7 +205,7 @@ def index_only(path: Path) -> None:
                       "rss_after_mb": round(int(status["VmRSS"].split()[0]) / 1024),
                       "index_mb": round(own / 2 ** 20), "images": len(dataset),
                       "objects": int(index.objects.sum()),
-                      "worker_private_mb": [[round(a), round(b)] for a, b in copies]}))
+                      "workers_mb": [[round(v) for pair in copy for v in pair] for copy in copies]}))
 
 
 def scale(args: argparse.Namespace) -> None:
@@ -221,8 +228,10 @@ def scale(args: argparse.Namespace) -> None:
         print(f"| peak RSS while building, MiB | {facts['peak_rss_mb']} |")
         print(f"| RSS after (parsed dicts freed), MiB | {facts['rss_after_mb']} |")
         print(f"| the index itself, MiB | {facts['index_mb']} |")
-        for k, (before, after) in enumerate(facts["worker_private_mb"]):
-            print(f"| forked worker {k + 1}: private memory before / after 500 renders, MiB | {before} / {after} |")
+        for k, (private0, shared0, private1, shared1) in enumerate(facts["workers_mb"]):
+            print(f"| forked worker {k + 1}: private / shared with the parent, MiB, at start | {private0} / {shared0} |")
+            print(f"| forked worker {k + 1}: private / shared with the parent, MiB, after 500 renders | {private1} / "
+                  f"{shared1} |")
     finally:
         shutil.rmtree(folder)
 

@@ -344,3 +344,17 @@ def test_torchrun_sharding_on_coco_equals_one_process(coco_bench: Path, tiny_run
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     files = {name: {p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))} for name in ("one", "two")}
     assert len(files["one"]) == 8 and files["one"] == files["two"]
+
+
+def test_outputs_inside_a_coco_dataset_s_folders_are_refused(tmp_path: Path, capsys) -> None:
+    root, expected = tiny_coco(tmp_path / "coco")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for image_id, mask in expected.items():
+        Image.fromarray(mask).save(pred / f"{image_id}.png")
+    for where in (root / "val2014" / "scores.json", root / "annotations" / "scores.json"):
+        for data in (root, root / "annotations" / "instances_val2014.json"):
+            assert main(["evaluate", "--pred", str(pred), "--data", str(data), "--split", "val2014", "--json",
+                         str(where), "--quiet"]) == 2
+            assert "dataset's" in capsys.readouterr().err
+    assert not (root / "val2014" / "scores.json").exists()

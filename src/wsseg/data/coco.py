@@ -27,6 +27,8 @@ dropped -- so loader workers forked from the process share its pages without cop
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -163,9 +165,17 @@ def load_index(path: str | Path, max_size: int | None = DEFAULT_MAX_ANNOTATION_S
     if index is None:
         index = build_index(path, _parse(path))
         gc.collect()  # the parsed dicts are gone: give their memory back before work starts
+        _release_free_memory()
         _CACHE.clear()  # one file per process at a time (a split and its val split each take one)
         _CACHE[key] = index
     return index
+
+
+def _release_free_memory() -> None:
+    """Hand the C allocator's freed pages back to the system (glibc's malloc_trim), so that the
+    parse's peak is not kept for the process's life nor inherited by forked workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _parse(path: Path) -> Any:
