@@ -358,3 +358,17 @@ def test_outputs_inside_a_coco_dataset_s_folders_are_refused(tmp_path: Path, cap
                          str(where), "--quiet"]) == 2
             assert "dataset's" in capsys.readouterr().err
     assert not (root / "val2014" / "scores.json").exists()
+
+
+def test_an_exif_turned_image_gets_its_mask_turned_alike(tmp_path: Path) -> None:
+    root, expected = tiny_coco(tmp_path / "coco")
+    path = root / "val2014" / "sub" / "COCO_val2014_000000000003.png"
+    image = Image.open(path)
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown turned a quarter: 24 wide, 32 high
+    image.save(path, exif=exif)
+    dataset = open_dataset(root, "val2014")
+    sample = dataset.load("COCO_val2014_000000000003")
+    assert sample.image.shape == (W, H, 3)
+    turned = np.asarray(Image.fromarray(expected["COCO_val2014_000000000003"]).transpose(Image.Transpose.ROTATE_270))
+    assert np.array_equal(sample.mask, turned)

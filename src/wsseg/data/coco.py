@@ -17,6 +17,8 @@ What is read and how:
 * Masks, rendered on demand with pycocotools: objects are painted largest first, so a smaller object
   lying on a larger one stays visible (the rule of the COCO-WSSS mask conversions); crowd regions
   (``iscrowd=1``) are painted last as void (255): their pixels are not labelled object by object.
+* An image with an EXIF orientation is read as viewers show it (as every wsseg image is); its mask,
+  drawn on the stored pixels as COCO's are, is turned the same way.
 * An image without a non-crowd annotation has no label: the trainers skip it (and say how many);
   evaluation keeps it, as all background (void where a crowd region lies).
 
@@ -39,10 +41,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from wsseg.data.classes import MAX_CLASSES, VOID, ClassList
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image, read_image_size
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
 
@@ -147,6 +150,11 @@ def _rle(segmentation: Any, height: int, width: int) -> dict:
         return mask_utils.frPyObjects(segmentation, height, width)
     return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
 
+
+# what Pillow's ImageOps.exif_transpose does for each EXIF orientation (read_image applies it)
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 _CACHE: dict[tuple[str, int, int], COCOIndex] = {}
 
@@ -438,7 +446,18 @@ class COCODataset(VOCDataset):
         return read_image(self.image_path(image_id), self.max_side, self.max_file_size)
 
     def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
-        return self.index.render(self.position(image_id))
+        """The rendered mask, turned as the image is when read: COCO's annotations are drawn on the
+        stored pixels, and an image with an EXIF orientation is read as viewers show it."""
+        position = self.position(image_id)
+        mask = self.index.render(position)
+        path = self.images / self.index.file_name(position)
+        orientation = exif_orientation(path) if path.is_file() else 1
+        if orientation == 1:
+            return mask
+        stored = read_image_size(path)
+        if stored != mask.shape:  # drawn on the image as shown (not COCO's way): already turned
+            return mask
+        return np.asarray(Image.fromarray(mask).transpose(_EXIF_TRANSPOSE[orientation]))
 
     def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
         return self.index.labels_of(self.position(image_id))

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from wsseg.data.classes import write_class_file
 from wsseg.data.coco import COCODataset
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_image_size, write_label_png
+from wsseg.data.images import (DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image_size,
+                               write_label_png)
 from wsseg.data.layout import open_dataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import TEMPORARY_SUFFIX, read_json, resolves_inside, write_json_atomic, write_text_atomic
@@ -95,8 +96,9 @@ def export_voc(data: str | Path, split: str, out: str | Path, max_side: int | No
         source = dataset.image_path(image_id)
         position = dataset.position(image_id)
         size = (int(dataset.index.heights[position]), int(dataset.index.widths[position]))
-        if read_image_size(source) != size:
-            height, width = read_image_size(source)
+        height, width = read_image_size(source)  # as stored; the JSON's size may be the shown one
+        turned = exif_orientation(source) in (5, 6, 7, 8) and (width, height) == size
+        if (height, width) != size and not turned:
             raise DataError(source, f"image is {width}x{height} but its annotations in {dataset.annotations.name} "
                                     f"say {size[1]}x{size[0]}")
         linked += _place(source, out / "JPEGImages" / f"{image_id}{source.suffix.lower()}")
