@@ -372,3 +372,17 @@ def test_an_exif_turned_image_gets_its_mask_turned_alike(tmp_path: Path) -> None
     assert sample.image.shape == (W, H, 3)
     turned = np.asarray(Image.fromarray(expected["COCO_val2014_000000000003"]).transpose(Image.Transpose.ROTATE_270))
     assert np.array_equal(sample.mask, turned)
+
+
+def test_the_json_named_as_data_records_its_own_split_for_the_trainers(coco_bench: Path, tiny_run: Path,
+                                                                       tmp_path: Path) -> None:
+    """--data naming the JSON: segment records the JSON's split, so train-affinity on it accepts them."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = coco_bench / "annotations" / "instances_train2014.json"
+    pseudo = tmp_path / "pseudo"
+    assert main(["segment", "--run", str(run), "--data", str(data), "--labels", "gt", "--method", "cam",
+                 "--scales", "1", "--out", str(pseudo), "--quiet"]) == 0
+    assert json.loads((pseudo / "segment.json").read_text())["split"] == "train2014"
+    assert main(["train-affinity", "--run", str(run), "--data", str(data), "--pseudo", str(pseudo), "--epochs", "1",
+                 "--batch-size", "4", "--limit", "4", "--quiet"]) == 0

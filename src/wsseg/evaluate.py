@@ -227,6 +227,6 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
     record = read_segment_record(pred) or {}
     oracle = bool(record.get("tuned_on_ground_truth"))
     if json_path is not None:
-        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle,
+        save_result(json_path, result, {"pred": str(pred), "split": dataset.split, "tuned_on_ground_truth": oracle,
                                         **(extra or {})})
     return Scores(result, oracle)

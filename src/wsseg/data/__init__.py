@@ -1,5 +1,5 @@
-"""Datasets in the PASCAL VOC layout, class lists, label PNGs, the synthetic benchmarks and the
-VOC-shaped rehearsal dataset."""
+"""Datasets in the PASCAL VOC layout and in COCO's (``open_dataset`` tells them apart), class lists,
+label PNGs, the synthetic benchmarks and the VOC-shaped rehearsal dataset."""
 
 from wsseg.data.classes import BACKGROUND, VOC_CLASSES, VOID, ClassList, load_class_list, read_class_file
 from wsseg.data.images import read_image, read_label_png, voc_palette, write_image, write_label_png

@@ -156,6 +156,8 @@ _EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE
                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
                    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
+# a training run reads two files (its split and its val split); a few more are kept for library users
+_CACHE_SIZE = 4
 _CACHE: dict[tuple[str, int, int], COCOIndex] = {}
 
 
@@ -174,7 +176,8 @@ def load_index(path: str | Path, max_size: int | None = DEFAULT_MAX_ANNOTATION_S
         index = build_index(path, _parse(path))
         gc.collect()  # the parsed dicts are gone: give their memory back before work starts
         _release_free_memory()
-        _CACHE.clear()  # one file per process at a time (a split and its val split each take one)
+        while len(_CACHE) >= _CACHE_SIZE:  # the oldest goes (its datasets keep it while they live)
+            del _CACHE[next(iter(_CACHE))]
         _CACHE[key] = index
     return index
 
