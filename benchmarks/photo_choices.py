@@ -69,6 +69,7 @@ def variants(model: torch.nn.Module) -> dict[str, Maps]:
         "cam, full resolution": method_maps(CAM(max_side=None)),
         "dcsm (defaults)": method_maps(DCSM()),
         "dcsm, full resolution": method_maps(DCSM(max_side=None)),
+        **{f"dcsm, maps at {side} px": method_maps(DCSM(max_side=side)) for side in (320, 384, 448, 512)},
         "dcsm, scale 1 only": method_maps(DCSM(scales=(1.0,))),
         "dcsm, plain gradients": method_maps(DCSM(guided=False)),
         "dcsm, deepest two taps": method_maps(DCSM(layers=tuple(taps[-2:]))),

@@ -22,6 +22,9 @@ _AFFINITY_DEFAULTS = AffinityOptions(data="", run="", pseudo="")
 
 EXIT_USAGE = 2
 # one meaning for every command that reads a split
+DATA_HELP = ("dataset: a VOC-layout root, or a COCO one (a folder with annotations/instances_<split>.json, or "
+             "that JSON)")
+SPLIT_HELP = "split name: ImageSets/Segmentation/<split>.txt, or COCO's annotations/instances_<split>.json"
 SKIP_BAD_HELP = ("skip unreadable or inconsistent images and count them, instead of stopping (a split whose every "
                  "image is bad is refused all the same)")
 
@@ -55,10 +58,10 @@ def _finite(text: str) -> float:
 
 
 def _add_dataset_args(parser: argparse.ArgumentParser, split_default: str = "val") -> None:
-    parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
-    parser.add_argument("--split", default=split_default, help="split name: ImageSets/Segmentation/<split>.txt")
+    parser.add_argument("--data", required=True, type=Path, help=DATA_HELP)
+    parser.add_argument("--split", default=split_default, help=SPLIT_HELP)
     parser.add_argument("--masks", default="SegmentationClass",
-                        help="mask folder under the root (e.g. SegmentationClassAug)")
+                        help="mask folder under the root (e.g. SegmentationClassAug; COCO masks are rendered)")
     parser.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(parser)
 
@@ -103,7 +106,7 @@ def _add_trainer_args(parser: argparse.ArgumentParser, defaults: TrainerOptions,
 
 def _add_run_args(parser: argparse.ArgumentParser, defaults: TrainOptions | SegTrainOptions, out_help: str) -> None:
     """The flags of a trainer that fine-tunes a backbone into a run folder of its own (``train``, ``train-seg``)."""
-    parser.add_argument("--data", required=True, type=Path, help="VOC-layout dataset root")
+    parser.add_argument("--data", required=True, type=Path, help=DATA_HELP)
     parser.add_argument("--out", required=True, type=Path, help=out_help)
     parser.add_argument("--split", default=defaults.split, help=f"training split (default {defaults.split})")
     parser.add_argument("--val-split", default="val", help="split scored after every epoch, or 'none' (default val)")
@@ -342,6 +345,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_voc(args: argparse.Namespace) -> int:
+    from wsseg.data.export import export_voc
+
+    done = export_voc(args.data, args.split, args.out, args.max_side, args.max_file_size * 2 ** 20, not args.quiet)
+    print(f"[export-voc] {done.images} images ({done.unannotated} without any annotation, all background; "
+          f"{done.linked} hard-linked, {done.images - done.linked} copied) -> {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wsseg.demo import run_demo
 
@@ -457,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = command("segment", _cmd_segment, "segment a split (VOC palette PNGs) or one image")
     _add_model_args(segment)
-    segment.add_argument("--data", type=Path, help="VOC-layout dataset root")
+    segment.add_argument("--data", type=Path, help=DATA_HELP)
     segment.add_argument("--split", default="val")
     segment.add_argument("--masks", default="SegmentationClass")
     segment.add_argument("--maps", action="append", default=[], type=Path, metavar="DIR",
@@ -526,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default FOLDER/run)")
     report.add_argument("--split", default="val", help="split the predictions belong to (default val)")
     report.add_argument("--examples", type=_positive_int, default=8, help="images in the example grid (default 8)")
+
+    export = command("export-voc", _cmd_export_voc,
+                     "write a VOC-layout copy of a COCO split (images, rendered masks, labels, split file)")
+    export.add_argument("--data", required=True, type=Path, help="COCO dataset (folder or instances JSON)")
+    export.add_argument("--split", default="val2014", help="annotations/instances_<split>.json (default val2014)")
+    export.add_argument("--out", required=True, type=Path, help="new or empty folder (or an earlier export's)")
+    _add_max_side(export)
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")

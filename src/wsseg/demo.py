@@ -20,6 +20,7 @@ import numpy as np
 
 from wsseg.data.images import write_label_png
 from wsseg.data.synth import SynthConfig, write_synthetic_dataset
+from wsseg.data.layout import open_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.evaluate import load_result, score_segmentations
 from wsseg.fusion.misvm import MISVM_FILE
@@ -91,7 +92,7 @@ def _pseudo_labels(out: Path, data_root: Path, run: Path, pseudo_method: str, bu
                    progress: bool) -> Path:
     """``pseudo_method``'s confident pseudo-labels (``--ignore-uncertain``, image labels known, as
     pseudo-labels are made) of the first train images: what the affinity network and stage 2 learn from."""
-    ids = VOCDataset(data_root, "train").ids[:budget["images"]]
+    ids = open_dataset(data_root, "train").ids[:budget["images"]]
     write_text_atomic(data_root / "ImageSets" / "Segmentation" / f"{PSEUDO_SPLIT}.txt", "".join(f"{i}\n" for i in ids))
     pseudo = out / "pseudo" / pseudo_method
     print(f"[demo] 4/8 {pseudo_method}'s confident pseudo-labels of the first {len(ids)} train images -> {pseudo}")
@@ -145,7 +146,7 @@ def run_demo(out: str | Path = "demo", quick: bool = False, progress: bool = Tru
                            epochs=QUICK_EPOCHS if quick else DEMO_EPOCHS)
     print(f"[demo] 2/8 training the classifier ({options.epochs} epochs, {options.pooling} pooling) into {run}")
     history = train(options)
-    val = VOCDataset(data_root, "val")
+    val = open_dataset(data_root, "val")
     if not (run / MISVM_FILE).exists():
         print("[demo] 3/8 training pipeline A's mi-SVM on zoom-out superpixel features (train split)")
         train_misvm_from_run(SplitSource(run, data_root, "train"), progress=progress)

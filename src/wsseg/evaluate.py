@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from wsseg.data.classes import VOID, ClassList
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, read_label_png
+from wsseg.data.layout import open_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
@@ -214,7 +215,7 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
     also saved as JSON (with ``extra``) when asked, on the main rank (None on the others)."""
     if json_path is not None:  # before scoring: the scores must not replace a prediction or the dataset's files
         check_may_write(json_path, inputs=[pred], dataset_root=data, masks=masks)
-    dataset = VOCDataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size).require_images()
+    dataset = open_dataset(data, split, masks=masks, max_side=max_side, max_file_size=max_file_size).require_images()
     with process_group("cpu") as group:
         with group.together():
             result = score_predictions(pred, dataset, group.shard(dataset.ids), skip_bad=skip_bad,
@@ -226,6 +227,6 @@ def score_segmentations(pred: str | Path, data: str | Path, split: str = "val", 
     record = read_segment_record(pred) or {}
     oracle = bool(record.get("tuned_on_ground_truth"))
     if json_path is not None:
-        save_result(json_path, result, {"pred": str(pred), "split": split, "tuned_on_ground_truth": oracle,
+        save_result(json_path, result, {"pred": str(pred), "split": dataset.split, "tuned_on_ground_truth": oracle,
                                         **(extra or {})})
     return Scores(result, oracle)

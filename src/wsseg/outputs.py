@@ -53,9 +53,23 @@ DATASET_FOLDERS = ("JPEGImages", "Annotations", "ImageSets", "SegmentationClass"
                    "SegmentationObject")
 
 
+def _coco_folders(root: Path) -> tuple[Path, list[str]]:
+    """A COCO dataset's root (``root``, or the folder of the JSON it names) and its own folders:
+    ``annotations``, ``images`` and one per split that has an ``instances_<split>.json``."""
+    if root.is_file():
+        root = root.parent.parent if root.parent.name == "annotations" else root.parent
+    annotations = root / "annotations"
+    if not annotations.is_dir():
+        return root, []
+    splits = [path.stem[len("instances_"):] for path in annotations.glob("instances_*.json")]
+    return root, ["annotations", "images", *splits]
+
+
 def check_outside_dataset(out: str | Path, root: str | Path, masks: str | None = None) -> None:
-    """Refuse an output folder that is, or lies inside, one of the dataset's own folders."""
-    for name in dict.fromkeys([*DATASET_FOLDERS, *([masks] if masks else [])]):
+    """Refuse an output folder that is, or lies inside, one of the dataset's own folders (VOC's, or
+    a COCO dataset's annotations and image folders)."""
+    root, coco = _coco_folders(Path(root))
+    for name in dict.fromkeys([*DATASET_FOLDERS, *coco, *([masks] if masks else [])]):
         folder = Path(root) / name
         if folder.exists() and resolves_inside(out, folder):
             raise WssegError(f"{out}: lies inside the dataset's {name} folder ({folder}); writing there would "

@@ -101,7 +101,9 @@ class SegmentationPairs(SeededImages):
         """The image and its label map, checked against each other (raises DataError)."""
         rgb = self.dataset.load_image(image_id)
         if self.label_folder is None:
-            what, path = "mask", self.dataset.root / (self.dataset.mask_dir or "SegmentationClass") / f"{image_id}.png"
+            what = "mask"
+            path = self.dataset.mask_path(image_id) or \
+                self.dataset.root / (self.dataset.mask_dir or "SegmentationClass") / f"{image_id}.png"
             labels = self.dataset.load_mask(image_id, required=True)
         else:
             what, path = "pseudo-label", self.label_folder / f"{image_id}.png"

@@ -99,6 +99,7 @@ class VOCDataset(Sequence[Sample]):
         max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
     ) -> None:
         self.root = Path(root)
+        self.given = self.root  # what --data named (a COCO dataset's may be its JSON)
         self.max_side = max_side
         self.max_file_size = max_file_size
         if not self.root.is_dir():
@@ -120,6 +121,14 @@ class VOCDataset(Sequence[Sample]):
         (before writing anything), rather than writing an empty result."""
         if not self.ids:
             raise WssegError(f"{self.root}: split {self.split!r} is empty")
+        return self
+
+    # images without any label: none in a VOC layout (a COCO one skips them for training)
+    skipped_unannotated = 0
+
+    def for_training(self) -> VOCDataset:
+        """The split the trainers learn from: the whole split here; a COCO split drops its images
+        without any label (and counts them in ``skipped_unannotated``)."""
         return self
 
     def require_used(self, skipped: int, used: int) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from wsseg.data.classes import mask_values
 from wsseg.data.images import read_label_png, voc_palette, write_image
 from wsseg.data.transforms import batch_tensor
+from wsseg.data.layout import open_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import NUMBER, check_fields, read_json, write_text_atomic
@@ -266,7 +267,7 @@ def build_report(folder: str | Path, data: str | Path | None = None, run: str | 
     data = Path(data) if data is not None else folder / "data"
     run = Path(run) if run is not None else folder / "run"
     scores = load_scores(folder / "scores")
-    dataset = VOCDataset(data, split)
+    dataset = open_dataset(data, split)
     out = folder / REPORT_DIR
     class_names = dataset.classes.names
     # the scores say which split they were scored on; the examples are of --split: each is labelled as such

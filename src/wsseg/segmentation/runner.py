@@ -30,6 +30,7 @@ from tqdm import tqdm
 from wsseg.data.classes import class_indices
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE
 from wsseg.data.transforms import batch_tensor
+from wsseg.data.layout import open_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup, process_group
 from wsseg.errors import DataError, WssegError
@@ -176,8 +177,8 @@ class SplitSource:
     max_file_size: int | None = DEFAULT_MAX_FILE_SIZE  # bytes; larger image and mask files are refused unread
 
     def dataset(self) -> VOCDataset:
-        return VOCDataset(self.data, self.split, masks=self.masks, max_side=self.max_side,
-                          max_file_size=self.max_file_size)
+        return open_dataset(self.data, self.split, masks=self.masks, max_side=self.max_side,
+                            max_file_size=self.max_file_size)
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def provenance(source: SplitSource, method: str, dataset: VOCDataset) -> dict[st
     run, reads = Path(source.run), method_row(method).artefacts
     digests = {artefact.record_key: file_sha256(run / artefact.file)
                if artefact in reads and (run / artefact.file).is_file() else None for artefact in ARTEFACTS}
-    return {"split": source.split, "data": str(Path(source.data).resolve()),
+    return {"split": dataset.split, "data": str(Path(source.data).resolve()),
             "classes": list(dataset.classes.foreground), "model_sha256": model_digest(run), **digests}
 
 

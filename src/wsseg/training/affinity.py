@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wsseg.data.loading import SegmentationPairs
-from wsseg.data.voc import VOCDataset
+from wsseg.data.layout import open_dataset
 from wsseg.distributed import ProcessGroup
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256, read_json, write_json_atomic
@@ -31,7 +31,7 @@ from wsseg.models.run import check_same_classes, load_run
 from wsseg.training.loop import RUN_RECORD, Task, fit
 from wsseg.training.options import AffinityOptions
 from wsseg.training.pseudo import check_pseudo_record, pseudo_label_source, read_pseudo_record
-from wsseg.training.steps import same_setting
+from wsseg.training.steps import same_setting, unannotated_note
 
 AFFINITY_HISTORY = "affinity-history.json"
 # an affinity network's files in the run folder, weights first (--overwrite deletes them in this order)
@@ -73,13 +73,14 @@ class AffinityTask(Task):
         self.classifier, run_config = load_run(run, map_location=group.device)
         for parameter in self.classifier.parameters():
             parameter.requires_grad_(False)
-        dataset = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
-                             max_file_size=options.max_file_size)
+        dataset = open_dataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                               max_file_size=options.max_file_size)
         check_same_classes(run_config, dataset.classes, run, options.data)
         if options.limit is not None:
-            dataset = VOCDataset(options.data, options.split, masks=options.masks, classes=dataset.classes,
-                                 ids=dataset.ids[: options.limit], max_side=options.max_side,
-                                 max_file_size=options.max_file_size)
+            dataset = open_dataset(options.data, options.split, masks=options.masks, classes=dataset.classes,
+                                   ids=dataset.ids[: options.limit], max_side=options.max_side,
+                                   max_file_size=options.max_file_size)
+        dataset = dataset.for_training()
         dataset.require_images()
         self.dataset = dataset
         pseudo = read_pseudo_record(options.pseudo, required=True)
@@ -134,7 +135,7 @@ class AffinityTask(Task):
 
     def describe(self, group: ProcessGroup, precision: str, workers: int) -> str:
         return (f"{group.world_size} x {group.device}, {precision}, {workers} loader worker(s); frozen backbone, "
-                f"head on {', '.join(self.config.taps)}")
+                f"head on {', '.join(self.config.taps)}{unannotated_note(self.dataset)}")
 
     def forward(self, net: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return net(tap_outputs(self.classifier, inputs, self.config.feature_taps()))

@@ -28,7 +28,8 @@ from wsseg.models.classifier import FCNClassifier, build_classifier
 from wsseg.models.run import RunConfig
 from wsseg.training.loop import Task, best_record, fit
 from wsseg.training.options import TrainOptions
-from wsseg.training.steps import auto_image_size, drop_bad, head_optimizer, same_setting, training_splits
+from wsseg.training.steps import (auto_image_size, drop_bad, head_optimizer, same_setting, training_splits,
+                                  unannotated_note)
 
 __all__ = ["ClassifierTask", "TrainOptions", "auto_image_size", "best_record", "classification_metrics", "cutmix",
            "micro_batch_size", "predict_scores", "train"]
@@ -95,7 +96,8 @@ class ClassifierTask(Task):
 
     def describe(self, group: ProcessGroup, precision: str, workers: int) -> str:
         return (f"{group.world_size} x {group.device}, {precision}, {workers} loader worker(s) per process"
-                + (", activation checkpointing" if self.checkpoint_blocks else ""))
+                + (", activation checkpointing" if self.checkpoint_blocks else "")
+                + unannotated_note(self.train_set))
 
     def start_epoch(self, epoch: int, steps, optimizer: torch.optim.Optimizer) -> None:
         probe_epochs = self.options.probe_epochs

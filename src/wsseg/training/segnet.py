@@ -37,7 +37,8 @@ from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_seg
 from wsseg.training.loop import Task, fit
 from wsseg.training.options import SegTrainOptions
 from wsseg.training.pseudo import check_pseudo_record, pseudo_label_source, read_pseudo_record
-from wsseg.training.steps import auto_image_size, head_optimizer, peak_memory_mb, same_setting, training_splits
+from wsseg.training.steps import (auto_image_size, head_optimizer, peak_memory_mb, same_setting, training_splits,
+                                  unannotated_note)
 
 IGNORE = 255  # the label value no loss falls on (VOC's void, and uncertain pseudo-labels)
 # the config fields that must equal the run's to --resume it
@@ -120,7 +121,7 @@ class SegmentationTask(Task):
     def describe(self, group: ProcessGroup, precision: str, workers: int) -> str:
         where = "ground-truth masks" if self.labels is None else f"pseudo-labels in {self.labels}"
         return (f"{self.options.head} on {self.options.backbone}, {group.world_size} x {group.device}, {precision}, "
-                f"{workers} loader worker(s) per process; {where}; {self.start_note}")
+                f"{workers} loader worker(s) per process; {where}; {self.start_note}{unannotated_note(self.train_set)}")
 
     def batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return inputs.contiguous(memory_format=torch.channels_last), targets

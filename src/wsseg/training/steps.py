@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from wsseg.data.images import read_image_size
 from wsseg.data.loading import auto_workers, cpus_per_rank
+from wsseg.data.layout import open_dataset
 from wsseg.data.voc import VOCDataset
 from wsseg.distributed import ProcessGroup
 from wsseg.errors import DataError, WssegError
@@ -26,15 +27,22 @@ from wsseg.training.options import PRECISIONS, RunOptions
 
 
 def training_splits(options: RunOptions) -> tuple[VOCDataset, VOCDataset | None]:
-    """The training split (refused when it has no image) and the val split (None without one)."""
-    train_set = VOCDataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
-                           max_file_size=options.max_file_size)
+    """The training split (refused when it has no image), without the images that have no label (a COCO
+    split's; counted in its ``skipped_unannotated``), and the val split, whole (None without one)."""
+    train_set = open_dataset(options.data, options.split, masks=options.masks, max_side=options.max_side,
+                             max_file_size=options.max_file_size).for_training()
     train_set.require_images()
     val_set = None
     if options.val_split:
-        val_set = VOCDataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
-                             max_side=options.max_side, max_file_size=options.max_file_size)
+        val_set = open_dataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
+                               max_side=options.max_side, max_file_size=options.max_file_size, beside=True)
     return train_set, val_set
+
+
+def unannotated_note(dataset: VOCDataset) -> str:
+    """What a trainer's first line adds when the split lost images without any label (COCO's rule)."""
+    skipped = dataset.skipped_unannotated
+    return f"; {skipped} image(s) without any annotation skipped" if skipped else ""
 
 
 def auto_image_size(dataset: VOCDataset, cap: int = 512, sample: int = 200) -> int:

@@ -1,0 +1,474 @@
+"""MS COCO-format datasets, read as they come: an instances JSON and an images folder.
+
+Layout (ROOT), as COCO 2014 ships:
+    annotations/instances_<split>.json   images, annotations (polygons or RLE) and categories
+    <split>/<file_name>                  the images (file names may name subfolders); else images/<file_name>
+
+``--data`` may also name the JSON itself: its split is the file's name (``instances_val2014.json``
+-> ``val2014``), its ROOT the folder holding ``annotations/`` (or the JSON's own folder).
+
+What is read and how:
+
+* Classes: the ``categories`` in the file's order become mask values 1..C (COCO's 80 ids, 1..90 with
+  gaps, become 1..80), named by their ``name``.
+* Image ids: the stem of each ``file_name`` (``val2014/COCO_val2014_000000000042.jpg`` ->
+  ``COCO_val2014_000000000042``); two images with the same stem are refused (ids name output files).
+* Image-level labels: the categories of an image's non-crowd annotations.
+* Masks, rendered on demand with pycocotools: objects are painted largest first, so a smaller object
+  lying on a larger one stays visible (the rule of the COCO-WSSS mask conversions); crowd regions
+  (``iscrowd=1``) are painted last as void (255): their pixels are not labelled object by object.
+* An image with an EXIF orientation is read as viewers show it (as every wsseg image is); its mask,
+  drawn on the stored pixels as COCO's are, is turned the same way.
+* An image without a non-crowd annotation has no label: the trainers skip it (and say how many);
+  evaluation keeps it, as all background (void where a crowd region lies).
+
+The JSON is parsed once per process (a cache keyed by resolved path, modification time and size) into a
+compact index -- numpy arrays and one bytes buffer holding every image's annotations, the parsed dicts
+dropped -- so loader workers forked from the process share its pages without copying them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from wsseg.data.classes import MAX_CLASSES, VOID, ClassList
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image, read_image_size
+from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
+from wsseg.errors import DataError, WssegError
+
+ANNOTATIONS_FOLDER = "annotations"
+# instances_train2014.json is ~450 MB; a larger file is refused before it is read
+DEFAULT_MAX_ANNOTATION_SIZE = 2 ** 30
+
+
+def annotation_name(split: str) -> str:
+    return f"instances_{split}.json"
+
+
+def split_of(json_path: Path) -> str:
+    """The split a COCO annotations file names: ``instances_val2014.json`` -> ``val2014``."""
+    stem = json_path.stem
+    return stem[len("instances_"):] if stem.startswith("instances_") and len(stem) > len("instances_") else stem
+
+
+def find_coco(data: str | Path, split: str, beside: bool = False) -> tuple[Path, Path, str] | None:
+    """(ROOT, annotations file, split) when ``data`` is a COCO dataset, else None (a VOC layout).
+
+    A COCO dataset is a ``.json`` file, or a folder that has ``annotations/instances_*.json`` and no
+    ``ImageSets`` folder (a VOC layout's). A JSON is its own split, whatever ``split`` says, unless
+    ``beside``: then ``split`` names ``instances_<split>.json`` in the JSON's folder (a trainer's
+    --val-split)."""
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() == ".json":
+        folder = data.parent
+        root = folder.parent if folder.name == ANNOTATIONS_FOLDER else folder
+        if beside:
+            return root, folder / annotation_name(split), split
+        return root, data, split_of(data)
+    if data.is_dir() and not (data / "ImageSets").is_dir():
+        folder = data / ANNOTATIONS_FOLDER
+        if folder.is_dir() and any(folder.glob("instances_*.json")):
+            return data, folder / annotation_name(split), split
+    return None
+
+
+def image_folder(root: Path, split: str) -> Path:
+    """Where a split's ``file_name``s are looked up: ROOT/<split>/, else ROOT/images/, else ROOT."""
+    for folder in (root / split, root / "images"):
+        if folder.is_dir():
+            return folder
+    return root
+
+
+# -- the index --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class COCOIndex:
+    """One annotations file, parsed and validated, in a compact form (see the module docstring)."""
+
+    path: Path
+    classes: ClassList
+    category_ids: np.ndarray  # int64 (C,): the COCO id of mask value k + 1
+    ids: tuple[str, ...]  # image ids (file stems), in the file's order
+    names: bytes  # every file_name, UTF-8, concatenated
+    name_offsets: np.ndarray  # int64 (N + 1,)
+    heights: np.ndarray  # int32 (N,)
+    widths: np.ndarray  # int32 (N,)
+    labels: np.ndarray  # uint8 (N, C) multi-hot of the non-crowd categories
+    objects: np.ndarray  # int32 (N,) annotations per image, crowd included
+    annotations: bytes  # each image's annotations as compact JSON, concatenated
+    offsets: np.ndarray  # int64 (N + 1,)
+
+    def file_name(self, position: int) -> str:
+        return self.names[self.name_offsets[position]:self.name_offsets[position + 1]].decode("utf-8")
+
+    def annotations_of(self, position: int) -> list[list[Any]]:
+        """[[mask value, iscrowd, segmentation], ...] of one image, in the file's order."""
+        return json.loads(self.annotations[self.offsets[position]:self.offsets[position + 1]])
+
+    def labels_of(self, position: int) -> tuple[int, ...]:
+        return tuple(int(k) + 1 for k in np.flatnonzero(self.labels[position]))
+
+    def render(self, position: int) -> np.ndarray:
+        """The H x W uint8 mask of one image (see the module docstring for the rules)."""
+        height, width = int(self.heights[position]), int(self.widths[position])
+        entries = self.annotations_of(position)
+        if not entries:
+            return np.zeros((height, width), dtype=np.uint8)
+        rles = [_rle(segmentation, height, width) for _, _, segmentation in entries]
+        areas = mask_utils.area(rles)
+        with warnings.catch_warnings():  # pycocotools 2.0.11's decode under numpy >= 2: a harmless deprecation
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            decoded = mask_utils.decode(rles)  # H x W x K
+        # painted in pycocotools' column-major order (each object's pixels contiguous: 3x faster)
+        mask = np.zeros((height, width), dtype=np.uint8, order="F")
+        objects = [k for k, (_, crowd, _) in enumerate(entries) if not crowd]
+        crowds = [k for k, (_, crowd, _) in enumerate(entries) if crowd]
+        for k in [*sorted(objects, key=lambda k: -int(areas[k])), *crowds]:  # stable: equal areas in file order
+            np.copyto(mask, np.uint8(VOID if entries[k][1] else entries[k][0]), where=decoded[:, :, k].view(bool))
+        return np.ascontiguousarray(mask)
+
+
+def _rle(segmentation: Any, height: int, width: int) -> dict:
+    """One object's run-length encoding (polygons merged) by pycocotools."""
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+
+
+# what Pillow's ImageOps.exif_transpose does for each EXIF orientation (read_image applies it)
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                   7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+# a training run reads two files (its split and its val split); a few more are kept for library users
+_CACHE_SIZE = 4
+_CACHE: dict[tuple[str, int, int], COCOIndex] = {}
+
+
+def load_index(path: str | Path, max_size: int | None = DEFAULT_MAX_ANNOTATION_SIZE) -> COCOIndex:
+    """The index of an annotations file: parsed once per process (cached by resolved path, mtime, size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "COCO annotations file is missing")
+    stat = path.stat()
+    if max_size is not None and stat.st_size > max_size:
+        raise DataError(path, f"annotations file is {stat.st_size / 2 ** 20:.0f} MiB, above the "
+                              f"{max_size / 2 ** 20:.0f} MiB limit; refused unread")
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    index = _CACHE.get(key)
+    if index is None:
+        index = build_index(path, _parse(path))
+        gc.collect()  # the parsed dicts are gone: give their memory back before work starts
+        _release_free_memory()
+        while len(_CACHE) >= _CACHE_SIZE:  # the oldest goes (its datasets keep it while they live)
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = index
+    return index
+
+
+def _release_free_memory() -> None:
+    """Hand the C allocator's freed pages back to the system (glibc's malloc_trim), so that the
+    parse's peak is not kept for the process's life nor inherited by forked workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _parse(path: Path) -> Any:
+    try:
+        with open(path, "rb") as handle:
+            return json.load(handle)
+    except RecursionError:
+        raise DataError(path, "not a COCO annotations file: JSON nested too deeply to read") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not a COCO annotations file: invalid JSON ({str(exc)[:80]})") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read annotations file ({exc.__class__.__name__})") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quote(value: Any) -> str:
+    """A value from the file for a message: a whole number as it is, anything else quoted and cut short."""
+    return str(value) if _is_int(value) else excerpt(str(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(entry: Any, keys: Sequence[str], path: Path, where: str) -> dict:
+    if not isinstance(entry, dict):
+        raise DataError(path, f"{where} is not an object")
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise DataError(path, f"{where} has no {', '.join(repr(k) for k in missing)}")
+    return entry
+
+
+def _check_segmentation(segmentation: Any, height: int, width: int, path: Path, where: str) -> None:
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise DataError(path, f"{where}: segmentation is an empty polygon list")
+        for number, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+                raise DataError(path, f"{where}: polygon {number} is not a list of numbers")
+            if len(polygon) % 2 or len(polygon) < 6:
+                raise DataError(path, f"{where}: polygon {number} has {len(polygon) / 2:g} points; a polygon "
+                                      "needs at least 3 (x, y pairs)")
+    elif isinstance(segmentation, dict):
+        counts, size = segmentation.get("counts"), segmentation.get("size")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            raise DataError(path, f"{where}: RLE has no [height, width] 'size'")
+        if list(size) != [height, width]:
+            raise DataError(path, f"{where}: RLE size {size[0]}x{size[1]} (HxW) is not its image's "
+                                  f"{height}x{width}")
+        if isinstance(counts, list):
+            if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != height * width:
+                raise DataError(path, f"{where}: RLE counts are not non-negative runs covering the image")
+        elif not (isinstance(counts, str) and counts.isascii()):
+            raise DataError(path, f"{where}: RLE 'counts' is neither a list nor a compressed string")
+    else:
+        raise DataError(path, f"{where}: segmentation is neither polygons nor RLE")
+
+
+def build_index(path: Path, data: Any) -> COCOIndex:
+    """Validate a parsed instances file and pack it (raises DataError naming the first problem)."""
+    _require(data, ("images", "annotations", "categories"), path, "the file")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data[key], list):
+            raise DataError(path, f"{key!r} is not a list")
+    # categories, in the file's order -> 1..C
+    values: dict[int, int] = {}
+    names: list[str] = []
+    for number, category in enumerate(data["categories"]):
+        where = f"categories[{number}]"
+        _require(category, ("id", "name"), path, where)
+        if not _is_int(category["id"]) or not isinstance(category["name"], str) or not category["name"].strip():
+            raise DataError(path, f"{where}: 'id' must be a whole number and 'name' a non-empty text")
+        if category["id"] in values:
+            raise DataError(path, f"{where}: category id {category['id']} is listed twice")
+        values[category["id"]] = len(values) + 1
+        names.append(category["name"].strip())
+    if not names:
+        raise DataError(path, "'categories' is empty")
+    if len(names) > MAX_CLASSES:
+        raise DataError(path, f"{len(names)} categories; at most {MAX_CLASSES} fit in 8-bit masks")
+    if len(set(names)) != len(names):
+        raise DataError(path, "two categories have the same name")
+    classes = ClassList(tuple(names))
+    # images
+    positions: dict[int, int] = {}
+    stems: dict[str, int] = {}
+    file_names: list[str] = []
+    heights, widths = [], []
+    for number, image in enumerate(data["images"]):
+        where = f"images[{number}]"
+        _require(image, ("id", "file_name", "height", "width"), path, where)
+        if not _is_int(image["id"]):
+            raise DataError(path, f"{where}: 'id' is not a whole number")
+        if image["id"] in positions:
+            raise DataError(path, f"{where}: image id {image['id']} is listed twice")
+        name = image["file_name"]
+        if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+            raise DataError(path, f"{where}: 'file_name' {excerpt(str(name))} is not a relative file name")
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise DataError(path, f"{where}: 'file_name' {excerpt(name)} leads outside the images folder")
+        stem = check_id(pure.stem, f"{path}, {where}")
+        if stem in stems:
+            raise DataError(path, f"{where}: file name {excerpt(name)} has the same stem as images[{stems[stem]}] "
+                                  "(image ids are file stems and name output files; they must be unique)")
+        if not (_is_int(image["height"]) and _is_int(image["width"]) and image["height"] > 0 and image["width"] > 0):
+            raise DataError(path, f"{where}: 'height' and 'width' must be positive whole numbers")
+        positions[image["id"]] = number
+        stems[stem] = number
+        file_names.append(name)
+        heights.append(image["height"])
+        widths.append(image["width"])
+    count = len(file_names)
+    # annotations, grouped by image in the file's order
+    per_image: list[list[list[Any]]] = [[] for _ in range(count)]
+    labels = np.zeros((count, len(names)), dtype=np.uint8)
+    for number, annotation in enumerate(data["annotations"]):
+        where = f"annotations[{number}]"
+        _require(annotation, ("image_id", "category_id", "segmentation"), path, where)
+        position = positions.get(annotation["image_id"]) if _is_int(annotation["image_id"]) else None
+        if position is None:
+            raise DataError(path, f"{where}: image_id {_quote(annotation['image_id'])} is not in 'images'")
+        value = values.get(annotation["category_id"]) if _is_int(annotation["category_id"]) else None
+        if value is None:
+            raise DataError(path, f"{where}: category_id {_quote(annotation['category_id'])} is not in "
+                                  "'categories'")
+        crowd = annotation.get("iscrowd", 0)
+        if crowd not in (0, 1) or isinstance(crowd, bool):
+            raise DataError(path, f"{where}: 'iscrowd' must be 0 or 1")
+        _check_segmentation(annotation["segmentation"], heights[position], widths[position], path, where)
+        per_image[position].append([value, crowd, annotation["segmentation"]])
+        if not crowd:
+            labels[position, value - 1] = 1
+    del data
+    objects = np.array([len(entries) for entries in per_image], dtype=np.int32)
+    chunks = [json.dumps(entries, separators=(",", ":")).encode("ascii") for entries in per_image]
+    del per_image
+    name_chunks = [name.encode("utf-8") for name in file_names]
+    return COCOIndex(
+        path=path, classes=classes, category_ids=np.array(list(values), dtype=np.int64), ids=tuple(stems),
+        names=b"".join(name_chunks), name_offsets=_offsets(name_chunks),
+        heights=np.array(heights, dtype=np.int32), widths=np.array(widths, dtype=np.int32), labels=labels,
+        objects=objects,
+        annotations=b"".join(chunks), offsets=_offsets(chunks))
+
+
+def _offsets(chunks: Sequence[bytes]) -> np.ndarray:
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum([len(chunk) for chunk in chunks], out=offsets[1:])
+    return offsets
+
+
+# -- the dataset ------------------------------------------------------------------------------
+
+class COCODataset(VOCDataset):
+    """A COCO-format split with VOCDataset's interface (``ids``, ``load``, ``load_mask``, ...).
+
+    ``masks`` is accepted for the same signature and not used: masks are rendered from the
+    annotations. ``split`` names ``annotations/instances_<split>.json`` unless ``annotations`` is
+    given (``--data`` naming the JSON)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        masks: str | None = None,
+        classes: ClassList | None = None,
+        ids: Sequence[str] | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+        annotations: str | Path | None = None,
+        given: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.given = Path(given) if given is not None else self.root
+        self.max_side = max_side
+        self.max_file_size = max_file_size
+        if not self.root.is_dir():
+            raise WssegError(f"{self.root}: dataset root is not a directory")
+        self.split = split
+        self.mask_dir = None
+        if annotations is None:
+            check_id(split, "--split")
+            annotations = self.root / ANNOTATIONS_FOLDER / annotation_name(split)
+            if not annotations.is_file():
+                found = sorted(split_of(p) for p in (self.root / ANNOTATIONS_FOLDER).glob("instances_*.json"))
+                raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (this dataset has "
+                                 f"{', '.join(found) or 'none'})")
+        if not Path(annotations).is_file():
+            found = sorted(split_of(p) for p in Path(annotations).parent.glob("instances_*.json"))
+            raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (beside it: "
+                             f"{', '.join(found) or 'none'})")
+        self.annotations = self._inside(Path(annotations))
+        self.index = load_index(self.annotations)
+        self.classes = classes if classes is not None else self.index.classes
+        if self.classes != self.index.classes:
+            raise WssegError(f"{self.annotations}: its categories are not the class list given "
+                             f"({self.index.classes.num_classes} vs {self.classes.num_classes} classes)")
+        self.images = image_folder(self.root, self.split)
+        self._positions = {image_id: position for position, image_id in enumerate(self.index.ids)}
+        if ids is None:
+            self.ids = list(self.index.ids)
+        else:
+            self.ids = [check_id(i, "ids") for i in ids]
+            unknown = [i for i in self.ids if i not in self._positions]
+            if unknown:
+                raise DataError(self.annotations, f"image {excerpt(unknown[0])} is not in this file")
+        self.skipped_unannotated = 0
+
+    def __getstate__(self) -> dict:
+        """Pickled (a spawned loader worker): the index is left out and read again from the cache."""
+        state = dict(self.__dict__)
+        state["index"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.index = load_index(self.annotations)
+
+    def position(self, image_id: str) -> int:
+        try:
+            return self._positions[image_id]
+        except KeyError:
+            raise DataError(self.annotations, f"image {excerpt(image_id)} is not in this file") from None
+
+    def annotated(self, image_id: str) -> bool:
+        """Whether the image has a non-crowd annotation (an image-level label)."""
+        return bool(self.index.labels[self.position(image_id)].any())
+
+    def for_training(self) -> COCODataset:
+        """This split without the images that have no label (``skipped_unannotated`` counts them)."""
+        kept = [image_id for image_id in self.ids if self.annotated(image_id)]
+        if len(kept) == len(self.ids):
+            return self
+        subset = COCODataset(self.root, self.split, classes=self.classes, ids=kept, max_side=self.max_side,
+                             max_file_size=self.max_file_size, annotations=self.annotations, given=self.given)
+        subset.skipped_unannotated = len(self.ids) - len(kept)
+        return subset
+
+    # -- paths -------------------------------------------------------------------------------
+    def image_path(self, image_id: str) -> Path:
+        path = self.images / self.index.file_name(self.position(image_id))
+        if not path.is_file():
+            raise DataError(path, "image file is missing")
+        return self._inside(path)
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """The file the mask is rendered from (the annotations)."""
+        return self.annotations
+
+    def annotation_path(self, image_id: str) -> Path | None:
+        return None
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_image(self, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(image_id), self.max_side, self.max_file_size)
+
+    def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
+        """The rendered mask, turned as the image is when read: COCO's annotations are drawn on the
+        stored pixels, and an image with an EXIF orientation is read as viewers show it."""
+        position = self.position(image_id)
+        mask = self.index.render(position)
+        path = self.images / self.index.file_name(position)
+        orientation = exif_orientation(path) if path.is_file() else 1
+        if orientation == 1:
+            return mask
+        stored = read_image_size(path)
+        if stored != mask.shape:  # drawn on the image as shown (not COCO's way): already turned
+            return mask
+        return np.asarray(Image.fromarray(mask).transpose(_EXIF_TRANSPOSE[orientation]))
+
+    def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
+        return self.index.labels_of(self.position(image_id))
+
+    def load(self, image_id: str) -> Sample:
+        image = self.load_image(image_id)
+        mask = self.load_mask(image_id)
+        if mask is not None and mask.shape != image.shape[:2]:
+            raise DataError(self.image_path(image_id), f"image is {image.shape[1]}x{image.shape[0]} but its "
+                            f"annotations in {self.annotations.name} say {mask.shape[1]}x{mask.shape[0]}")
+        return Sample(image_id, image, self.load_labels(image_id), mask)
