@@ -386,3 +386,25 @@ def test_the_json_named_as_data_records_its_own_split_for_the_trainers(coco_benc
     assert json.loads((pseudo / "segment.json").read_text())["split"] == "train2014"
     assert main(["train-affinity", "--run", str(run), "--data", str(data), "--pseudo", str(pseudo), "--epochs", "1",
                  "--batch-size", "4", "--limit", "4", "--quiet"]) == 0
+
+
+def test_evaluate_json_never_replaces_a_file_of_a_coco_dataset_named_by_its_json(tmp_path: Path, capsys) -> None:
+    """Roboflow's layout (train/_annotations.coco.json beside the images and a README): --data naming
+    the JSON protects the whole dataset, not the JSON alone."""
+    root, expected = tiny_coco(tmp_path / "coco")
+    train = tmp_path / "rf" / "train"
+    shutil.copytree(root / "val2014", train)
+    shutil.copy(root / "annotations" / "instances_val2014.json", train / "_annotations.coco.json")
+    readme = train / "README.roboflow.txt"
+    readme.write_text("the user's notes")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for image_id, mask in expected.items():
+        Image.fromarray(mask).save(pred / f"{image_id}.png")
+    for target in (readme, train / "COCO_val2014_000000000007.jpg"):
+        before = target.read_bytes()
+        assert main(["evaluate", "--pred", str(pred), "--data", str(train / "_annotations.coco.json"), "--json",
+                     str(target), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "is a file of the dataset" in err and len(err.strip().splitlines()) == 1, err
+        assert target.read_bytes() == before

@@ -53,23 +53,36 @@ DATASET_FOLDERS = ("JPEGImages", "Annotations", "ImageSets", "SegmentationClass"
                    "SegmentationObject")
 
 
-def _coco_folders(root: Path) -> tuple[Path, list[str]]:
-    """A COCO dataset's root (``root``, or the folder of the JSON it names) and its own folders:
-    ``annotations``, ``images`` and one per split that has an ``instances_<split>.json``."""
-    if root.is_file():
-        root = root.parent.parent if root.parent.name == "annotations" else root.parent
-    annotations = root / "annotations"
+# the folder of a COCO dataset that holds its instances_<split>.json files
+COCO_ANNOTATIONS = "annotations"
+
+
+def dataset_root_of(data: str | Path) -> Path:
+    """The root of the dataset ``data`` names: itself, or for a COCO annotations file (``--data`` may
+    name the JSON) the folder holding its ``annotations/`` folder, else the JSON's own folder. Every
+    output check and :func:`wsseg.data.coco.find_coco` use it, so both see the same root."""
+    data = Path(data)
+    if not (data.is_file() and data.suffix.lower() == ".json"):
+        return data
+    folder = data.parent
+    return folder.parent if folder.name == COCO_ANNOTATIONS else folder
+
+
+def _coco_folders(root: Path) -> list[str]:
+    """A COCO dataset's own folders under its root: ``annotations``, ``images`` and one per split
+    that has an ``instances_<split>.json``."""
+    annotations = root / COCO_ANNOTATIONS
     if not annotations.is_dir():
-        return root, []
+        return []
     splits = [path.stem[len("instances_"):] for path in annotations.glob("instances_*.json")]
-    return root, ["annotations", "images", *splits]
+    return [COCO_ANNOTATIONS, "images", *splits]
 
 
 def check_outside_dataset(out: str | Path, root: str | Path, masks: str | None = None) -> None:
     """Refuse an output folder that is, or lies inside, one of the dataset's own folders (VOC's, or
     a COCO dataset's annotations and image folders)."""
-    root, coco = _coco_folders(Path(root))
-    for name in dict.fromkeys([*DATASET_FOLDERS, *coco, *([masks] if masks else [])]):
+    root = dataset_root_of(root)
+    for name in dict.fromkeys([*DATASET_FOLDERS, *_coco_folders(root), *([masks] if masks else [])]):
         folder = Path(root) / name
         if folder.exists() and resolves_inside(out, folder):
             raise WssegError(f"{out}: lies inside the dataset's {name} folder ({folder}); writing there would "
@@ -88,7 +101,8 @@ def check_may_write(out: str | Path, *, inputs: Iterable[str | Path] = (), datas
     dataset's own folders (``dataset_root`` given, or any folder named as one), never an existing file of
     the dataset, never one of ``inputs`` or inside one, and -- for folders, with ``records`` -- never
     among files no earlier wsseg run wrote. Refusals name the path and what it would replace."""
-    if dataset_root is not None:
+    if dataset_root is not None:  # a COCO JSON named as --data: its dataset's root, not the JSON alone
+        dataset_root = dataset_root_of(dataset_root)
         check_outside_dataset(out, dataset_root, masks)
         if Path(out).is_file() and resolves_inside(out, dataset_root):
             raise WssegError(f"{out}: is a file of the dataset {dataset_root}; writing there would replace it. "

@@ -48,8 +48,9 @@ from wsseg.data.classes import MAX_CLASSES, VOID, ClassList
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image, read_image_size
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
+from wsseg.outputs import COCO_ANNOTATIONS, dataset_root_of
 
-ANNOTATIONS_FOLDER = "annotations"
+ANNOTATIONS_FOLDER = COCO_ANNOTATIONS
 # instances_train2014.json is ~450 MB; a larger file is refused before it is read
 DEFAULT_MAX_ANNOTATION_SIZE = 2 ** 30
 
@@ -73,10 +74,9 @@ def find_coco(data: str | Path, split: str, beside: bool = False) -> tuple[Path,
     --val-split)."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".json":
-        folder = data.parent
-        root = folder.parent if folder.name == ANNOTATIONS_FOLDER else folder
+        root = dataset_root_of(data)
         if beside:
-            return root, folder / annotation_name(split), split
+            return root, data.parent / annotation_name(split), split
         return root, data, split_of(data)
     if data.is_dir() and not (data / "ImageSets").is_dir():
         folder = data / ANNOTATIONS_FOLDER
