@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 from wsseg.cli import main
 from wsseg.data import VOCDataset, open_dataset
-from wsseg.data.coco import COCODataset
+from wsseg.data.coco import COCODataset, rle_string_counts
 
 H, W = 24, 32  # every test image is 32 x 24
 CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]
@@ -250,6 +250,17 @@ def _spoil(root: Path, how: str) -> Path:
         data["annotations"][0]["segmentation"] = [[1, 1, 5, 5]]
     elif how == "unknown category":
         data["annotations"][1]["category_id"] = 2
+    elif how == "NaN coordinate":
+        data["annotations"][0]["segmentation"] = [[1, 1, float("nan"), 1, 10, 8]]
+    elif how == "huge coordinate":  # pycocotools would walk 10 million pixels of edge
+        data["annotations"][0]["segmentation"] = [[1, 1, 1e7, 1, 10, 8]]
+    elif how in ("short RLE", "long RLE", "RLE characters", "cut RLE"):
+        side = {"short RLE": (2, 2), "long RLE": (H * 2, W)}.get(how, (H, W))
+        counts = rle_of(np.ones(side, bool), True)["counts"]
+        counts = {"RLE characters": "~~~~", "cut RLE": counts + "h"}.get(how, counts)  # 'h': a continuation
+        data["annotations"][2]["segmentation"] = {"size": [H, W], "counts": counts}
+    elif how == "neither segmentation nor box":
+        del data["annotations"][0]["segmentation"]
     elif how == "missing image":
         os.unlink(root / "val2014" / "sub" / "COCO_val2014_000000000003.png")
     elif how == "2 GB":
@@ -268,6 +279,13 @@ def _spoil(root: Path, how: str) -> Path:
     ("two-point polygon", "polygon 0 has 2 points"),
     ("unknown category", "category_id 2 is not in 'categories'"),
     ("missing image", "image file is missing"),
+    ("NaN coordinate", "polygon 0 has a coordinate that is not a finite number"),
+    ("huge coordinate", "polygon 0 has a coordinate that is not a finite number within one image size"),
+    ("short RLE", "RLE counts are not non-negative runs covering the image"),
+    ("long RLE", "RLE counts are not non-negative runs covering the image"),
+    ("RLE characters", "not a valid compressed RLE string"),
+    ("cut RLE", "not a valid compressed RLE string"),
+    ("neither segmentation nor box", "has neither a segmentation nor a valid 'bbox'"),
     ("2 GB", "above the 1024 MiB limit"),
     ("deep", "nested too deeply"),
 ])
@@ -408,3 +426,56 @@ def test_evaluate_json_never_replaces_a_file_of_a_coco_dataset_named_by_its_json
         err = capsys.readouterr().err
         assert "is a file of the dataset" in err and len(err.strip().splitlines()) == 1, err
         assert target.read_bytes() == before
+
+
+def test_compressed_rle_strings_decode_to_pycocotools_runs() -> None:
+    """The check of a compressed string decodes it as pycocotools does: the same runs as the mask's."""
+    rng = np.random.default_rng(0)
+    for density in (0.02, 0.5, 0.98):
+        mask = rng.random((H, W)) < density
+        mask[0, 0] = density > 0.9  # a mask starting with a 1 too
+        assert rle_string_counts(rle_of(mask, True)["counts"]) == rle_of(mask, False)["counts"]
+    big = np.zeros((300, 400), bool)
+    big[1:, :] = True  # runs longer than one 5-bit group, and a difference from the run two before
+    assert rle_string_counts(rle_of(big, True)["counts"]) == rle_of(big, False)["counts"]
+
+
+def test_a_box_without_a_segmentation_labels_its_image_and_is_void_in_its_mask(tmp_path: Path) -> None:
+    """Label Studio's rectangles ("segmentation": []) and a missing segmentation alike: the image's
+    label, and void (unknown) inside the box, over any object drawn there."""
+    root, expected = tiny_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"] += [
+        {"id": 20, "image_id": 11, "category_id": 18, "segmentation": [], "bbox": [3, 4, 5.5, 2]},
+        {"id": 21, "image_id": 11, "category_id": 90, "bbox": [-2, 20, 4, 10]},  # reaches past the corner
+        {"id": 22, "image_id": 7, "category_id": 90, "segmentation": [], "bbox": [0, 0, 3, 3]},
+    ]
+    path.write_text(json.dumps(data))
+    dataset = open_dataset(root, "val2014")
+    assert dataset.load_labels("COCO_val2014_000000000011") == (2, 3)
+    assert dataset.load_labels("COCO_val2014_000000000007") == (1, 2, 3)
+    empty = np.zeros((H, W), np.uint8)
+    empty[4:6, 3:9] = 255  # x 3..8.5 -> columns 3..8, y 4..6 -> rows 4, 5
+    empty[20:24, 0:2] = 255
+    assert np.array_equal(dataset.load_mask("COCO_val2014_000000000011"), empty)
+    first = expected["COCO_val2014_000000000007"].copy()
+    first[0:3, 0:3] = 255  # over the person drawn at 2..
+    assert np.array_equal(dataset.load_mask("COCO_val2014_000000000007"), first)
+
+
+def test_a_pycocotools_error_while_rendering_is_one_data_error(tmp_path: Path, monkeypatch) -> None:
+    """Anything pycocotools refuses that the index's checks did not foresee names the file (so
+    --skip-bad can skip the image) rather than ending in a traceback."""
+    from wsseg.data import coco
+    from wsseg.errors import DataError
+
+    root, _ = tiny_coco(tmp_path / "coco")
+    dataset = open_dataset(root, "val2014")
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Invalid RLE mask representation")
+
+    monkeypatch.setattr(coco.mask_utils, "decode", refuse)
+    with pytest.raises(DataError, match="COCO_val2014_000000000007.jpg: cannot render its annotations"):
+        dataset.load_mask("COCO_val2014_000000000007")

@@ -17,6 +17,12 @@ What is read and how:
 * Masks, rendered on demand with pycocotools: objects are painted largest first, so a smaller object
   lying on a larger one stays visible (the rule of the COCO-WSSS mask conversions); crowd regions
   (``iscrowd=1``) are painted last as void (255): their pixels are not labelled object by object.
+* Box-only annotations (``"segmentation": []`` or none, as Label Studio writes rectangles) still give
+  their image its label; their ``bbox`` is painted void after everything else (which pixels inside it are
+  the object is unknown). An annotation with neither a segmentation nor a valid bbox is refused.
+* Polygon coordinates must be finite and within one image size of the image (-W..2W, -H..2H), and a
+  run-length encoding (a list of runs or a compressed string) must cover its image exactly: anything
+  else is refused when the file is read, never handed to pycocotools.
 * An image with an EXIF orientation is read as viewers show it (as every wsseg image is); its mask,
   drawn on the stored pixels as COCO's are, is turned the same way.
 * An image without a non-crowd annotation has no label: the trainers skip it (and say how many);
@@ -33,6 +39,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -116,7 +123,8 @@ class COCOIndex:
         return self.names[self.name_offsets[position]:self.name_offsets[position + 1]].decode("utf-8")
 
     def annotations_of(self, position: int) -> list[list[Any]]:
-        """[[mask value, iscrowd, segmentation], ...] of one image, in the file's order."""
+        """[[mask value, iscrowd, segmentation], ...] of one image, in the file's order (a box-only
+        annotation's segmentation is ``{"bbox": [x, y, w, h]}``)."""
         return json.loads(self.annotations[self.offsets[position]:self.offsets[position + 1]])
 
     def labels_of(self, position: int) -> tuple[int, ...]:
@@ -126,19 +134,28 @@ class COCOIndex:
         """The H x W uint8 mask of one image (see the module docstring for the rules)."""
         height, width = int(self.heights[position]), int(self.widths[position])
         entries = self.annotations_of(position)
-        if not entries:
-            return np.zeros((height, width), dtype=np.uint8)
-        rles = [_rle(segmentation, height, width) for _, _, segmentation in entries]
-        areas = mask_utils.area(rles)
-        with warnings.catch_warnings():  # pycocotools 2.0.11's decode under numpy >= 2: a harmless deprecation
-            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
-            decoded = mask_utils.decode(rles)  # H x W x K
         # painted in pycocotools' column-major order (each object's pixels contiguous: 3x faster)
         mask = np.zeros((height, width), dtype=np.uint8, order="F")
-        objects = [k for k, (_, crowd, _) in enumerate(entries) if not crowd]
-        crowds = [k for k, (_, crowd, _) in enumerate(entries) if crowd]
-        for k in [*sorted(objects, key=lambda k: -int(areas[k])), *crowds]:  # stable: equal areas in file order
-            np.copyto(mask, np.uint8(VOID if entries[k][1] else entries[k][0]), where=decoded[:, :, k].view(bool))
+        drawn = [k for k, (_, _, segmentation) in enumerate(entries) if "bbox" not in segmentation]
+        if drawn:
+            try:
+                rles = [_rle(entries[k][2], height, width) for k in drawn]
+                areas = mask_utils.area(rles)
+                with warnings.catch_warnings():  # pycocotools 2.0.11's decode under numpy >= 2: harmless
+                    warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+                    decoded = mask_utils.decode(rles)  # H x W x K
+            except ValueError as exc:  # what the index's checks did not foresee: still one line
+                raise DataError(self.path, f"{self.file_name(position)}: cannot render its annotations "
+                                           f"({str(exc)[:80]})") from None
+            objects = [j for j, k in enumerate(drawn) if not entries[k][1]]
+            crowds = [j for j, k in enumerate(drawn) if entries[k][1]]
+            for j in [*sorted(objects, key=lambda j: -int(areas[j])), *crowds]:  # stable: equal areas in file order
+                value = VOID if entries[drawn[j]][1] else entries[drawn[j]][0]
+                np.copyto(mask, np.uint8(value), where=decoded[:, :, j].view(bool))
+        for _, _, segmentation in entries:  # boxes without a segmentation: which pixels are the object is unknown
+            if "bbox" in segmentation:
+                x, y, w, h = segmentation["bbox"]
+                mask[max(0, math.floor(y)):max(0, math.ceil(y + h)), max(0, math.floor(x)):max(0, math.ceil(x + w))] = VOID
         return np.ascontiguousarray(mask)
 
 
@@ -223,16 +240,51 @@ def _require(entry: Any, keys: Sequence[str], path: Path, where: str) -> dict:
     return entry
 
 
+def _in_range(values: Sequence[Any], height: int, width: int) -> bool:
+    """x, y pairs that are numbers within one image size of the image (NaN and infinity are not):
+    pycocotools rasterises a polygon edge by edge, so a coordinate of 1e7 would take gigabytes."""
+    return all(_is_number(x) and -width <= x <= 2 * width for x in values[0::2]) and \
+        all(_is_number(y) and -height <= y <= 2 * height for y in values[1::2])
+
+
+# a compressed RLE run is at most 7 characters (35 bits): pycocotools reads a longer one into an overflowing long
+_MAX_RUN_CHARACTERS = 7
+
+
+def rle_string_counts(counts: str) -> list[int] | None:
+    """The runs of a COCO compressed RLE string, decoded as pycocotools' rleFrString does (6-bit groups,
+    ``0`` = 48, 5 value bits and a continuation bit, the last group's 0x10 its sign; from the fourth
+    run on, each is a difference from the run two before); None when the string is not one."""
+    runs: list[int] = []
+    value = shift = 0
+    for character in counts:
+        code = ord(character) - 48
+        if not 0 <= code < 64 or shift == 5 * _MAX_RUN_CHARACTERS:
+            return None
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:
+            continue
+        if code & 0x10:
+            value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+        value = shift = 0
+    return runs if shift == 0 else None
+
+
 def _check_segmentation(segmentation: Any, height: int, width: int, path: Path, where: str) -> None:
+    """Refuse, in one line, a segmentation pycocotools would crash on, eat memory for, or render from
+    memory it never wrote (a run-length encoding that does not cover its image exactly)."""
     if isinstance(segmentation, list):
-        if not segmentation:
-            raise DataError(path, f"{where}: segmentation is an empty polygon list")
         for number, polygon in enumerate(segmentation):
             if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
                 raise DataError(path, f"{where}: polygon {number} is not a list of numbers")
             if len(polygon) % 2 or len(polygon) < 6:
                 raise DataError(path, f"{where}: polygon {number} has {len(polygon) / 2:g} points; a polygon "
                                       "needs at least 3 (x, y pairs)")
+            if not _in_range(polygon, height, width):
+                raise DataError(path, f"{where}: polygon {number} has a coordinate that is not a finite number "
+                                      f"within one image size of its {width}x{height} image")
     elif isinstance(segmentation, dict):
         counts, size = segmentation.get("counts"), segmentation.get("size")
         if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
@@ -240,13 +292,27 @@ def _check_segmentation(segmentation: Any, height: int, width: int, path: Path, 
         if list(size) != [height, width]:
             raise DataError(path, f"{where}: RLE size {size[0]}x{size[1]} (HxW) is not its image's "
                                   f"{height}x{width}")
-        if isinstance(counts, list):
-            if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != height * width:
-                raise DataError(path, f"{where}: RLE counts are not non-negative runs covering the image")
-        elif not (isinstance(counts, str) and counts.isascii()):
+        if isinstance(counts, str):
+            counts = rle_string_counts(counts)
+            if counts is None:
+                raise DataError(path, f"{where}: RLE 'counts' is not a valid compressed RLE string")
+        elif not isinstance(counts, list):
             raise DataError(path, f"{where}: RLE 'counts' is neither a list nor a compressed string")
+        if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != height * width:
+            raise DataError(path, f"{where}: RLE counts are not non-negative runs covering the image")
     else:
         raise DataError(path, f"{where}: segmentation is neither polygons nor RLE")
+
+
+def _check_box(annotation: dict, height: int, width: int, path: Path, where: str) -> list[float]:
+    """The [x, y, width, height] box of an annotation without a segmentation (Label Studio writes
+    rectangles so): painted void, so it must be a real box on its image."""
+    box = annotation.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and _in_range(box[:2], height, width)
+            and _in_range(box[2:], height, width) and box[2] > 0 and box[3] > 0):
+        raise DataError(path, f"{where}: has neither a segmentation nor a valid 'bbox' [x, y, width, height] "
+                              f"on its {width}x{height} image")
+    return [float(v) for v in box]
 
 
 def build_index(path: Path, data: Any) -> COCOIndex:
@@ -309,7 +375,7 @@ def build_index(path: Path, data: Any) -> COCOIndex:
     labels = np.zeros((count, len(names)), dtype=np.uint8)
     for number, annotation in enumerate(data["annotations"]):
         where = f"annotations[{number}]"
-        _require(annotation, ("image_id", "category_id", "segmentation"), path, where)
+        _require(annotation, ("image_id", "category_id"), path, where)
         position = positions.get(annotation["image_id"]) if _is_int(annotation["image_id"]) else None
         if position is None:
             raise DataError(path, f"{where}: image_id {_quote(annotation['image_id'])} is not in 'images'")
@@ -320,8 +386,12 @@ def build_index(path: Path, data: Any) -> COCOIndex:
         crowd = annotation.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, bool):
             raise DataError(path, f"{where}: 'iscrowd' must be 0 or 1")
-        _check_segmentation(annotation["segmentation"], heights[position], widths[position], path, where)
-        per_image[position].append([value, crowd, annotation["segmentation"]])
+        segmentation = annotation.get("segmentation")
+        if segmentation is None or segmentation == []:  # a box alone: void inside it
+            segmentation = {"bbox": _check_box(annotation, heights[position], widths[position], path, where)}
+        else:
+            _check_segmentation(segmentation, heights[position], widths[position], path, where)
+        per_image[position].append([value, crowd, segmentation])
         if not crowd:
             labels[position, value - 1] = 1
     del data
