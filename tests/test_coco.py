@@ -479,3 +479,61 @@ def test_a_pycocotools_error_while_rendering_is_one_data_error(tmp_path: Path, m
     monkeypatch.setattr(coco.mask_utils, "decode", refuse)
     with pytest.raises(DataError, match="COCO_val2014_000000000007.jpg: cannot render its annotations"):
         dataset.load_mask("COCO_val2014_000000000007")
+
+
+def _one_image_coco(json_path: Path, file_name: str) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": file_name, "height": H, "width": W}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "segmentation": [box(2, 2, 20, 14)]}],
+        "categories": CATEGORIES}))
+
+
+@pytest.mark.parametrize("tool", ["Label Studio", "CVAT"])
+def test_the_images_of_label_studio_and_cvat_exports_are_found(tmp_path: Path, tool: str) -> None:
+    """Label Studio: result.json beside images/, file_name 'images/x.png'; CVAT and Datumaro:
+    annotations/instances_default.json and images/default/x.png, file_name 'x.png'."""
+    root = tmp_path / "export"
+    if tool == "Label Studio":
+        data, image = root / "result.json", root / "images" / "x.png"
+        _one_image_coco(data, "images/x.png")
+    else:
+        data, image = root, root / "images" / "default" / "x.png"
+        _one_image_coco(root / "annotations" / "instances_default.json", "x.png")
+    write_image(image, 0)
+    dataset = open_dataset(data, "default")
+    assert dataset.ids == ["x"] and dataset.image_path("x") == image
+    sample = dataset.load("x")
+    assert sample.labels == (2,) and sample.image.shape == (H, W, 3) and (sample.mask == 2).sum() == 18 * 12
+
+
+def test_an_image_linked_from_outside_the_dataset_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    _one_image_coco(root / "result.json", "x.png")
+    write_image(tmp_path / "elsewhere.png", 0)
+    (root / "images").mkdir()
+    (root / "images" / "x.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(Exception, match="outside"):
+        open_dataset(root / "result.json").load("x")
+
+
+@pytest.mark.parametrize("orientation, side", [(3, (H, W)), (2, (H, W)), (6, (H, H))])
+def test_a_mask_whose_exif_orientation_cannot_be_told_is_refused(tmp_path: Path, orientation: int,
+                                                                  side: tuple[int, int]) -> None:
+    """A half turn or a mirror keeps the size, as does a turned square: whether the JSON describes the
+    stored or the shown pixels cannot be told, so the image is refused (the VOC rule), never guessed."""
+    root = tmp_path / "coco"
+    path = root / "default" / "x.png"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.zeros((*side, 3), np.uint8)).save(path, exif=exif)
+    _one_image_coco(root / "annotations" / "instances_default.json", "x.png")
+    data = json.loads((root / "annotations" / "instances_default.json").read_text())
+    data["images"][0].update(height=side[0], width=side[1])
+    (root / "annotations" / "instances_default.json").write_text(json.dumps(data))
+    dataset = open_dataset(root, "default")
+    with pytest.raises(Exception, match=f"EXIF orientation {orientation}"):
+        dataset.load_mask("x")
+    assert main(["export-voc", "--data", str(root), "--split", "default", "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 2

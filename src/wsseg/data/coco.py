@@ -2,7 +2,8 @@
 
 Layout (ROOT), as COCO 2014 ships:
     annotations/instances_<split>.json   images, annotations (polygons or RLE) and categories
-    <split>/<file_name>                  the images (file names may name subfolders); else images/<file_name>
+    <split>/<file_name>                  the images (file names may name subfolders); else the first of
+                                         images/<split>/<file_name>, images/<file_name>, <file_name> that exists
 
 ``--data`` may also name the JSON itself: its split is the file's name (``instances_val2014.json``
 -> ``val2014``), its ROOT the folder holding ``annotations/`` (or the JSON's own folder).
@@ -24,7 +25,9 @@ What is read and how:
   run-length encoding (a list of runs or a compressed string) must cover its image exactly: anything
   else is refused when the file is read, never handed to pycocotools.
 * An image with an EXIF orientation is read as viewers show it (as every wsseg image is); its mask,
-  drawn on the stored pixels as COCO's are, is turned the same way.
+  drawn on the stored pixels as COCO's are, is turned the same way. Where the size cannot tell whether
+  the JSON describes the stored or the shown pixels (a mirror or half turn, orientations 2-4, or a
+  turned square image), the image is refused, as in the VOC layout.
 * An image without a non-crowd annotation has no label: the trainers skip it (and say how many);
   evaluation keeps it, as all background (void where a crowd region lies).
 
@@ -52,7 +55,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from wsseg.data.classes import MAX_CLASSES, VOID, ClassList
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image, read_image_size
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, mask_orientation, read_image
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
 from wsseg.outputs import COCO_ANNOTATIONS, dataset_root_of
@@ -92,12 +95,11 @@ def find_coco(data: str | Path, split: str, beside: bool = False) -> tuple[Path,
     return None
 
 
-def image_folder(root: Path, split: str) -> Path:
-    """Where a split's ``file_name``s are looked up: ROOT/<split>/, else ROOT/images/, else ROOT."""
-    for folder in (root / split, root / "images"):
-        if folder.is_dir():
-            return folder
-    return root
+def image_folders(root: Path, split: str) -> tuple[Path, ...]:
+    """Where a split's ``file_name``s are looked up, in order: ROOT/<split>/ (COCO 2014),
+    ROOT/images/<split>/ (CVAT and Datumaro), ROOT/images/, ROOT/ (Label Studio's
+    ``images/x.jpg`` beside result.json, Roboflow's images beside the JSON)."""
+    return root / split, root / "images" / split, root / "images", root
 
 
 # -- the index --------------------------------------------------------------------------------
@@ -459,7 +461,7 @@ class COCODataset(VOCDataset):
         if self.classes != self.index.classes:
             raise WssegError(f"{self.annotations}: its categories are not the class list given "
                              f"({self.index.classes.num_classes} vs {self.classes.num_classes} classes)")
-        self.images = image_folder(self.root, self.split)
+        self.image_folders = image_folders(self.root, self.split)
         self._positions = {image_id: position for position, image_id in enumerate(self.index.ids)}
         if ids is None:
             self.ids = list(self.index.ids)
@@ -501,10 +503,17 @@ class COCODataset(VOCDataset):
         return subset
 
     # -- paths -------------------------------------------------------------------------------
+    def _find_image(self, position: int) -> Path | None:
+        """The first of the image folders holding the image's ``file_name`` (None: none does)."""
+        name = self.index.file_name(position)
+        return next((folder / name for folder in self.image_folders if (folder / name).is_file()), None)
+
     def image_path(self, image_id: str) -> Path:
-        path = self.images / self.index.file_name(self.position(image_id))
-        if not path.is_file():
-            raise DataError(path, "image file is missing")
+        path = self._find_image(self.position(image_id))
+        if path is None:
+            name = self.index.file_name(self.position(image_id))
+            raise DataError(self.image_folders[0] / name, "image file is missing (also looked for it under "
+                            f"{', '.join(str(folder) for folder in self.image_folders[1:])})")
         return self._inside(path)
 
     def mask_path(self, image_id: str) -> Path | None:
@@ -520,15 +529,16 @@ class COCODataset(VOCDataset):
 
     def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
         """The rendered mask, turned as the image is when read: COCO's annotations are drawn on the
-        stored pixels, and an image with an EXIF orientation is read as viewers show it."""
+        stored pixels, and an image with an EXIF orientation is read as viewers show it. The VOC rule
+        (``mask_orientation``) refuses what cannot be told: a mirror, a half turn, a turned square,
+        and a size in the JSON that fits the image neither as stored nor as shown."""
         position = self.position(image_id)
         mask = self.index.render(position)
-        path = self.images / self.index.file_name(position)
-        orientation = exif_orientation(path) if path.is_file() else 1
+        path = self._find_image(position)
+        if path is None:
+            return mask  # no image (scoring needs none): no orientation to follow
+        orientation = mask_orientation(self.annotations, mask.shape, self._inside(path), drawn_on_stored=True)
         if orientation == 1:
-            return mask
-        stored = read_image_size(path)
-        if stored != mask.shape:  # drawn on the image as shown (not COCO's way): already turned
             return mask
         return np.asarray(Image.fromarray(mask).transpose(_EXIF_TRANSPOSE[orientation]))
 

@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from wsseg.data.classes import write_class_file
 from wsseg.data.coco import COCODataset
-from wsseg.data.images import (DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, exif_orientation, read_image_size,
-                               write_label_png)
+from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, write_label_png
 from wsseg.data.layout import open_dataset
 from wsseg.errors import DataError, WssegError
 from wsseg.io import TEMPORARY_SUFFIX, read_json, resolves_inside, write_json_atomic, write_text_atomic
@@ -72,7 +71,7 @@ def export_voc(data: str | Path, split: str, out: str | Path, max_side: int | No
     if not isinstance(dataset, COCODataset):
         raise WssegError(f"{data}: is a VOC-layout dataset already; export-voc reads a COCO one")
     out = Path(out)
-    for folder in (dataset.images, dataset.annotations.parent):
+    for folder in (*dataset.image_folders[:-1], dataset.annotations.parent):  # [-1]: the root
         if resolves_inside(out, folder):
             raise WssegError(f"{out}: lies inside the COCO dataset's {folder}; choose another --out")
     check_may_write(out, dataset_root=dataset.root, records=[EXPORT_RECORD])
@@ -94,15 +93,9 @@ def export_voc(data: str | Path, split: str, out: str | Path, max_side: int | No
     names = dataset.classes.names
     for image_id in tqdm(dataset.ids, desc="export-voc", unit="img", disable=not progress):
         source = dataset.image_path(image_id)
-        position = dataset.position(image_id)
-        size = (int(dataset.index.heights[position]), int(dataset.index.widths[position]))
-        height, width = read_image_size(source)  # as stored; the JSON's size may be the shown one
-        turned = exif_orientation(source) in (5, 6, 7, 8) and (width, height) == size
-        if (height, width) != size and not turned:
-            raise DataError(source, f"image is {width}x{height} but its annotations in {dataset.annotations.name} "
-                                    f"say {size[1]}x{size[0]}")
+        mask = dataset.load_mask(image_id)  # its size checked against the image's header
         linked += _place(source, out / "JPEGImages" / f"{image_id}{source.suffix.lower()}")
-        write_label_png(out / "SegmentationClass" / f"{image_id}.png", dataset.load_mask(image_id))
+        write_label_png(out / "SegmentationClass" / f"{image_id}.png", mask)
         write_text_atomic(out / "Annotations" / f"{image_id}.xml",
                           _annotation_xml([names[value] for value in dataset.load_labels(image_id)]))
     write_text_atomic(out / "ImageSets" / "Segmentation" / f"{dataset.split}.txt",

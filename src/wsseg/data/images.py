@@ -90,20 +90,32 @@ def exif_orientation(path: str | Path) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def check_mask_orientation(mask_path: Path, mask_shape: tuple[int, ...], image_path: Path) -> None:
+def mask_orientation(mask_path: Path, mask_shape: tuple[int, ...], image_path: Path,
+                     drawn_on_stored: bool = False) -> int:
     """The rule for EXIF-rotated images (docs/design.md): the image is read as shown (orientation
-    applied), so its mask must be drawn on it as shown. A mask whose size fits only the stored,
-    unrotated pixels is refused; so is any mask of an image whose orientation does not change its
-    size (a square, a half turn, a mirror), where the size cannot tell which it follows."""
+    applied), so its mask must follow it as shown. Returns the orientation still to apply to the mask
+    (1: none). A mask whose size fits only the stored, unrotated pixels is refused -- unless
+    ``drawn_on_stored`` (COCO's masks are drawn on the stored pixels): then the image's orientation is
+    returned. Always refused: a mask of an image whose orientation does not change its size (a square,
+    a half turn, a mirror), where the size cannot tell which it follows, and one fitting neither. With
+    ``drawn_on_stored`` the size of an image without orientation is compared too (from its header)."""
     orientation = exif_orientation(image_path)
+    if orientation == 1 and not drawn_on_stored:
+        return 1  # the size is compared when the image is decoded
+    stored = read_image_size(image_path)
+    shown = stored[::-1] if orientation in _SWAPPING_ORIENTATIONS else stored
+    shape = tuple(mask_shape)
+    if orientation == 1 and shape == stored or shape == shown != stored:
+        return 1
+    if shape == stored != shown and drawn_on_stored:
+        return orientation
     if orientation == 1:
-        return
-    height, width = read_image_size(image_path)
-    shown = (width, height) if orientation in _SWAPPING_ORIENTATIONS else (height, width)
-    if tuple(mask_shape) == shown != (height, width):
-        return
-    if tuple(mask_shape) == (height, width) and shown != (height, width):
+        raise DataError(mask_path, f"mask is {shape[1]}x{shape[0]} but the image {image_path.name} is "
+                                   f"{stored[1]}x{stored[0]}")
+    if shape == stored != shown:
         why = "fits only the image as stored, not as its EXIF orientation shows it"
+    elif shape not in (stored, shown):
+        why = f"is {shape[1]}x{shape[0]}, fitting the image neither as stored nor as its EXIF orientation shows it"
     else:
         why = "cannot be told to follow the image as its EXIF orientation shows it (same size either way)"
     raise DataError(mask_path, f"mask {why}; the image {image_path.name} has EXIF orientation {orientation}, "

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from wsseg.data.classes import VOID, ClassList, load_class_list
-from wsseg.data.images import (DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, check_mask_orientation, read_image,
+from wsseg.data.images import (DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, mask_orientation, read_image,
                                read_label_png)
 from wsseg.errors import DataError, WssegError
 from wsseg.io import require_inside_root
@@ -188,7 +188,7 @@ class VOCDataset(Sequence[Sample]):
             image_path = self.image_path(image_id)
         except DataError:
             return mask  # no image (scoring needs none): no orientation to follow
-        check_mask_orientation(path, mask.shape, image_path)  # an EXIF-rotated image is read as shown
+        mask_orientation(path, mask.shape, image_path)  # an EXIF-rotated image is read as shown: refused otherwise
         return mask
 
     def load_labels(self, image_id: str, mask: np.ndarray | None = None) -> tuple[int, ...]:
