@@ -537,3 +537,82 @@ def test_a_mask_whose_exif_orientation_cannot_be_told_is_refused(tmp_path: Path,
         dataset.load_mask("x")
     assert main(["export-voc", "--data", str(root), "--split", "default", "--out", str(tmp_path / "out"),
                  "--quiet"]) == 2
+
+
+def _rename_image(root: Path, number: int, file_name: str) -> None:
+    """Give images[number] of tiny_coco another file name (the file moved alike)."""
+    path = root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    old = root / "val2014" / data["images"][number]["file_name"]
+    data["images"][number]["file_name"] = file_name
+    path.write_text(json.dumps(data))
+    Image.open(old).save(root / "val2014" / file_name)
+    old.unlink()
+
+
+def test_export_voc_converts_images_the_voc_reader_does_not_open(tmp_path: Path) -> None:
+    """.webp and .bmp images become PNGs: the copy reads back with the same pixels and masks."""
+    root, expected = tiny_coco(tmp_path / "coco")
+    _rename_image(root, 1, "COCO_val2014_000000000003.webp")
+    _rename_image(root, 2, "COCO_val2014_000000000011.bmp")
+    coco = open_dataset(root, "val2014")
+    out = tmp_path / "voc"
+    assert main(["export-voc", "--data", str(root), "--split", "val2014", "--out", str(out), "--quiet"]) == 0
+    copy = VOCDataset(out, "val2014")
+    for image_id, mask in expected.items():
+        sample = copy.load(image_id)
+        assert np.array_equal(sample.mask, mask) and np.array_equal(sample.image, coco.load_image(image_id))
+    assert sorted(p.name for p in (out / "JPEGImages").iterdir()) == [
+        "COCO_val2014_000000000003.png", "COCO_val2014_000000000007.jpg", "COCO_val2014_000000000011.png"]
+
+
+def test_export_voc_refuses_ids_with_spaces_before_writing_and_skips_them_with_skip_bad(tmp_path: Path,
+                                                                                        capsys) -> None:
+    root, expected = tiny_coco(tmp_path / "coco")
+    _rename_image(root, 2, "photo 1.png")
+    out = tmp_path / "voc"
+    assert main(["export-voc", "--data", str(root), "--split", "val2014", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "image id 'photo 1' has a space" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+    assert main(["export-voc", "--data", str(root), "--split", "val2014", "--out", str(out), "--skip-bad"]) == 0
+    assert "1 bad images skipped" in capsys.readouterr().out
+    copy = VOCDataset(out, "val2014")
+    assert copy.ids == ["COCO_val2014_000000000007", "COCO_val2014_000000000003"]
+    assert np.array_equal(copy.load_mask("COCO_val2014_000000000003"), expected["COCO_val2014_000000000003"])
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("Background", "is background"), ("__background__", "is background"), ("#dog", "starts with '#'"),
+    ("big\ndog", "has a line break"), (" dog", "leading or trailing spaces"), ("person", "same name 'person'"),
+])
+def test_category_names_classes_txt_cannot_carry_are_refused(tmp_path: Path, capsys, name: str,
+                                                             problem: str) -> None:
+    """Every category name must read back from export-voc's classes.txt as itself (VOC's reader strips
+    lines, skips '#' lines and takes 'background' for index 0)."""
+    root, _ = tiny_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_val2014.json"
+    data = json.loads(path.read_text())
+    data["categories"][1]["name"] = name
+    path.write_text(json.dumps(data))
+    assert main(["export-voc", "--data", str(root), "--split", "val2014", "--out", str(tmp_path / "voc"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and "instances_val2014.json" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "voc").exists()
+
+
+def test_export_voc_never_replaces_an_image_another_split_of_the_folder_lists(tmp_path: Path, capsys) -> None:
+    root, _ = tiny_coco(tmp_path / "coco")
+    out = tmp_path / "voc"
+    assert main(["export-voc", "--data", str(root), "--split", "val2014", "--out", str(out), "--quiet"]) == 0
+    # another split whose images have the same stems but other pixels
+    shutil.copy(root / "annotations" / "instances_val2014.json", root / "annotations" / "instances_other.json")
+    for image in (root / "val2014").rglob("*.*"):
+        write_image(root / "other" / image.relative_to(root / "val2014"), 99)
+    before = {p.name: p.read_bytes() for p in (out / "JPEGImages").iterdir()}
+    assert main(["export-voc", "--data", str(root), "--split", "other", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "val2014.txt: already lists image 'COCO_val2014_000000000007'" in err, err
+    assert {p.name: p.read_bytes() for p in (out / "JPEGImages").iterdir()} == before
+    assert not (out / "ImageSets" / "Segmentation" / "other.txt").exists()

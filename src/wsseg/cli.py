@@ -348,9 +348,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export_voc(args: argparse.Namespace) -> int:
     from wsseg.data.export import export_voc
 
-    done = export_voc(args.data, args.split, args.out, args.max_side, args.max_file_size * 2 ** 20, not args.quiet)
+    done = export_voc(args.data, args.split, args.out, args.max_side, args.max_file_size * 2 ** 20, not args.quiet,
+                      args.skip_bad)
     print(f"[export-voc] {done.images} images ({done.unannotated} without any annotation, all background; "
-          f"{done.linked} hard-linked, {done.images - done.linked} copied) -> {args.out}")
+          f"{done.linked} hard-linked, {done.converted} converted to PNG, "
+          f"{done.images - done.linked - done.converted} copied; {done.skipped} bad images skipped) -> {args.out}")
     return 0
 
 
@@ -544,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", required=True, type=Path, help="COCO dataset (folder or instances JSON)")
     export.add_argument("--split", default="val2014", help="annotations/instances_<split>.json (default val2014)")
     export.add_argument("--out", required=True, type=Path, help="new or empty folder (or an earlier export's)")
+    export.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     _add_max_side(export)
 
     demo = command("demo", _cmd_demo, "run the whole method on the synthetic benchmark and report")

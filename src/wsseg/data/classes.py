@@ -71,6 +71,22 @@ class ClassList:
 VOC_CLASS_LIST = ClassList(VOC_CLASSES)
 
 
+def class_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a foreground class that classes.txt carries unchanged (None: it can):
+    read_class_file strips lines, skips '#' lines, and takes a leading 'background' for index 0."""
+    if not name.strip():
+        return "is empty"
+    if len(name.splitlines()) != 1:
+        return "has a line break"
+    if name != name.strip():
+        return "has leading or trailing spaces"
+    if name.startswith("#"):
+        return "starts with '#' (a comment in classes.txt)"
+    if name.lower() in (BACKGROUND, "__background__"):
+        return "is background, always index 0 and never a category"
+    return None
+
+
 def read_class_file(path: str | Path) -> ClassList:
     """Read ``classes.txt``: one foreground class per line; a leading 'background' line is allowed."""
     path = Path(path)

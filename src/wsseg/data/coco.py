@@ -54,7 +54,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from wsseg.data.classes import MAX_CLASSES, VOID, ClassList
+from wsseg.data.classes import MAX_CLASSES, VOID, ClassList, class_name_problem
 from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, mask_orientation, read_image
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
@@ -331,16 +331,20 @@ def build_index(path: Path, data: Any) -> COCOIndex:
         _require(category, ("id", "name"), path, where)
         if not _is_int(category["id"]) or not isinstance(category["name"], str) or not category["name"].strip():
             raise DataError(path, f"{where}: 'id' must be a whole number and 'name' a non-empty text")
+        problem = class_name_problem(category["name"])
+        if problem is not None:  # the class name runs record, and export-voc's classes.txt, must carry it
+            raise DataError(path, f"{where}: name {excerpt(category['name'])} {problem}")
         if category["id"] in values:
             raise DataError(path, f"{where}: category id {category['id']} is listed twice")
         values[category["id"]] = len(values) + 1
-        names.append(category["name"].strip())
+        names.append(category["name"])
     if not names:
         raise DataError(path, "'categories' is empty")
     if len(names) > MAX_CLASSES:
         raise DataError(path, f"{len(names)} categories; at most {MAX_CLASSES} fit in 8-bit masks")
     if len(set(names)) != len(names):
-        raise DataError(path, "two categories have the same name")
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DataError(path, f"two categories have the same name {excerpt(twice)}")
     classes = ClassList(tuple(names))
     # images
     positions: dict[int, int] = {}
