@@ -295,10 +295,10 @@ def test_activation_checkpointing_trains_the_same_weights_and_statistics(bench: 
 
 def test_activation_checkpointing_is_automatic_only_where_a_pass_is_large() -> None:
     from wsseg.train import TrainOptions
-    from wsseg.training.classifier import checkpoints_blocks
+    from wsseg.training.classifier import uses_activation_checkpointing
 
     def used(device: str, micro: int, **options) -> bool:
-        return checkpoints_blocks(TrainOptions(data="", out="", batch_size=16, **options), torch.device(device), micro)
+        return uses_activation_checkpointing(TrainOptions(data="", out="", batch_size=16, **options), torch.device(device), micro)
 
     assert used("cpu", 16, image_size=512)  # the default recipe on photos: 8.8 GB without it
     assert not used("cpu", 4, image_size=512, freeze_bn=True)  # micro-batches already keep it small

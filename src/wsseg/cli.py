@@ -14,7 +14,8 @@ from pathlib import Path
 
 from wsseg.errors import WssegError
 from wsseg.registry import MAP_METHOD_NAMES, METHODS, SEGMENT_METHODS
-from wsseg.training.options import PRECISIONS, AffinityOptions, SegTrainOptions, TrainerOptions, TrainOptions
+from wsseg.training.options import (CHECKPOINT_CHOICES, PRECISIONS, AffinityOptions, SegTrainOptions, TrainerOptions,
+                                    TrainOptions)
 
 _TRAIN_DEFAULTS = TrainOptions(data="", out="")
 _SEG_DEFAULTS = SegTrainOptions(data="", out="")
@@ -430,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=_TRAIN_DEFAULTS.freeze_bn,
                        help="keep the backbone's pretrained batch-norm statistics while fine-tuning "
                             f"(default {'on' if _TRAIN_DEFAULTS.freeze_bn else 'off'})")
-    train.add_argument("--checkpoint-activations", choices=["auto", "on", "off"],
+    train.add_argument("--checkpoint-activations", choices=CHECKPOINT_CHOICES,
                        default=_TRAIN_DEFAULTS.checkpoint_activations,
                        help="recompute the backbone blocks' activations in the backward pass instead of keeping "
                             "them: about a third of the memory for one more forward pass, the same result "

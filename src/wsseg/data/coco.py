@@ -55,7 +55,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from wsseg.data.classes import MAX_CLASSES, VOID, ClassList, class_name_problem
-from wsseg.data.images import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_SIDE, mask_orientation, read_image
+from wsseg.data.images import mask_orientation, read_image
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
 from wsseg.outputs import COCO_ANNOTATIONS, dataset_root_of
@@ -66,6 +66,7 @@ DEFAULT_MAX_ANNOTATION_SIZE = 2 ** 30
 
 
 def annotation_name(split: str) -> str:
+    """The annotations file of a split, as COCO names it: ``val2014`` -> ``instances_val2014.json``."""
     return f"instances_{split}.json"
 
 
@@ -75,17 +76,17 @@ def split_of(json_path: Path) -> str:
     return stem[len("instances_"):] if stem.startswith("instances_") and len(stem) > len("instances_") else stem
 
 
-def find_coco(data: str | Path, split: str, beside: bool = False) -> tuple[Path, Path, str] | None:
+def find_coco(data: str | Path, split: str, split_beside_json: bool = False) -> tuple[Path, Path, str] | None:
     """(ROOT, annotations file, split) when ``data`` is a COCO dataset, else None (a VOC layout).
 
     A COCO dataset is a ``.json`` file, or a folder that has ``annotations/instances_*.json`` and no
     ``ImageSets`` folder (a VOC layout's). A JSON is its own split, whatever ``split`` says, unless
-    ``beside``: then ``split`` names ``instances_<split>.json`` in the JSON's folder (a trainer's
+    ``split_beside_json``: then ``split`` names ``instances_<split>.json`` in the JSON's folder (a trainer's
     --val-split)."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".json":
         root = dataset_root_of(data)
-        if beside:
+        if split_beside_json:
             return root, data.parent / annotation_name(split), split
         return root, data, split_of(data)
     if data.is_dir() and not (data / "ImageSets").is_dir():
@@ -122,6 +123,7 @@ class COCOIndex:
     offsets: np.ndarray  # int64 (N + 1,)
 
     def file_name(self, position: int) -> str:
+        """The ``file_name`` of the image at ``position``, as the JSON gives it (it may name subfolders)."""
         return self.names[self.name_offsets[position]:self.name_offsets[position + 1]].decode("utf-8")
 
     def annotations_of(self, position: int) -> list[list[Any]]:
@@ -130,6 +132,7 @@ class COCOIndex:
         return json.loads(self.annotations[self.offsets[position]:self.offsets[position + 1]])
 
     def labels_of(self, position: int) -> tuple[int, ...]:
+        """The image-level labels of the image at ``position``: mask values 1..C, sorted."""
         return tuple(int(k) + 1 for k in np.flatnonzero(self.labels[position]))
 
     def render(self, position: int) -> np.ndarray:
@@ -157,7 +160,8 @@ class COCOIndex:
         for _, _, segmentation in entries:  # boxes without a segmentation: which pixels are the object is unknown
             if "bbox" in segmentation:
                 x, y, w, h = segmentation["bbox"]
-                mask[max(0, math.floor(y)):max(0, math.ceil(y + h)), max(0, math.floor(x)):max(0, math.ceil(x + w))] = VOID
+                rows = slice(max(0, math.floor(y)), max(0, math.ceil(y + h)))
+                mask[rows, max(0, math.floor(x)):max(0, math.ceil(x + w))] = VOID
         return np.ascontiguousarray(mask)
 
 
@@ -428,26 +432,15 @@ class COCODataset(VOCDataset):
     annotations. ``split`` names ``annotations/instances_<split>.json`` unless ``annotations`` is
     given (``--data`` naming the JSON)."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        masks: str | None = None,
-        classes: ClassList | None = None,
-        ids: Sequence[str] | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
-        max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
-        annotations: str | Path | None = None,
-        given: str | Path | None = None,
-    ) -> None:
-        self.root = Path(root)
-        self.given = Path(given) if given is not None else self.root
-        self.max_side = max_side
-        self.max_file_size = max_file_size
-        if not self.root.is_dir():
-            raise WssegError(f"{self.root}: dataset root is not a directory")
-        self.split = split
-        self.mask_dir = None
+    def __init__(self, *args: Any, annotations: str | Path | None = None, **kwargs: Any) -> None:
+        """VOCDataset's arguments, and ``annotations``: the JSON, when ``--data`` named it."""
+        self.annotations = Path(annotations) if annotations is not None else None
+        super().__init__(*args, **kwargs)
+
+    def _open_split(self, classes: ClassList | None, ids: Sequence[str] | None) -> None:
+        """The annotations file's index, its categories as the class list, its images as the ids."""
+        self.mask_dir = None  # rendered from the annotations
+        split, annotations = self.split, self.annotations
         if annotations is None:
             check_id(split, "--split")
             annotations = self.root / ANNOTATIONS_FOLDER / annotation_name(split)
@@ -455,8 +448,8 @@ class COCODataset(VOCDataset):
                 found = sorted(split_of(p) for p in (self.root / ANNOTATIONS_FOLDER).glob("instances_*.json"))
                 raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (this dataset has "
                                  f"{', '.join(found) or 'none'})")
-        if not Path(annotations).is_file():
-            found = sorted(split_of(p) for p in Path(annotations).parent.glob("instances_*.json"))
+        if not annotations.is_file():
+            found = sorted(split_of(p) for p in annotations.parent.glob("instances_*.json"))
             raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (beside it: "
                              f"{', '.join(found) or 'none'})")
         self.annotations = self._inside(Path(annotations))
@@ -502,7 +495,8 @@ class COCODataset(VOCDataset):
         if len(kept) == len(self.ids):
             return self
         subset = COCODataset(self.root, self.split, classes=self.classes, ids=kept, max_side=self.max_side,
-                             max_file_size=self.max_file_size, annotations=self.annotations, given=self.given)
+                             max_file_size=self.max_file_size, annotations=self.annotations,
+                             data_argument=self.data_argument)
         subset.skipped_unannotated = len(self.ids) - len(kept)
         return subset
 

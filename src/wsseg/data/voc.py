@@ -86,7 +86,11 @@ def read_split_file(path: str | Path) -> list[str]:
 
 
 class VOCDataset(Sequence[Sample]):
-    """A split of a VOC-layout dataset. Nothing is read until an item is asked for."""
+    """A split of a VOC-layout dataset. Nothing is read until an item is asked for.
+
+    The setup every layout shares is here; a layout's own (its class list and ids) is
+    :meth:`_open_split`, which COCODataset overrides. ``data_argument``: what ``--data`` named, when
+    it is not the root (a COCO dataset's JSON); runs record it."""
 
     def __init__(
         self,
@@ -97,19 +101,25 @@ class VOCDataset(Sequence[Sample]):
         ids: Sequence[str] | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
         max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+        data_argument: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
-        self.given = self.root  # what --data named (a COCO dataset's may be its JSON)
+        self.data_argument = Path(data_argument) if data_argument is not None else self.root
         self.max_side = max_side
         self.max_file_size = max_file_size
         if not self.root.is_dir():
             raise WssegError(f"{self.root}: dataset root is not a directory")
         self.split = split
         self.mask_dir = masks
+        self._open_split(classes, ids)
+
+    def _open_split(self, classes: ClassList | None, ids: Sequence[str] | None) -> None:
+        """The class list (``classes``, else ROOT/classes.txt, else VOC's) and the ids (``ids``, else
+        the split file's)."""
         self.classes = classes if classes is not None else load_class_list(self.root)
         if ids is None:
-            check_id(split, "--split")
-            split_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            check_id(self.split, "--split")
+            split_file = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
             ids = read_split_file(self._inside(split_file) if split_file.exists() else split_file)
         self.ids: list[str] = [check_id(i, "ids") for i in ids]
 

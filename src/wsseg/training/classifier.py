@@ -59,7 +59,7 @@ class ClassifierTask(Task):
         # recorded (None: the whole batch): parts change what a step computes unless every batch norm is
         # frozen, and even then drop-connect's random draws, so a resumed run must keep them
         self.config.micro_batch = self.micro_batch if self.micro_batch < options.batch_size else None
-        self.checkpoint_blocks = checkpoints_blocks(options, group.device, self.micro_batch)
+        self.checkpoint_blocks = uses_activation_checkpointing(options, group.device, self.micro_batch)
         return options
 
     def read_record(self, folder: Path) -> RunConfig:
@@ -176,7 +176,7 @@ def micro_batch_size(options: TrainOptions, device: torch.device) -> int:
     return max(1, min(options.batch_size, CPU_PASS_PIXELS // (options.image_size or 512) ** 2))
 
 
-def checkpoints_blocks(options: TrainOptions, device: torch.device, micro_batch: int) -> bool:
+def uses_activation_checkpointing(options: TrainOptions, device: torch.device, micro_batch: int) -> bool:
     """Whether the backbone recomputes its blocks' insides in the backward pass (``--checkpoint-activations``):
     "auto" does on a CPU when a forward pass holds more than CPU_PASS_PIXELS, as the default recipe at
     512 px does (training-mode batch norms, so no micro-batches). It costs one more forward pass and

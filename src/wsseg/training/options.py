@@ -126,7 +126,8 @@ class TrainOptions(RunOptions):
     probe_epochs: int = 0
     freeze_bn: bool = False  # the backbone's batch norms keep their pretrained statistics throughout
     # activation checkpointing of the backbone's blocks: "on", "off", or "auto": on a CPU when one forward
-    # pass holds more pixels than CPU_PASS_PIXELS (classifier.checkpoints_blocks). The result is the same.
+    # pass holds more pixels than CPU_PASS_PIXELS (classifier.uses_activation_checkpointing). The result is
+    # the same.
     checkpoint_activations: str = "auto"
     cutmix: float = 0.0  # probability that a training crop gets a box of another pasted in (classifier.cutmix)
 

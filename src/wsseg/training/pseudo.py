@@ -32,7 +32,7 @@ def check_pseudo_record(record: dict[str, Any] | None, pseudo: str | Path, datas
     tool's, or an older wsseg's) is not compared on what it does not name."""
     if record is None:
         return
-    given_root = dataset.given.resolve()
+    given_root = dataset.data_argument.resolve()
     differ = []
     if isinstance(record.get("data"), str) and not same_setting("data", record["data"], str(given_root)):
         differ.append(f"dataset {record['data']} (given {given_root})")

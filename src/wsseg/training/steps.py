@@ -35,7 +35,7 @@ def training_splits(options: RunOptions) -> tuple[VOCDataset, VOCDataset | None]
     val_set = None
     if options.val_split:
         val_set = open_dataset(options.data, options.val_split, masks=options.masks, classes=train_set.classes,
-                               max_side=options.max_side, max_file_size=options.max_file_size, beside=True)
+                               max_side=options.max_side, max_file_size=options.max_file_size, split_beside_json=True)
     return train_set, val_set
 
 
