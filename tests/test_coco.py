@@ -426,6 +426,12 @@ def test_evaluate_json_never_replaces_a_file_of_a_coco_dataset_named_by_its_json
         err = capsys.readouterr().err
         assert "is a file of the dataset" in err and len(err.strip().splitlines()) == 1, err
         assert target.read_bytes() == before
+    # Label Studio's result.json beside images/: a new file inside its images folder is refused too
+    (tmp_path / "ls" / "images").mkdir(parents=True)
+    shutil.copy(train / "_annotations.coco.json", tmp_path / "ls" / "result.json")
+    assert main(["evaluate", "--pred", str(pred), "--data", str(tmp_path / "ls" / "result.json"), "--json",
+                 str(tmp_path / "ls" / "images" / "scores.json"), "--quiet"]) == 2
+    assert "dataset's images folder" in capsys.readouterr().err
 
 
 def test_compressed_rle_strings_decode_to_pycocotools_runs() -> None:

@@ -68,21 +68,24 @@ def dataset_root_of(data: str | Path) -> Path:
     return folder.parent if folder.name == COCO_ANNOTATIONS else folder
 
 
-def _coco_folders(root: Path) -> list[str]:
+def _coco_folders(data: Path) -> list[str]:
     """A COCO dataset's own folders under its root: ``annotations``, ``images`` and one per split
-    that has an ``instances_<split>.json``."""
+    that has an ``instances_<split>.json`` -- ``images`` too where ``data`` names a JSON outside an
+    ``annotations`` folder (Label Studio's result.json, CVAT's and Roboflow's exports)."""
+    root = dataset_root_of(data)
     annotations = root / COCO_ANNOTATIONS
-    if not annotations.is_dir():
-        return []
-    splits = [path.stem[len("instances_"):] for path in annotations.glob("instances_*.json")]
-    return [COCO_ANNOTATIONS, "images", *splits]
+    if annotations.is_dir():
+        splits = [path.stem[len("instances_"):] for path in annotations.glob("instances_*.json")]
+        return [COCO_ANNOTATIONS, "images", *splits]
+    return ["images"] if root != Path(data) else []
 
 
 def check_outside_dataset(out: str | Path, root: str | Path, masks: str | None = None) -> None:
     """Refuse an output folder that is, or lies inside, one of the dataset's own folders (VOC's, or
     a COCO dataset's annotations and image folders)."""
+    coco = _coco_folders(Path(root))
     root = dataset_root_of(root)
-    for name in dict.fromkeys([*DATASET_FOLDERS, *_coco_folders(root), *([masks] if masks else [])]):
+    for name in dict.fromkeys([*DATASET_FOLDERS, *coco, *([masks] if masks else [])]):
         folder = Path(root) / name
         if folder.exists() and resolves_inside(out, folder):
             raise WssegError(f"{out}: lies inside the dataset's {name} folder ({folder}); writing there would "
@@ -102,8 +105,8 @@ def check_may_write(out: str | Path, *, inputs: Iterable[str | Path] = (), datas
     the dataset, never one of ``inputs`` or inside one, and -- for folders, with ``records`` -- never
     among files no earlier wsseg run wrote. Refusals name the path and what it would replace."""
     if dataset_root is not None:  # a COCO JSON named as --data: its dataset's root, not the JSON alone
-        dataset_root = dataset_root_of(dataset_root)
         check_outside_dataset(out, dataset_root, masks)
+        dataset_root = dataset_root_of(dataset_root)
         if Path(out).is_file() and resolves_inside(out, dataset_root):
             raise WssegError(f"{out}: is a file of the dataset {dataset_root}; writing there would replace it. "
                              "Choose another path")
