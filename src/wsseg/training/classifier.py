@@ -106,7 +106,7 @@ class ClassifierTask(Task):
             steps.base_lrs = [0.0, *steps.base_lrs[1:]]
         # When fine-tuning starts, AdamW keeps the moments it gathered from the probe's backbone gradients:
         # they make its first backbone steps small. Dropped (fresh moments: full-size steps at once), the
-        # real photos' val mAP fell from 0.539 to 0.20-0.36 after the probe (docs/method.md 1.2).
+        # real photos' val mAP fell from 0.539 to 0.20-0.36 after the probe (docs/method.md 1.4).
         if probing or self.options.freeze_bn:
             freeze_batchnorm(self.model.backbone)
 
