@@ -55,7 +55,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from wsseg.data.classes import MAX_CLASSES, VOID, ClassList, class_name_problem
-from wsseg.data.images import mask_orientation, read_image
+from wsseg.data.images import mask_orientation
 from wsseg.data.voc import Sample, VOCDataset, check_id, excerpt
 from wsseg.errors import DataError, WssegError
 from wsseg.outputs import COCO_ANNOTATIONS, dataset_root_of
@@ -450,13 +450,9 @@ class COCODataset(VOCDataset):
         if annotations is None:
             check_id(split, "--split")
             annotations = self.root / ANNOTATIONS_FOLDER / annotation_name(split)
-            if not annotations.is_file():
-                found = sorted(split_of(p) for p in (self.root / ANNOTATIONS_FOLDER).glob("instances_*.json"))
-                raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (this dataset has "
-                                 f"{', '.join(found) or 'none'})")
-        if not annotations.is_file():
+        if not annotations.is_file():  # the splits there are, named from the files beside it
             found = sorted(split_of(p) for p in annotations.parent.glob("instances_*.json"))
-            raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (beside it: "
+            raise WssegError(f"{annotations}: no COCO annotations for split {split!r} (this dataset has "
                              f"{', '.join(found) or 'none'})")
         self.annotations = self._inside(Path(annotations))
         self.index = load_index(self.annotations)
@@ -528,9 +524,6 @@ class COCODataset(VOCDataset):
         return None
 
     # -- loading -----------------------------------------------------------------------------
-    def load_image(self, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(image_id), self.max_side, self.max_file_size)
-
     def load_mask(self, image_id: str, required: bool = True) -> np.ndarray | None:
         """The rendered mask, turned as the image is when read: COCO's annotations are drawn on the
         stored pixels, and an image with an EXIF orientation is read as viewers show it. The VOC rule
