@@ -8,6 +8,7 @@ own) and prints its peak RSS, images/s and loss. The settings:
     plain         --checkpoint-activations off: every activation kept, as before
     freeze-bn     --freeze-bn (micro-batches: auto, 4 crops of 512 px on a CPU)
     freeze-bn-16  --freeze-bn --micro-batch 16 --checkpoint-activations off
+    probe         a linear probe alone (--probe-epochs equal to --epochs): no backward pass through the backbone
 
 The photos are the first 16 of the real set's train The photos are the first 16 of the real set's train
 split (../shared/data/coco97-voc, copied into a temporary folder outside the repository) when
@@ -38,6 +39,7 @@ SETTINGS = {
     "plain": {"checkpoint_activations": "off"},
     "freeze-bn": {"freeze_bn": True},
     "freeze-bn-16": {"freeze_bn": True, "micro_batch": 16, "checkpoint_activations": "off"},
+    "probe": {"probe_epochs": 1},  # a linear probe alone (--probe-epochs = --epochs = 1 here)
 }
 
 CHILD = """

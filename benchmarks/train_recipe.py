@@ -40,6 +40,9 @@ RECIPES: dict[str, dict] = {
     "lpft-lse": dict(probe_epochs=3, freeze_bn=True, pooling="lse"),
     "lpft-384": dict(probe_epochs=3, freeze_bn=True, image_size=384),
     "new-384": dict(image_size=384),
+    # a linear probe alone: the backbone never moves (session 10)
+    "probe": dict(epochs=30, probe_epochs=30),
+    "probe-512": dict(epochs=30, probe_epochs=30, image_size=512),
 }
 
 

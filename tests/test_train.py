@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from wsseg.cli import main
+from wsseg.errors import WssegError
 from wsseg.models.run import load_run, read_checkpoint
 from wsseg.train import TrainOptions, classification_metrics, train
 
@@ -187,6 +189,30 @@ def test_linear_probe_epochs_leave_the_backbone_as_pretrained(bench: Path, tmp_p
                        resume=True, **TINY))
     tuned = _weights(tmp_path / "probe")
     assert any(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
+
+
+def test_a_probe_alone_never_differentiates_the_backbone(bench: Path, tmp_path: Path, monkeypatch) -> None:
+    """--probe-epochs equal to --epochs: a linear probe alone. The backbone (weights and batch-norm
+    statistics) ends as pretrained, the head learns, and no gradient is ever computed for the backbone
+    (so no backward pass through it, no activations kept, no activation checkpointing)."""
+    import wsseg.training.classifier as trainer
+    from wsseg.models import build_classifier
+
+    built: list = []
+    monkeypatch.setattr(trainer, "build_classifier", lambda *a, **k: built.append(build_classifier(*a, **k)) or built[-1])
+    options = TrainOptions(data=str(bench), out=str(tmp_path / "probe"), epochs=2, probe_epochs=2, val_split=None,
+                           checkpoint_activations="auto", **TINY)
+    assert not trainer.uses_activation_checkpointing(dataclasses.replace(options, image_size=2048),
+                                                     torch.device("cpu"), 16)
+    train(options)
+    probed = _weights(tmp_path / "probe")
+    pretrained = _backbone_state(build_classifier(6).state_dict())
+    assert all(torch.equal(probed[k], pretrained[k]) for k in pretrained)
+    assert not torch.equal(probed["classifier.weight"], build_classifier(6).state_dict()["classifier.weight"])
+    assert all(p.grad is None for p in built[0].backbone.parameters())
+    assert built[0].classifier.weight.grad is not None
+    with pytest.raises(WssegError, match="at most --epochs"):
+        TrainOptions(data=str(bench), out=str(tmp_path / "x"), epochs=2, probe_epochs=3).check()
 
 
 def test_frozen_batchnorm_makes_micro_batches_the_same_step(bench: Path, tmp_path: Path, monkeypatch) -> None:

@@ -423,8 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "is normalised by its own statistics)")
     train.add_argument("--probe-epochs", type=int, default=_TRAIN_DEFAULTS.probe_epochs,
                        help="train only the new head for this many epochs first (a linear probe: the backbone "
-                            f"and its batch-norm statistics stay as pretrained), then fine-tune everything "
-                            f"(default {_TRAIN_DEFAULTS.probe_epochs})")
+                            f"and its batch-norm statistics stay as pretrained), then fine-tune everything; equal to "
+                            f"--epochs, a linear probe alone (default {_TRAIN_DEFAULTS.probe_epochs})")
     train.add_argument("--cutmix", type=float, default=_TRAIN_DEFAULTS.cutmix, metavar="P",
                        help="probability that a training crop gets a box of another crop of its batch pasted in, "
                             f"its labels mixed by area (multi-label CutMix; default {_TRAIN_DEFAULTS.cutmix:g})")

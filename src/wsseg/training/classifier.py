@@ -83,6 +83,8 @@ class ClassifierTask(Task):
             self.checkpoint_blocks = False  # auto: this backbone trains as it is
         if self.checkpoint_blocks:
             self.model.backbone.checkpoint_blocks = True
+        if options.probe_only:  # no gradient reaches the backbone: no backward pass through it, no activations kept
+            self.model.backbone.requires_grad_(False)
         return self.model
 
     def optimizer(self, model: FCNClassifier) -> torch.optim.Optimizer:
@@ -181,6 +183,8 @@ def uses_activation_checkpointing(options: TrainOptions, device: torch.device, m
     changes nothing else: the same draws, the same running statistics (tests/test_train.py)."""
     if options.checkpoint_activations != "auto":
         return options.checkpoint_activations == "on"
+    if options.probe_only:  # the backbone is never differentiated: nothing to recompute
+        return False
     return device.type == "cpu" and micro_batch * (options.image_size or 512) ** 2 > CPU_PASS_PIXELS
 
 

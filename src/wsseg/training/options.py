@@ -122,7 +122,8 @@ class TrainOptions(RunOptions):
     micro_batch: int | None = None
     patience: int | None = 8  # stop when val mAP has not improved for this many epochs (None: never)
     # a linear probe first: for this many epochs only the new head learns (the backbone and its
-    # batch-norm statistics stay as pretrained), then everything is fine-tuned (LP-FT)
+    # batch-norm statistics stay as pretrained), then everything is fine-tuned (LP-FT); equal to
+    # epochs, the run is a linear probe alone and the backbone is never differentiated
     probe_epochs: int = 0
     freeze_bn: bool = False  # the backbone's batch norms keep their pretrained statistics throughout
     # activation checkpointing of the backbone's blocks: "on", "off", or "auto": on a CPU when one forward
@@ -145,9 +146,14 @@ class TrainOptions(RunOptions):
                              f"{', '.join(CHECKPOINT_CHOICES)}")
         if not 0 <= self.cutmix <= 1:
             raise WssegError(f"--cutmix {self.cutmix}: a probability, in [0, 1]")
-        if not 0 <= self.probe_epochs < self.epochs:
-            raise WssegError(f"--probe-epochs {self.probe_epochs}: must be at least 0 and below --epochs "
-                             f"({self.epochs}), or nothing but the head would ever learn")
+        if not 0 <= self.probe_epochs <= self.epochs:
+            raise WssegError(f"--probe-epochs {self.probe_epochs}: must be at least 0 and at most --epochs "
+                             f"({self.epochs}; equal to it, a linear probe alone)")
+
+    @property
+    def probe_only(self) -> bool:
+        """Whether the run is a linear probe alone: the backbone never moves."""
+        return self.probe_epochs >= self.epochs
 
 
 @dataclass(frozen=True, kw_only=True)
