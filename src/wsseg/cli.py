@@ -202,6 +202,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from wsseg.training.classifier import best_record, train
 
+    if args.probe_epochs == "all":  # a linear probe alone
+        args.probe_epochs = args.epochs
     history = train(_trainer_options(args, TrainOptions))
     best = best_record(history) if history else {}
     if "val_map" in best:
@@ -238,6 +240,14 @@ def _workers(text: str) -> int | None:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or auto")
     return value
+
+
+def _probe_epochs(text: str) -> int | str:
+    if text.lower() == "all":
+        return "all"  # resolved to --epochs by _cmd_train
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or all")
+    return int(text)
 
 
 def _patience(text: str) -> int | None:
@@ -421,10 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default auto: the whole batch; on a CPU with --freeze-bn 4 crops of 512 px, 16 of 256, "
                             "which keeps training at 512 px near 3 GB; with training-mode batch norms each part "
                             "is normalised by its own statistics)")
-    train.add_argument("--probe-epochs", type=int, default=_TRAIN_DEFAULTS.probe_epochs,
+    train.add_argument("--probe-epochs", type=_probe_epochs, default=_TRAIN_DEFAULTS.probe_epochs, metavar="N|all",
                        help="train only the new head for this many epochs first (a linear probe: the backbone "
-                            f"and its batch-norm statistics stay as pretrained), then fine-tune everything; equal to "
-                            f"--epochs, a linear probe alone (default {_TRAIN_DEFAULTS.probe_epochs})")
+                            f"and its batch-norm statistics stay as pretrained), then fine-tune everything; 'all' (or --epochs): "
+                            "a linear probe alone, the backbone never differentiated, best with a hundred photos "
+                            f"of everyday objects (docs/method.md 1.5; default {_TRAIN_DEFAULTS.probe_epochs})")
     train.add_argument("--cutmix", type=float, default=_TRAIN_DEFAULTS.cutmix, metavar="P",
                        help="probability that a training crop gets a box of another crop of its batch pasted in, "
                             f"its labels mixed by area (multi-label CutMix; default {_TRAIN_DEFAULTS.cutmix:g})")
