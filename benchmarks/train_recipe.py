@@ -42,7 +42,6 @@ RECIPES: dict[str, dict] = {
     "new-384": dict(image_size=384),
     # a linear probe alone: the backbone never moves (session 10)
     "probe": dict(epochs=30, probe_epochs=30),
-    "probe-512": dict(epochs=30, probe_epochs=30, image_size=512),
 }
 
 

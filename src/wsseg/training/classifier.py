@@ -109,11 +109,9 @@ class ClassifierTask(Task):
         # When fine-tuning starts, AdamW keeps the moments it gathered from the probe's backbone gradients:
         # they make its first backbone steps small. Dropped (fresh moments: full-size steps at once), the
         # real photos' val mAP fell from 0.539 to 0.20-0.36 after the probe (docs/method.md 1.4).
-        if self.options.probe_only:
-            # a probe alone learns from the features it will be given: the backbone in eval mode, so its
-            # batch norms keep their statistics and drop-connect drops nothing
-            self.model.backbone.eval()
-        elif probing or self.options.freeze_bn:
+        # A probe keeps drop-connect on: with the backbone wholly in eval mode a probe alone on the real
+        # photos gave seeds 1-3 points worse on train and val (docs/method.md 1.5)
+        if probing or self.options.freeze_bn:
             freeze_batchnorm(self.model.backbone)
 
     def batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
