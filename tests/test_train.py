@@ -191,7 +191,7 @@ def test_linear_probe_epochs_leave_the_backbone_as_pretrained(bench: Path, tmp_p
     assert any(not torch.equal(tuned[k], pretrained[k]) for k in pretrained if k.endswith("weight"))
 
 
-def test_a_probe_alone_never_differentiates_the_backbone(bench: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_probe_alone_never_differentiates_the_backbone(bench: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     """--probe-epochs equal to --epochs: a linear probe alone. The backbone (weights and batch-norm
     statistics) ends as pretrained, the head learns, and no gradient is ever computed for the backbone
     (so no backward pass through it, no activations kept, no activation checkpointing)."""
@@ -214,8 +214,9 @@ def test_a_probe_alone_never_differentiates_the_backbone(bench: Path, tmp_path: 
     with pytest.raises(WssegError, match="at most --epochs"):
         TrainOptions(data=str(bench), out=str(tmp_path / "x"), epochs=2, probe_epochs=3).check()
     assert main(["train", "--data", str(bench), "--out", str(tmp_path / "cli"), "--epochs", "1", "--image-size", "64",
-                 "--batch-size", "4", "--val-split", "none", "--quiet", "--probe-epochs", "all"]) == 0
+                 "--batch-size", "4", "--val-split", "none", "--probe-epochs", "all"]) == 0
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["probe_epochs"] == 1
+    assert "a linear probe alone" in capsys.readouterr().out  # the run says what it trains
 
 
 def test_frozen_batchnorm_makes_micro_batches_the_same_step(bench: Path, tmp_path: Path, monkeypatch) -> None:

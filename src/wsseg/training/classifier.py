@@ -99,6 +99,7 @@ class ClassifierTask(Task):
     def describe(self, group: ProcessGroup, precision: str, workers: int) -> str:
         return (f"{group.world_size} x {group.device}, {precision}, {workers} loader worker(s) per process"
                 + (", activation checkpointing" if self.checkpoint_blocks else "")
+                + (", a linear probe alone (the backbone stays as pretrained)" if self.options.probe_only else "")
                 + unannotated_note(self.train_set))
 
     def start_epoch(self, epoch: int, steps, optimizer: torch.optim.Optimizer) -> None:
