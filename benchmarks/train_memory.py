@@ -10,7 +10,7 @@ own) and prints its peak RSS, images/s and loss. The settings:
     freeze-bn-16  --freeze-bn --micro-batch 16 --checkpoint-activations off
     probe         a linear probe alone (--probe-epochs equal to --epochs): no backward pass through the backbone
 
-The photos are the first 16 of the real set's train The photos are the first 16 of the real set's train
+The photos are the first 16 of the real set's train
 split (../shared/data/coco97-voc, copied into a temporary folder outside the repository) when
 present, else crops of scikit-image's bundled photographs at 640x480; memory does not depend on
 what the photos show.

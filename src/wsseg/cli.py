@@ -232,22 +232,23 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or(text: str, word: str, meaning: object) -> object:
+    """A count (0 or more), or ``word``, which stands for ``meaning``."""
+    if text.lower() == word:
+        return meaning
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or {word}")
+    return int(text)
+
+
 def _workers(text: str) -> int | None:
     """--workers: a count (0: load in the training process), or 'auto' (None) for the device's policy."""
-    if text.lower() == "auto":
-        return None
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or auto")
-    return value
+    return _count_or(text, "auto", None)
 
 
 def _probe_epochs(text: str) -> int | str:
-    if text.lower() == "all":
-        return "all"  # resolved to --epochs by _cmd_train
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more, or all")
-    return int(text)
+    """--probe-epochs: a count, or 'all' (resolved to --epochs by _cmd_train: a linear probe alone)."""
+    return _count_or(text, "all", "all")
 
 
 def _patience(text: str) -> int | None:
