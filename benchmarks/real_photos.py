@@ -9,7 +9,8 @@ skips with a message when it is absent; the photos are never copied, every outpu
   3. every map method on train with the images' true labels (pseudo-label quality, the field's
      "seed" measure) and on val with the labels the classifier predicts, beside all-background;
   4. dcsm-crf's confident pseudo-labels of train -> the affinity network -> the random-walk methods;
-  5. stage 2 on those pseudo-labels, and the same network on the true masks (the bound), on val.
+  5. stage 2 on those pseudo-labels, and the same network on the true masks (the bound), on val,
+     each as it is and restricted to the classes its classifier predicts (``--labels predicted``).
 Then the JSON (--json) and the table.
 
     python benchmarks/real_photos.py --work /tmp/real [--json benchmarks/real_photos.json]
@@ -47,6 +48,7 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "coco97-voc"
 MAP_METHODS = ("cam", "cam-crf", "dcsm", "dcsm-crf", "pipeline-a", "pipeline-b")
 WALK_METHODS = ("cam-rw", "dcsm-rw", "dcsm-rw-crf")
 PSEUDO_METHOD = "dcsm-crf"
+RESTRICTED = ", predicted classes"  # stage 2's row with `wsseg segment --method seg --labels predicted`
 
 
 def timed_step(result: dict, name: str, action) -> object:
@@ -138,8 +140,13 @@ def run_chain(args: argparse.Namespace) -> dict:
         timed_step(result, f"train-seg ({row})", lambda: train_segmentation(SegTrainOptions(
             data=str(data), out=str(seg_run), resume=True, val_split=None, progress=False, **labels, **seg_overrides)))
         score_method(work, data, seg_run, "val", row, SegmentOptions("seg"), result)
-    weak, full = result["miou"][f"val/{stage2_row(PSEUDO_METHOD)}"], result["miou"][f"val/{STAGE2_BOUND_ROW}"]
-    result["weak_full_ratio"] = weak / full if full else None
+        # each network restricted to the classes its classifier (the one it started from) predicts
+        score_method(work, data, seg_run, "val", row + RESTRICTED, SegmentOptions("seg", label_source="predicted"),
+                     result)
+    for key, suffix in (("weak_full_ratio", ""), ("weak_full_ratio_restricted", RESTRICTED)):
+        weak = result["miou"][f"val/{stage2_row(PSEUDO_METHOD)}{suffix}"]
+        full = result["miou"][f"val/{STAGE2_BOUND_ROW}{suffix}"]
+        result[key] = weak / full if full else None
     result["settings"] = {"classifier": overrides, "stage2": seg_overrides}
     return result
 
@@ -157,8 +164,9 @@ def print_table(result: dict) -> None:
         speed = result["seconds_per_image"].get(f"val/{name}")
         cells = ["-" if v is None else f"{v:.1f}" for v in (train_value, val_value)]
         print(f"| {name} | {cells[0]} | {cells[1]} | {'-' if speed is None else f'{speed:.2f}'} |")
-    if result.get("weak_full_ratio") is not None:
-        print(f"weak/full ratio (stage 2 from pseudo-labels / from true masks): {result['weak_full_ratio']:.2f}")
+    for key, how in (("weak_full_ratio", ""), ("weak_full_ratio_restricted", ", both restricted to predicted classes")):
+        if result.get(key) is not None:
+            print(f"weak/full ratio (stage 2 from pseudo-labels / from true masks{how}): {result[key]:.2f}")
     print("| step | seconds |\n|---|---:|")
     for step, seconds in result["seconds"].items():
         print(f"| {step} | {seconds:.0f} |")

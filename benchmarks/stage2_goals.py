@@ -139,7 +139,8 @@ def run_speed(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(args.images)]
     classifier, _ = load_run(args.run)
-    network = NetworkSegmenter(_load(Path(args.seg_run), "cpu"))
+    model = _load(Path(args.seg_run), "cpu")
+    network = NetworkSegmenter(model, max_side=model.input_size)  # as `wsseg segment --method seg` runs it
     dcsm_crf = build_segmenter("dcsm-crf")
     timings = {}
     network([images[0]])  # warm-up

@@ -333,6 +333,19 @@ def test_confident_pseudo_labels_mark_the_uncertain_band() -> None:
     assert ((labels == 255) | (labels == plain)).mean() > 0.9  # it withholds labels; it rarely changes them
 
 
+def test_a_lower_class_threshold_in_the_confident_band_keeps_more_object_and_is_checked() -> None:
+    """On peaky maps the shipped band (a class above (1 + t) / 2) keeps little of each object; a
+    band whose class threshold is t itself keeps at least as much, and no more uncertainty."""
+    inputs = _fusion_inputs()
+    base = Thresholded(CAM(), threshold=0.4)
+    shipped, rim = Confident.of(base), Confident(base, threshold=0.4, high=0.4)
+    assert shipped.band == (0.2, 0.7) and rim.band == (0.2, 0.4)
+    objects = [int(((labels > 0) & (labels != 255)).sum()) for labels in (shipped(inputs), rim(inputs))]
+    assert objects[1] > objects[0]
+    with pytest.raises(WssegError, match="confident band"):
+        Confident(base, threshold=0.4, low=0.5, high=0.3)
+
+
 def test_evaluate_ignores_uncertain_pixels_only_when_asked() -> None:
     from wsseg.evaluate import ConfusionMatrix
 

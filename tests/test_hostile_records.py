@@ -302,16 +302,27 @@ def test_every_command_refuses_an_empty_split_and_a_split_of_bad_images_only(com
 # --- 11. options a method does not use are refused -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag", [["--labels", "predicted"], ["--labels", "gt"], ["--label-threshold", "0.3"]])
-def test_segment_method_seg_refuses_label_options(flag: list[str], finished_seg: Path, tiny_bench: Path,
-                                                  tmp_path: Path, capsys) -> None:
-    """Guards: `segment --method seg` silently ignored --labels / --label-threshold (the network uses neither)."""
+@pytest.mark.parametrize("flag, expected", [
+    (["--label-threshold", "0.3"], "--label-threshold is for --labels predicted"),
+    (["--labels", "predicted"], "names no classifier run"),  # a network started from ImageNet, on masks
+    (["--classifier", "elsewhere"], "--classifier predicts the labels of --labels predicted"),
+    (["--ignore-uncertain"], "--ignore-uncertain: not for --method seg"),
+])
+def test_segment_method_seg_refuses_label_options_it_cannot_use(flag: list[str], expected: str, finished_seg: Path,
+                                                                tiny_bench: Path, tmp_path: Path, capsys) -> None:
+    """Guards: `segment --method seg` silently ignored --labels / --label-threshold (the network used
+    neither). It now restricts itself to --labels, but an option it cannot use is still refused."""
     for target in (["--data", str(tiny_bench)], ["--image", str(next((tiny_bench / "JPEGImages").iterdir()))]):
         out = tmp_path / "out"
         assert main(["segment", "--run", str(finished_seg), *target, "--method", "seg", *flag, "--out", str(out),
                      "--device", "cpu", "--quiet"]) == 2
-        _one_line_error(capsys, flag[0], "seg")
+        _one_line_error(capsys, expected)
         assert not out.exists() and not out.with_suffix(".png").exists()
+    # one image has no true labels to restrict the network to
+    image = next((tiny_bench / "JPEGImages").iterdir())
+    assert main(["segment", "--run", str(finished_seg), "--image", str(image), "--method", "seg", "--labels", "gt",
+                 "--out", str(tmp_path / "one"), "--device", "cpu"]) == 2
+    _one_line_error(capsys, "--image has no ground-truth labels")
 
 
 # --- 8. the stale-lock takeover is atomic; a damaged lock is refused -----------------------------------------------

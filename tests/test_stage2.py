@@ -21,6 +21,8 @@ from wsseg.io import file_sha256
 from wsseg.models.run import load_run
 from wsseg.models.segnet import (build_segmentation_net, init_backbone_from_classifier, load_segmentation_run,
                                  segment_probabilities)
+from wsseg.segmentation.network import NetworkSegmenter, keep_classes
+from wsseg.segmentation.runner import predict_labels
 from wsseg.train_options import SegTrainOptions
 from wsseg.train_seg import backbone_start, label_source, score_network, segmentation_loss, train_segmentation
 
@@ -248,3 +250,84 @@ def test_two_process_training_and_sharded_segmentation(tiny_bench: Path, tmp_pat
     for name in pngs:  # labels agree (thread counts differ between the runs, so no byte identity is asked)
         one, two = (read_label_png(tmp_path / folder / name, 6) for folder in ("one", "two"))
         assert (one == two).mean() > 0.99
+
+
+def test_the_network_sees_a_large_photo_at_the_side_it_was_trained_at(tiny_bench: Path, tmp_path: Path) -> None:
+    """train-seg scales every image to its crop size, so a photo larger than the crop is shrunk to
+    it before the network and its labels grown back: a 4x larger copy of an image gets nearly the
+    4x larger segmentation of the image (the rest is the up-sampling's edges), far more so than
+    at its own size."""
+    run = tmp_path / "seg"
+    train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(run), ground_truth=True, epochs=4,
+                                       val_split=None, scale_range=(0.9, 1.1), jitter=0.0, **FAST))
+    model, config = load_segmentation_run(run)
+    assert model.input_size == config.crop_size == 64
+    seen = []
+    handle = model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[-2:]))
+    try:
+        image = VOCDataset(tiny_bench, "val").load_image(VOCDataset(tiny_bench, "val").ids[0])
+        large = np.kron(image, np.ones((4, 4, 1), np.uint8))  # 256 x 256, every pixel four times
+        expected = np.kron(NetworkSegmenter(model, max_side=64)([image])[0], np.ones((4, 4), np.uint8))
+        at_side = NetworkSegmenter(model, max_side=64)([large])[0]
+        own_size = NetworkSegmenter(model, max_side=None)([large])[0]
+    finally:
+        handle.remove()
+    assert [tuple(s) for s in seen] == [(64, 64), (64, 64), (256, 256)]
+    assert at_side.shape == own_size.shape == (256, 256)
+    agreement, agreement_at_own_size = (at_side == expected).mean(), (own_size == expected).mean()
+    assert agreement > 0.85 and agreement > agreement_at_own_size + 0.1, (agreement, agreement_at_own_size)
+
+
+def test_restricted_to_an_images_classes_the_network_paints_no_other(tiny_bench: Path, tmp_path: Path) -> None:
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(4), size=(8, 8)).transpose(2, 0, 1)
+    kept = keep_classes(probabilities, [2])
+    assert set(np.unique(kept.argmax(0))) <= {0, 3}
+    assert np.allclose(kept.sum(0), 1) and np.all(kept[[1, 2]] == 0)
+    run = tmp_path / "seg"
+    train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(run), ground_truth=True, epochs=1,
+                                       val_split=None, **FAST))
+    model, _ = load_segmentation_run(run)
+    images = [VOCDataset(tiny_bench, "val").load_image(i) for i in VOCDataset(tiny_bench, "val").ids[:2]]
+    free = NetworkSegmenter(model)(images)
+    restricted = NetworkSegmenter(model, restrict=True).segment_batch(model, images, [[0], [4]], {})
+    assert set(np.unique(restricted[0])) <= {0, 1} and set(np.unique(restricted[1])) <= {0, 5}
+    # where the free network already chose an allowed label, the restriction keeps it
+    for image_free, image_restricted, allowed in zip(free, restricted, ({0, 1}, {0, 5})):
+        same = np.isin(image_free, list(allowed))
+        assert np.array_equal(image_free[same], image_restricted[same])
+
+
+def test_labels_predicted_restricts_the_network_to_its_classifiers_classes(tiny_bench: Path, tiny_run: Path,
+                                                                           tmp_path: Path, capsys) -> None:
+    run = tmp_path / "seg"
+    train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(run), ground_truth=True, epochs=1,
+                                       val_split=None, init_from=str(tiny_run), **FAST))
+    out = tmp_path / "pred"
+    assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
+                 "--labels", "predicted", "--out", str(out), "--device", "cpu"]) == 0
+    record = json.loads((out / "segment.json").read_text())
+    assert record["labels"] == "predicted" and record["classifier"] == str(tiny_run.resolve())
+    assert record["classifier_sha256"] == file_sha256(tiny_run / "model.pt") and record["network_side"] == 64
+    classifier, _ = load_run(tiny_run)
+    val = VOCDataset(tiny_bench, "val")
+    for image_id in val.ids:
+        image = torch.from_numpy(val.load_image(image_id).transpose(2, 0, 1)).float()[None] / 255
+        allowed = {0, *(c + 1 for c in predict_labels(classifier, image)[0])}
+        assert set(np.unique(read_label_png(out / f"{image_id}.png", 6))) <= allowed
+
+    # the same folder with the true labels instead is another segmentation: refused without --overwrite
+    capsys.readouterr()
+    assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
+                 "--labels", "gt", "--out", str(out), "--device", "cpu"]) == 2
+    assert "labels" in capsys.readouterr().err
+    # a network that names no classifier, and a --classifier without --labels predicted, are refused
+    bare = tmp_path / "bare"
+    train_segmentation(SegTrainOptions(data=str(tiny_bench), out=str(bare), ground_truth=True, epochs=1,
+                                       val_split=None, **FAST))
+    assert main(["segment", "--run", str(bare), "--data", str(tiny_bench), "--method", "seg", "--labels",
+                 "predicted", "--out", str(tmp_path / "other")]) == 2
+    assert "--classifier RUN" in capsys.readouterr().err
+    assert main(["segment", "--run", str(bare), "--data", str(tiny_bench), "--method", "seg", "--classifier",
+                 str(tiny_run), "--out", str(tmp_path / "other")]) == 2
+    assert "--labels predicted" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

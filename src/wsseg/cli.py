@@ -134,10 +134,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
-def _add_label_args(parser: argparse.ArgumentParser) -> None:
+def _add_label_args(parser: argparse.ArgumentParser, more: str = "") -> None:
     parser.add_argument("--labels", default="gt", choices=["gt", "predicted"],
                         help="classes per image: the image-level labels (gt, default: pseudo-labels) or the "
-                             "classifier's (predicted)")
+                             "classifier's (predicted)" + more)
     parser.add_argument("--label-threshold", type=_finite, default=0.5, help="score threshold for --labels predicted")
     parser.add_argument("--scales", type=_parse_numbers, default=None,
                         help="comma-separated input scales for dcsm and cam (dcsm default 0.8,1,1.2)")
@@ -146,8 +146,9 @@ def _add_label_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_map_side(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map-side", type=_map_side, default="auto", metavar="auto|none|PIXELS",
-                        help="compute the dcsm and cam maps on the image shrunk to this longer side, then up-sample "
-                             "them: auto (default) = the side the classifier was trained at; none = the image's own")
+                        help="compute the dcsm and cam maps (or run --method seg's network) on the image shrunk to "
+                             "this longer side, then up-sample them: auto (default) = the side the classifier was "
+                             "trained at (the network's crop size); none = the image's own")
 
 
 def _map_side(text: str) -> int | str | None:
@@ -285,7 +286,8 @@ def _segment_options(args: argparse.Namespace):
     from wsseg.segmentation.segment import SegmentOptions
 
     return SegmentOptions(args.method, args.labels, args.label_threshold, args.scales, args.threshold,
-                          args.ignore_uncertain, args.tta, args.crf, map_side=args.map_side)
+                          args.ignore_uncertain, args.tta, args.crf, map_side=args.map_side,
+                          classifier=args.classifier)
 
 
 def _cmd_maps(args: argparse.Namespace) -> int:
@@ -496,14 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--tta", action="store_true",
                          help="--method seg: average the network over scales 0.75,1,1.25 and their flips")
     segment.add_argument("--crf", action="store_true", help="--method seg: refine with DeepLab's dense CRF")
+    segment.add_argument("--classifier", type=Path, metavar="RUN",
+                         help="--method seg --labels predicted: the classifier run that predicts each image's "
+                              "classes (default: the one the network's config.json names)")
     segment.add_argument("--ignore-uncertain", action="store_true",
                          help="confident pseudo-labels: segment at a lower and a higher background threshold, "
                               "refine both with IRN's label CRF, and write 255 where they disagree")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace the segmentations of a folder made with other options, data or weights "
                               "(else refused)")
-    _add_label_args(segment)
-    segment.set_defaults(labels=None, label_threshold=None)  # not given: the method's (seg refuses them given)
+    _add_label_args(segment, "; --method seg: the only classes its network may paint (default: any class)")
+    # not given: the method's (gt for the map methods; for seg, every class may be painted)
+    segment.set_defaults(labels=None, label_threshold=None)
     segment.add_argument("--threshold", type=_finite, default=None,
                          help="background threshold on maps normalised to max 1 (default: the method's)")
     segment.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)

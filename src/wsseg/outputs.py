@@ -357,8 +357,8 @@ SEGMENT_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
 # the keys that decide what the PNGs are: resuming into a folder made otherwise is refused (the
 # digests of the run's weights and of every trained file a method's registry row may read)
 SEGMENT_SHAPING_KEYS = ("method", "labels", "label_threshold", "ignore_uncertain", "maps", "threshold",
-                        "threshold_source", "tuned_on_ground_truth", "tta", "crf", "split", "data", "model_sha256",
-                        *(artefact.record_key for artefact in ARTEFACTS))
+                        "threshold_source", "tuned_on_ground_truth", "tta", "crf", "network_side", "classifier_sha256",
+                        "split", "data", "model_sha256", *(artefact.record_key for artefact in ARTEFACTS))
 # what a trainer records of where the pseudo-labels it learnt from came from
 SEGMENT_SOURCE_KEYS = ("method", "labels", "ignore_uncertain", "threshold", "threshold_source",
                        "tuned_on_ground_truth", "run", "split", "data", "model_sha256", "scales")

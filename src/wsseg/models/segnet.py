@@ -33,6 +33,7 @@ from torch import nn
 
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256
+from wsseg.maps.resolution import grow, shrink
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from wsseg.models.run import TrainedRunConfig, load_run, read_checkpoint
 
@@ -107,6 +108,9 @@ class SegmentationNet(nn.Module):
         if head not in HEADS:
             raise WssegError(f"unknown segmentation head {head!r}; choose from {', '.join(HEADS)}")
         self.num_classes = num_classes
+        # the longer side the network learnt its objects at (the run's crop size: training scales
+        # each image to it, times the random scale); set by load_segmentation_run, None if unknown
+        self.input_size: int | None = None
         self.backbone = backbone
         low, high = backbone.segmentation_taps
         backbone.trim_after(high.module)
@@ -232,7 +236,22 @@ def load_segmentation_run(run: str | Path, map_location: str | torch.device = "c
         raise WssegError(f"{path}: weights do not fit the {config.backbone} {config.head} network with "
                          f"{len(config.classes)} classes described in config.json "
                          f"({str(exc).splitlines()[0][:120]})") from None
+    model.input_size = config.crop_size
     return model.to(map_location).eval(), config
+
+
+@torch.no_grad()
+def network_probabilities(model: SegmentationNet, images: torch.Tensor, tta: bool = False,
+                          max_side: int | None = None) -> torch.Tensor:
+    """Softmax probabilities [N, C + 1, H, W] at the images' size, the network run on the images
+    shrunk to at most ``max_side`` on their longer side (``None``: their own size).
+
+    Why: ``wsseg train-seg`` scales every image to its crop size (times a random 0.5-1.5) before
+    cropping, so the network learnt objects at that scale; a 640x480 photo at its own size shows
+    them up to five times larger than a network trained at crop 256 ever saw (on real photos this
+    cost more than half the network's val mIoU)."""
+    probabilities = segment_probabilities(model, shrink(images, max_side), tta)
+    return grow(probabilities, images.shape[-2:])
 
 
 @torch.no_grad()

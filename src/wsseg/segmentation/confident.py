@@ -26,15 +26,29 @@ class Confident(Segmenter):
     the lower threshold leaves it background, and is 255 (uncertain, ignored by training and by
     ``wsseg evaluate --ignore-uncertain``) in between. The thresholds lie halfway from the base's
     threshold t to 0 and to 1 (t / 2 and (1 + t) / 2); IRN uses 0.05 and 0.30 around its 0.15.
+    ``low`` and ``high`` set the two thresholds otherwise (``benchmarks/confident_band.py``
+    compares bands: on peaky photo maps the halfway-to-1 rule keeps almost no object).
     """
 
     base: Segmenter
+    low: float | None = None
+    high: float | None = None
     grid: ClassVar[tuple[float, ...]] = ()
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
         if isinstance(self.base, Confident):
             raise WssegError("confident pseudo-labels of confident pseudo-labels make no sense")
+        low, high = self.band
+        if not 0 <= low <= high <= 1:
+            raise WssegError(f"confident band: need 0 <= low <= high <= 1, got low {low}, high {high}")
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The background threshold below which a pixel is surely background, and the one above
+        which its class is sure."""
+        return (self.threshold / 2 if self.low is None else self.low,
+                (1 + self.threshold) / 2 if self.high is None else self.high)
 
     @classmethod
     def of(cls, base: Segmenter) -> Confident:
@@ -55,7 +69,7 @@ class Confident(Segmenter):
         return self.base.prepare(inputs, timings)
 
     def fuse(self, inputs: SegmentInput, prepared: object, timings: dict[str, float]) -> np.ndarray:
-        low, high = self.threshold / 2, (1 + self.threshold) / 2
+        low, high = self.band
         index = np.zeros(256, np.int32)
         index[[0, *inputs.labels]] = np.arange(len(inputs.labels) + 1)
         refined = []

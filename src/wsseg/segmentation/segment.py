@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wsseg.data.classes import class_indices
@@ -33,10 +34,10 @@ from wsseg.distributed import pick_device
 from wsseg.errors import WssegError
 from wsseg.io import atomic_write, file_sha256
 from wsseg.maps.methods import MapMethod, recorded_map_method
-from wsseg.maps.resolution import MaxSide
+from wsseg.maps.resolution import MaxSide, resolve_max_side
 from wsseg.models.classifier import FCNClassifier
 from wsseg.models.run import load_run
-from wsseg.models.segnet import SegmentationNet, load_segmentation_run
+from wsseg.models.segnet import SegmentationNet, SegRunConfig, load_segmentation_run
 from wsseg.outputs import SEGMENTATIONS, check_may_write, segment_record_differs
 from wsseg.registry import ARTEFACTS, CLASSIFIER_RUN, METHODS, STAGE2_RUN, method_info, method_row
 from wsseg.segmentation.base import Segmenter, label_overlay
@@ -54,7 +55,7 @@ class SegmentOptions:
 
     method: str = "dcsm-crf"
     # the image-level labels (pseudo-labels), or "predicted" by the classifier; None: not given (gt, for
-    # the methods that use labels; --method seg uses none, and refuses them given)
+    # the methods that use labels; for --method seg, the classes each pixel may take: None = every one)
     label_source: str | None = None  # --labels; segment.json's "labels"
     label_threshold: float | None = None  # score threshold for predicted labels; None: not given (0.5)
     scales: tuple[float, ...] | None = None  # input scales of the dcsm and cam maps (None: each's default)
@@ -62,9 +63,13 @@ class SegmentOptions:
     ignore_uncertain: bool = False  # confident pseudo-labels: 255 where the label is unreliable (Confident)
     tta: bool = False  # --method seg: test-time scales and flips
     crf: bool = False  # --method seg: DeepLab's dense CRF on the softmax
-    # the longest side the dcsm and cam maps are computed at: "auto" (the classifier's training
-    # side), None (the image's own) or pixels (wsseg.maps.resolution)
+    # the longest side the dcsm and cam maps (or stage 2's network) are computed at: "auto" (the side
+    # the classifier, or the network, was trained at), None (the image's own) or pixels
+    # (wsseg.maps.resolution)
     map_side: MaxSide = "auto"
+    # --method seg --labels predicted: the classifier run that predicts them (None: the one the
+    # network's config.json names, see network_classifier)
+    classifier: str | Path | None = None
 
     @property
     def uses_labels(self) -> bool:
@@ -72,7 +77,7 @@ class SegmentOptions:
         return self.method not in METHODS or METHODS[self.method].uses_labels
 
     def __post_init__(self) -> None:
-        if self.uses_labels:  # the defaults of the methods that use labels
+        if self.uses_labels or self.label_source is not None:  # the defaults of the methods that use labels
             object.__setattr__(self, "label_source", "gt" if self.label_source is None else self.label_source)
             object.__setattr__(self, "label_threshold", 0.5 if self.label_threshold is None else self.label_threshold)
 
@@ -81,17 +86,48 @@ def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
     """Refuse options that do not apply to the method (silently ignoring them would mislead)."""
     if not options.uses_labels:
         given = [flag for flag, on in (("--ignore-uncertain", options.ignore_uncertain),
-                                       ("--labels", options.label_source is not None),
-                                       ("--label-threshold", options.label_threshold is not None),
                                        ("--threshold", options.threshold is not None),
-                                       ("--scales", options.scales is not None), ("--maps", stored_maps),
-                                       ("--map-side", options.map_side != "auto")) if on]
+                                       ("--scales", options.scales is not None), ("--maps", stored_maps)) if on]
         if given:
-            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which needs no image "
-                             "labels, maps or background threshold")
-    elif options.tta or options.crf:
+            raise WssegError(f"{' and '.join(given)}: not for --method {options.method}, which reads no maps or "
+                             "background threshold")
+        if options.classifier is not None and options.label_source != "predicted":
+            raise WssegError("--classifier predicts the labels of --labels predicted; give both, or neither")
+        if options.label_source is None and options.label_threshold is not None:
+            raise WssegError("--label-threshold is for --labels predicted")
+        return
+    if options.tta or options.crf:
         raise WssegError("--tta and --crf are for --method seg (a network from `wsseg train-seg`); the other methods "
                          "have their own fusion")
+    if options.classifier is not None:
+        raise WssegError(f"--classifier is for --method seg; --method {options.method} reads the classifier of --run")
+
+
+def network_classifier(config: SegRunConfig) -> Path | None:
+    """The classifier run a stage-2 network's config.json names: the one its backbone started from,
+    else the one that made its pseudo-labels; None when neither is named or its folder is gone."""
+    for record in (config.init, config.labels):
+        run = record.get("run") if isinstance(record, dict) else None
+        if isinstance(run, str) and (Path(run) / "model.pt").is_file():
+            return Path(run)
+    return None
+
+
+def label_classifier(options: SegmentOptions, config: SegRunConfig, network_run: str | Path,
+                     device: str | torch.device) -> tuple[FCNClassifier | None, Path | None]:
+    """The classifier that predicts the classes a stage-2 network may paint (``--labels predicted``),
+    with its run folder; (None, None) without ``--labels predicted``."""
+    if options.label_source != "predicted":
+        return None, None
+    run = Path(options.classifier) if options.classifier is not None else network_classifier(config)
+    if run is None:
+        raise WssegError(f"--labels predicted: {network_run}/config.json names no classifier run that still exists; "
+                         "give one with --classifier RUN")
+    classifier, classifier_config = load_run(run, map_location=device)
+    if list(classifier_config.classes) != list(config.classes):
+        raise WssegError(f"--classifier {run}: its classes ({', '.join(classifier_config.classes)}) are not the "
+                         f"network's ({', '.join(config.classes)})")
+    return classifier, run
 
 
 @dataclass(frozen=True)
@@ -164,12 +200,14 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
                   method: Segmenter | NetworkSegmenter | str, out: str | Path, label_source: str = "gt",
                   batch_size: int = 8,
                   label_threshold: float = 0.5, skip_bad: bool = False, progress: bool = True,
-                  ids: Sequence[str] | None = None, stored: StoredMaps | None = None) -> RunCounts:
+                  ids: Sequence[str] | None = None, stored: StoredMaps | None = None,
+                  label_model: FCNClassifier | None = None) -> RunCounts:
     """Write ``out/<id>.png`` (VOC palette) for every image of ``ids`` (default: the split) not done yet.
 
-    ``method``: a segmenter (stage 2's network too: it reads no labels), or a registry name with its
-    defaults. ``stored``: read the maps (and the classes) from ``wsseg maps`` folders instead of
-    computing them.
+    ``method``: a segmenter (stage 2's network too: it reads labels only when restricted to them),
+    or a registry name with its defaults. ``stored``: read the maps (and the classes) from ``wsseg maps`` folders instead of
+    computing them. ``label_model``: the classifier that predicts the labels when ``model`` is not
+    one (a stage-2 network restricted to each image's classes).
     """
     segmenter = build_segmenter(method) if isinstance(method, str) else method
     check_label_source(label_source)
@@ -181,7 +219,8 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
         if stored is not None:
             classes, maps = stored.batch(batch, dataset.num_classes)
         else:
-            classes = batch_classes(model, batch, label_source, label_threshold) if segmenter.uses_labels else []
+            classes = (batch_classes(label_model or model, batch, label_source, label_threshold)
+                       if segmenter.uses_labels else [])
         return segmenter.segment_batch(model, [item.image for item in batch], classes, counts.timings, maps)
 
     def finish(item: ImageItem, label_map: np.ndarray) -> None:
@@ -213,7 +252,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         check_label_source(options.label_source)
     with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record],
                     load=RUN_LOADERS[info.run]) as split:
-        threshold, stored = None, None
+        threshold, stored, label_model = None, None, None
         if info.uses_labels:
             threshold = choose_threshold(source.run, options.method, options.threshold, options.scales,
                                          options.map_side)
@@ -225,25 +264,33 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
             record = {**segment_record(options, segmenter, threshold, source.run, stored),
                       **provenance(source, options.method, split.dataset)}
         else:
-            segmenter = NetworkSegmenter(split.model, options.tta, options.crf)
-            record = network_record(options, source, split.config.labels, split.dataset)
+            label_model, label_run = label_classifier(options, split.config, source.run, split.group.device)
+            segmenter = NetworkSegmenter(split.model, options.tta, options.crf,
+                                         resolve_max_side(split.model, options.map_side), options.label_source is not None)
+            record = network_record(options, source, split.config.labels, split.dataset, segmenter, label_run)
         SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
         if split.group.is_main and threshold is not None and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
         counts = segment_split(split.model, split.dataset, segmenter, out, options.label_source or "gt", batch_size,
                                options.label_threshold or 0.5, skip_bad, progress and split.group.is_main, split.ids,
-                               stored)
+                               stored, label_model)
     counts.rank_tag = split.rank_tag
     return counts
 
 
 def network_record(options: SegmentOptions, source: SplitSource, trained_on: dict[str, Any],
-                   dataset: VOCDataset) -> dict[str, Any]:
-    """``segment.json`` for a stage-2 network's segmentations: what its labels were learnt from."""
-    return {"method": options.method, "labels": None, "label_threshold": None, "ignore_uncertain": False,
-            "scales": None, "maps": [], "threshold": None, "threshold_source": None, "tuned_on_ground_truth": False,
-            "tuned_split": None, "stored_maps": {}, "run": str(Path(source.run).resolve()), "tta": options.tta,
-            "crf": options.crf, "trained_on": trained_on, **provenance(source, options.method, dataset)}
+                   dataset: VOCDataset, segmenter: NetworkSegmenter, classifier: Path | None) -> dict[str, Any]:
+    """``segment.json`` for a stage-2 network's segmentations: what its labels were learnt from, the
+    side it saw the images at, and which classes it could paint (every one, or each image's labels
+    from the ground truth or from the classifier named with the digest of its weights)."""
+    return {"method": options.method, "labels": options.label_source, "label_threshold": options.label_threshold,
+            "ignore_uncertain": False, "scales": None, "maps": [], "threshold": None, "threshold_source": None,
+            "tuned_on_ground_truth": False, "tuned_split": None, "stored_maps": {},
+            "run": str(Path(source.run).resolve()), "tta": options.tta, "crf": options.crf,
+            "network_side": segmenter.max_side,
+            "classifier": None if classifier is None else str(classifier.resolve()),
+            "classifier_sha256": None if classifier is None else model_digest(classifier),
+            "trained_on": trained_on, **provenance(source, options.method, dataset)}
 
 
 @dataclass(frozen=True)
@@ -278,7 +325,14 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
             print(threshold.warning(options.method), file=sys.stderr)
         segmenter = build_segmenter(options.method, run, threshold.value, options.scales, options.map_side)
     else:
-        classes, segmenter = [[]], NetworkSegmenter(model, options.tta, options.crf)
+        if options.label_source == "gt":
+            raise WssegError("--image has no ground-truth labels; use --labels predicted (or leave --labels out)")
+        label_model, _ = label_classifier(options, config, run, next(model.parameters()).device)
+        classes = ([[]] if label_model is None else
+                   predict_labels(label_model, to_tensor(image)[None].to(next(model.parameters()).device),
+                                  options.label_threshold))
+        segmenter = NetworkSegmenter(model, options.tta, options.crf, resolve_max_side(model, options.map_side),
+                                     label_model is not None)
     (label_map,) = segmenter.segment_batch(model, [image], classes, {})
     if not info.uses_labels:  # the classes the network found
         classes = [class_indices(v for v in np.unique(label_map) if 0 < v <= len(config.classes))]

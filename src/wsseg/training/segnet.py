@@ -33,7 +33,7 @@ from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import file_sha256
 from wsseg.models.run import RunConfig
 from wsseg.models.segnet import (HEADS, SegmentationNet, SegRunConfig, build_segmentation_net,
-                                 init_backbone_from_classifier, start_record)
+                                 init_backbone_from_classifier, network_probabilities, start_record)
 from wsseg.training.loop import Task, fit
 from wsseg.training.options import SegTrainOptions
 from wsseg.training.pseudo import check_pseudo_record, pseudo_label_source, read_pseudo_record
@@ -139,7 +139,8 @@ class SegmentationTask(Task):
         if self.val_set is None:
             return
         started = time.perf_counter()
-        confusion, skipped = score_network(model, self.val_set, group.device, self.options.skip_bad)
+        confusion, skipped = score_network(model, self.val_set, group.device, self.options.skip_bad,
+                                           self.config.crop_size)
         miou = confusion.miou()
         record.update(val_miou=None if miou is None else float(miou), val_skipped=skipped,
                       val_seconds=time.perf_counter() - started)
@@ -214,9 +215,11 @@ def backbone_start(options: SegTrainOptions, labels_record: dict[str, Any]) -> t
 
 @torch.no_grad()
 def score_network(model: SegmentationNet, dataset: VOCDataset, device: torch.device | str = "cpu",
-                  skip_bad: bool = False) -> tuple[ConfusionMatrix, int]:
-    """The network's confusion matrix on a split's ground-truth masks, each image at its own size
-    (no labels, no test-time augmentation); also the number of images skipped as unreadable."""
+                  skip_bad: bool = False, max_side: int | None = None) -> tuple[ConfusionMatrix, int]:
+    """The network's confusion matrix on a split's ground-truth masks, each image shrunk to at
+    most ``max_side`` (the crop size it trains at, as ``wsseg segment --method seg`` sees it by
+    default) and the prediction grown back (no labels, no test-time augmentation); also the
+    number of images skipped as unreadable."""
     was_training = model.training
     model.eval()
     confusion, skipped = ConfusionMatrix(dataset.num_classes + 1), 0
@@ -229,8 +232,8 @@ def score_network(model: SegmentationNet, dataset: VOCDataset, device: torch.dev
                     raise
                 skipped += 1
                 continue
-            logits = model(to_tensor(image)[None].to(device).contiguous(memory_format=torch.channels_last))
-            prediction = logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+            images = to_tensor(image)[None].to(device).contiguous(memory_format=torch.channels_last)
+            prediction = network_probabilities(model, images, max_side=max_side)[0].argmax(0).to(torch.uint8).cpu().numpy()
             if mask.shape != prediction.shape:
                 raise DataError(dataset.mask_path(image_id), f"mask is {mask.shape[1]}x{mask.shape[0]} but the image "
                                 f"is {prediction.shape[1]}x{prediction.shape[0]}")
