@@ -95,7 +95,8 @@ def run_training(args: argparse.Namespace) -> dict:
             out = Path(args.work) / f"{bench}-train300-{head}"
             history, seconds = _train(data, out, args.device, args.epochs, pseudo=str(pseudo), split="train300",
                                       val_split=None, head=head)
-            miou = score_network(_load(out, args.device), rest, args.device)[0].miou()
+            model = _load(out, args.device)
+            miou = score_network(model, rest, args.device, max_side=model.input_size)[0].miou()
             results["head_choice"].setdefault(bench, {})[head] = {
                 "trainrest_miou": 100 * miou, "seconds": seconds, **_speed(history)}
             print(f"[head] {bench} {head}: train-rest mIoU {100 * miou:.2f} ({seconds:.0f} s)", flush=True)

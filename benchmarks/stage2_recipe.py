@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
                                        epochs=args.epochs, progress=False, resume=True, device="cpu",
                                        **labels, **options))
     model, config = load_segmentation_run(out)
-    miou = score_network(model, VOCDataset(args.data, "trainrest"), "cpu")[0].miou()
+    miou = score_network(model, VOCDataset(args.data, "trainrest"), "cpu", max_side=config.crop_size)[0].miou()
     result = {"bench": args.bench, "labels": args.labels, "name": args.name, "epochs": args.epochs,
               "options": args.options or "", "head": config.head, "lr": config.lr,
               "start": config.init["source"], "trainrest_miou": round(100 * miou, 2),

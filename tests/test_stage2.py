@@ -315,6 +315,15 @@ def test_labels_predicted_restricts_the_network_to_its_classifiers_classes(tiny_
         allowed = {0, *(c + 1 for c in predict_labels(classifier, image)[0])}
         assert set(np.unique(read_label_png(out / f"{image_id}.png", 6))) <= allowed
 
+    # a threshold of 0 lets every class through: the unrestricted network's labels
+    every, free = tmp_path / "every", tmp_path / "free"
+    assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg", "--labels",
+                 "predicted", "--label-threshold", "0", "--out", str(every), "--device", "cpu"]) == 0
+    assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
+                 "--out", str(free), "--device", "cpu"]) == 0
+    assert all(np.array_equal(read_label_png(every / f"{i}.png", 6), read_label_png(free / f"{i}.png", 6))
+               for i in val.ids)
+
     # the same folder with the true labels instead is another segmentation: refused without --overwrite
     capsys.readouterr()
     assert main(["segment", "--quiet", "--run", str(run), "--data", str(tiny_bench), "--method", "seg",
@@ -330,4 +339,10 @@ def test_labels_predicted_restricts_the_network_to_its_classifiers_classes(tiny_
     assert main(["segment", "--run", str(bare), "--data", str(tiny_bench), "--method", "seg", "--classifier",
                  str(tiny_run), "--out", str(tmp_path / "other")]) == 2
     assert "--labels predicted" in capsys.readouterr().err
+    # nor is a classifier retrained since the network started from it taken for the one it names
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "init": {**config["init"], "model_sha256": "0" * 64}}))
+    assert main(["segment", "--run", str(run), "--data", str(tiny_bench), "--method", "seg", "--labels",
+                 "predicted", "--out", str(tmp_path / "other")]) == 2
+    assert "still there unchanged" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()

@@ -249,7 +249,8 @@ def network_probabilities(model: SegmentationNet, images: torch.Tensor, tta: boo
     Why: ``wsseg train-seg`` scales every image to its crop size (times a random 0.5-1.5) before
     cropping, so the network learnt objects at that scale; a 640x480 photo at its own size shows
     them up to five times larger than a network trained at crop 256 ever saw (on real photos this
-    cost more than half the network's val mIoU)."""
+    cost about a quarter of the network's val mIoU). Images smaller than that are not enlarged,
+    as the class maps are not (``wsseg.maps.resolution``)."""
     probabilities = segment_probabilities(model, shrink(images, max_side), tta)
     return grow(probabilities, images.shape[-2:])
 

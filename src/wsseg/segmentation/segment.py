@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from wsseg.data.classes import class_indices
@@ -34,9 +33,9 @@ from wsseg.distributed import pick_device
 from wsseg.errors import WssegError
 from wsseg.io import atomic_write, file_sha256
 from wsseg.maps.methods import MapMethod, recorded_map_method
-from wsseg.maps.resolution import MaxSide, resolve_max_side
+from wsseg.maps.resolution import MaxSide, check_max_side, resolve_max_side
 from wsseg.models.classifier import FCNClassifier
-from wsseg.models.run import load_run
+from wsseg.models.run import RunConfig, load_run
 from wsseg.models.segnet import SegmentationNet, SegRunConfig, load_segmentation_run
 from wsseg.outputs import SEGMENTATIONS, check_may_write, segment_record_differs
 from wsseg.registry import ARTEFACTS, CLASSIFIER_RUN, METHODS, STAGE2_RUN, method_info, method_row
@@ -95,6 +94,7 @@ def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
             raise WssegError("--classifier predicts the labels of --labels predicted; give both, or neither")
         if options.label_source is None and options.label_threshold is not None:
             raise WssegError("--label-threshold is for --labels predicted")
+        check_max_side(options.map_side)
         return
     if options.tta or options.crf:
         raise WssegError("--tta and --crf are for --method seg (a network from `wsseg train-seg`); the other methods "
@@ -105,29 +105,42 @@ def check_options(options: SegmentOptions, stored_maps: bool = False) -> None:
 
 def network_classifier(config: SegRunConfig) -> Path | None:
     """The classifier run a stage-2 network's config.json names: the one its backbone started from,
-    else the one that made its pseudo-labels; None when neither is named or its folder is gone."""
+    else the one that made its pseudo-labels, while it is a classifier run whose weights are the
+    ones recorded; None when neither is (named, still there, unchanged)."""
     for record in (config.init, config.labels):
         run = record.get("run") if isinstance(record, dict) else None
-        if isinstance(run, str) and (Path(run) / "model.pt").is_file():
+        digest = record.get("model_sha256") if isinstance(record, dict) else None
+        if not isinstance(run, str) or not (Path(run) / "model.pt").is_file():
+            continue
+        try:
+            RunConfig.load(run)
+        except WssegError:  # e.g. pseudo-labels made by another stage-2 network
+            continue
+        if digest is None or model_digest(run) == digest:
             return Path(run)
     return None
 
 
-def label_classifier(options: SegmentOptions, config: SegRunConfig, network_run: str | Path,
-                     device: str | torch.device) -> tuple[FCNClassifier | None, Path | None]:
-    """The classifier that predicts the classes a stage-2 network may paint (``--labels predicted``),
-    with its run folder; (None, None) without ``--labels predicted``."""
+def label_classifier_run(options: SegmentOptions, network_run: str | Path) -> Path | None:
+    """The classifier run that predicts the classes a stage-2 network may paint (``--labels
+    predicted``: ``--classifier``, else the one the network's config.json names), checked to be a
+    classifier of the network's classes before anything is written; None without it."""
     if options.label_source != "predicted":
-        return None, None
-    run = Path(options.classifier) if options.classifier is not None else network_classifier(config)
-    if run is None:
-        raise WssegError(f"--labels predicted: {network_run}/config.json names no classifier run that still exists; "
-                         "give one with --classifier RUN")
-    classifier, classifier_config = load_run(run, map_location=device)
-    if list(classifier_config.classes) != list(config.classes):
-        raise WssegError(f"--classifier {run}: its classes ({', '.join(classifier_config.classes)}) are not the "
-                         f"network's ({', '.join(config.classes)})")
-    return classifier, run
+        return None
+    config = SegRunConfig.load(network_run)
+    if options.classifier is not None:
+        run, which = Path(options.classifier), f"--classifier {options.classifier}"
+    else:
+        run = network_classifier(config)
+        if run is None:
+            raise WssegError(f"--labels predicted: {Path(network_run) / 'config.json'} names no classifier run that "
+                             "is still there unchanged; give one with --classifier RUN")
+        which = f"the classifier {run} that {Path(network_run) / 'config.json'} names"
+    classes = RunConfig.load(run).classes
+    if list(classes) != list(config.classes):
+        raise WssegError(f"{which}: its classes ({', '.join(classes)}) are not the network's "
+                         f"({', '.join(config.classes)})")
+    return run
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,10 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
     """
     segmenter = build_segmenter(method) if isinstance(method, str) else method
     check_label_source(label_source)
+    if isinstance(model, SegmentationNet) and segmenter.uses_labels and label_source == "predicted" \
+            and label_model is None:
+        raise WssegError("a stage-2 network restricted to predicted labels needs the classifier that predicts them "
+                         "(label_model)")
     out = Path(out)
     counts = RunCounts()
 
@@ -250,6 +267,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
     info = method_row(options.method)
     if info.uses_labels:
         check_label_source(options.label_source)
+    label_run = None if info.uses_labels else label_classifier_run(options, source.run)
     with open_split(source, device, batch_size, out, records=[SEGMENTATIONS.record],
                     load=RUN_LOADERS[info.run]) as split:
         threshold, stored, label_model = None, None, None
@@ -264,7 +282,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
             record = {**segment_record(options, segmenter, threshold, source.run, stored),
                       **provenance(source, options.method, split.dataset)}
         else:
-            label_model, label_run = label_classifier(options, split.config, source.run, split.group.device)
+            label_model = None if label_run is None else load_run(label_run, map_location=split.group.device)[0]
             segmenter = NetworkSegmenter(split.model, options.tta, options.crf,
                                          resolve_max_side(split.model, options.map_side), options.label_source is not None)
             record = network_record(options, source, split.config.labels, split.dataset, segmenter, label_run)
@@ -272,7 +290,8 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         if split.group.is_main and threshold is not None and threshold.oracle:
             print(threshold.warning(options.method), file=sys.stderr)
         counts = segment_split(split.model, split.dataset, segmenter, out, options.label_source or "gt", batch_size,
-                               options.label_threshold or 0.5, skip_bad, progress and split.group.is_main, split.ids,
+                               0.5 if options.label_threshold is None else options.label_threshold, skip_bad,
+                               progress and split.group.is_main, split.ids,
                                stored, label_model)
     counts.rank_tag = split.rank_tag
     return counts
@@ -327,7 +346,8 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
     else:
         if options.label_source == "gt":
             raise WssegError("--image has no ground-truth labels; use --labels predicted (or leave --labels out)")
-        label_model, _ = label_classifier(options, config, run, next(model.parameters()).device)
+        label_run = label_classifier_run(options, run)
+        label_model = None if label_run is None else load_run(label_run, map_location=pick_device(device))[0]
         classes = ([[]] if label_model is None else
                    predict_labels(label_model, to_tensor(image)[None].to(next(model.parameters()).device),
                                   options.label_threshold))
