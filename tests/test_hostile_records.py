@@ -309,7 +309,8 @@ def test_every_command_refuses_an_empty_split_and_a_split_of_bad_images_only(com
     (["--ignore-uncertain"], "--ignore-uncertain: not for --method seg"),
 ])
 def test_segment_method_seg_refuses_label_options_it_cannot_use(flag: list[str], expected: str, finished_seg: Path,
-                                                                tiny_bench: Path, tmp_path: Path, capsys) -> None:
+                                                                tiny_run: Path, tiny_bench: Path, tmp_path: Path,
+                                                                capsys) -> None:
     """Guards: `segment --method seg` silently ignored --labels / --label-threshold (the network used
     neither). It now restricts itself to --labels, but an option it cannot use is still refused."""
     for target in (["--data", str(tiny_bench)], ["--image", str(next((tiny_bench / "JPEGImages").iterdir()))]):
@@ -318,11 +319,15 @@ def test_segment_method_seg_refuses_label_options_it_cannot_use(flag: list[str],
                      "--device", "cpu", "--quiet"]) == 2
         _one_line_error(capsys, expected)
         assert not out.exists() and not out.with_suffix(".png").exists()
-    # one image has no true labels to restrict the network to
+    # one image has no true labels to restrict the network to (nor to explain with a map method)
     image = next((tiny_bench / "JPEGImages").iterdir())
     assert main(["segment", "--run", str(finished_seg), "--image", str(image), "--method", "seg", "--labels", "gt",
                  "--out", str(tmp_path / "one"), "--device", "cpu"]) == 2
     _one_line_error(capsys, "--image has no ground-truth labels")
+    assert main(["segment", "--run", str(tiny_run), "--image", str(image), "--method", "cam", "--labels", "gt",
+                 "--out", str(tmp_path / "one"), "--device", "cpu"]) == 2
+    _one_line_error(capsys, "--image has no ground-truth labels")
+    assert not (tmp_path / "one.png").exists()
 
 
 # --- 8. the stale-lock takeover is atomic; a damaged lock is refused -----------------------------------------------

@@ -305,6 +305,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.image is not None:
         if args.maps:
             raise WssegError("--maps fuses the maps of a split (--data); --image computes its own")
+        if args.labels == "gt":  # given: the parser's default is None
+            raise WssegError("--image has no ground-truth labels; use --labels predicted (or leave --labels out)")
         one = segment_image_file(args.run, args.image, args.out, _segment_options(args), args.max_side, args.device,
                                  args.max_file_size * 2 ** 20)
         print(f"[segment] {args.image}: {', '.join(one.classes)} -> {one.label_png} and {one.overlay_png}")

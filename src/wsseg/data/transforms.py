@@ -5,8 +5,11 @@ Images are H x W x 3 uint8 arrays; the model takes float tensors in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 # ImageNet mean colour: padding with it becomes zero after normalisation.
@@ -103,3 +106,22 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 def batch_tensor(images, device: str | torch.device = "cpu") -> torch.Tensor:
     """Equally sized H x W x 3 uint8 images -> an N x 3 x H x W float batch on ``device``."""
     return torch.stack([to_tensor(image) for image in images]).to(device)
+
+
+def shrink(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """[N, 3, H, W] images scaled (anti-aliased) so the longer side is at most ``max_side``."""
+    height, width = images.shape[-2:]
+    if max_side is None or max(height, width) <= max_side:
+        return images
+    factor = max_side / max(height, width)
+    size = [max(1, round(height * factor)), max(1, round(width * factor))]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def grow(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """[N, K, h, w] (or [N, h, w]) maps bilinearly up-sampled to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    flat = maps.dim() == 3
+    grown = F.interpolate(maps.unsqueeze(1) if flat else maps, size=list(size), mode="bilinear", align_corners=False)
+    return grown[:, 0] if flat else grown

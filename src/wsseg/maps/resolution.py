@@ -19,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsseg.data.transforms import grow, shrink  # here for their callers: they live below the models
 from wsseg.errors import WssegError
+
+__all__ = ["MIN_MAP_SIDE", "MaxSide", "check_max_side", "grow", "grow_ids", "refuse_useless_map_side",
+           "resolve_max_side", "shrink", "shrink_image"]
 
 MaxSide = int | str | None
 # below this the backbones' strided convolutions leave too few score-map cells to locate anything
@@ -48,16 +52,6 @@ def resolve_max_side(model: nn.Module, max_side: MaxSide) -> int | None:
     return max_side  # type: ignore[return-value]
 
 
-def shrink(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    """[N, 3, H, W] images scaled (anti-aliased) so the longer side is at most ``max_side``."""
-    height, width = images.shape[-2:]
-    if max_side is None or max(height, width) <= max_side:
-        return images
-    factor = max_side / max(height, width)
-    size = [max(1, round(height * factor)), max(1, round(width * factor))]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def shrink_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     """An H x W x 3 uint8 image shrunk as :func:`shrink` shrinks a batch (the same size, so that
     features computed on the shrunk batch line up with superpixels cut on the shrunk image)."""
@@ -73,12 +67,3 @@ def grow_ids(ids: np.ndarray, size: Sequence[int]) -> np.ndarray:
         return ids
     grown = F.interpolate(torch.from_numpy(ids.astype(np.int64))[None, None].double(), size=list(size), mode="nearest")
     return grown[0, 0].numpy().astype(ids.dtype)
-
-
-def grow(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """[N, K, h, w] (or [N, h, w]) maps bilinearly up-sampled to ``size``."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    flat = maps.dim() == 3
-    grown = F.interpolate(maps.unsqueeze(1) if flat else maps, size=list(size), mode="bilinear", align_corners=False)
-    return grown[:, 0] if flat else grown

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsseg.data.transforms import grow, shrink
 from wsseg.errors import WssegError
 from wsseg.io import file_sha256
-from wsseg.maps.resolution import grow, shrink
 from wsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
 from wsseg.models.run import TrainedRunConfig, load_run, read_checkpoint
 
