@@ -141,8 +141,8 @@ def run_chain(args: argparse.Namespace) -> dict:
             data=str(data), out=str(seg_run), resume=True, val_split=None, progress=False, **labels, **seg_overrides)))
         score_method(work, data, seg_run, "val", row, SegmentOptions("seg"), result)
         # each network restricted to the classes its classifier (the one it started from) predicts
-        score_method(work, data, seg_run, "val", row + RESTRICTED, SegmentOptions("seg", label_source="predicted"),
-                     result)
+        score_method(work, data, seg_run, "val", row + RESTRICTED,
+                     SegmentOptions("seg", label_source="predicted"), result)
     for key, suffix in (("weak_full_ratio", ""), ("weak_full_ratio_restricted", RESTRICTED)):
         weak = result["miou"][f"val/{stage2_row(PSEUDO_METHOD)}{suffix}"]
         full = result["miou"][f"val/{STAGE2_BOUND_ROW}{suffix}"]
@@ -164,7 +164,8 @@ def print_table(result: dict) -> None:
         speed = result["seconds_per_image"].get(f"val/{name}")
         cells = ["-" if v is None else f"{v:.1f}" for v in (train_value, val_value)]
         print(f"| {name} | {cells[0]} | {cells[1]} | {'-' if speed is None else f'{speed:.2f}'} |")
-    for key, how in (("weak_full_ratio", ""), ("weak_full_ratio_restricted", ", both restricted to predicted classes")):
+    for key, how in (("weak_full_ratio", ""),
+                     ("weak_full_ratio_restricted", ", both restricted to predicted classes")):
         if result.get(key) is not None:
             print(f"weak/full ratio (stage 2 from pseudo-labels / from true masks{how}): {result[key]:.2f}")
     print("| step | seconds |\n|---|---:|")

@@ -84,7 +84,8 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("dcsm-rw-crf", "dcsm-rw's walked scores as unaries of the dense CRF", 0.55, ("dcsm",),
                "random-walk-crf", (AFFINITY,)),
     # stage 2 (`wsseg train-seg`): reads a segmentation network's run, not a classifier's
-    MethodInfo("seg", "stage-2 segmentation network (wsseg train-seg): one forward pass, no maps or threshold; --labels restricts its classes",
+    MethodInfo("seg", "stage-2 segmentation network (wsseg train-seg): one forward pass, no maps or threshold; "
+               "--labels restricts its classes",
                None, (), "network", run=STAGE2_RUN),
 )}
 # the methods that fuse a classifier's maps on an image's labels (what tune-background, the demo's

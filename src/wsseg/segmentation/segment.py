@@ -218,9 +218,10 @@ def segment_split(model: FCNClassifier | SegmentationNet, dataset: VOCDataset,
     """Write ``out/<id>.png`` (VOC palette) for every image of ``ids`` (default: the split) not done yet.
 
     ``method``: a segmenter (stage 2's network too: it reads labels only when restricted to them),
-    or a registry name with its defaults. ``stored``: read the maps (and the classes) from ``wsseg maps`` folders instead of
-    computing them. ``label_model``: the classifier that predicts the labels when ``model`` is not
-    one (a stage-2 network restricted to each image's classes).
+    or a registry name with its defaults. ``stored``: read the maps (and the classes) from
+    ``wsseg maps`` folders instead of computing them. ``label_model``: the classifier that
+    predicts the labels when ``model`` is not one (a stage-2 network restricted to each image's
+    classes).
     """
     segmenter = build_segmenter(method) if isinstance(method, str) else method
     check_label_source(label_source)
@@ -284,7 +285,8 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
         else:
             label_model = None if label_run is None else load_run(label_run, map_location=split.group.device)[0]
             segmenter = NetworkSegmenter(split.model, options.tta, options.crf,
-                                         resolve_max_side(split.model, options.map_side), options.label_source is not None)
+                                         resolve_max_side(split.model, options.map_side),
+                                         restrict=options.label_source is not None)
             record = network_record(options, source, split.config.labels, split.dataset, segmenter, label_run)
         SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
         if split.group.is_main and threshold is not None and threshold.oracle:

@@ -233,7 +233,8 @@ def score_network(model: SegmentationNet, dataset: VOCDataset, device: torch.dev
                 skipped += 1
                 continue
             images = to_tensor(image)[None].to(device).contiguous(memory_format=torch.channels_last)
-            prediction = network_probabilities(model, images, max_side=max_side)[0].argmax(0).to(torch.uint8).cpu().numpy()
+            probabilities = network_probabilities(model, images, max_side=max_side)
+            prediction = probabilities[0].argmax(0).to(torch.uint8).cpu().numpy()
             if mask.shape != prediction.shape:
                 raise DataError(dataset.mask_path(image_id), f"mask is {mask.shape[1]}x{mask.shape[0]} but the image "
                                 f"is {prediction.shape[1]}x{prediction.shape[0]}")
