@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     model, _ = load_run(args.run)
     base = build_segmenter(args.method, args.run, args.threshold)
     dataset = VOCDataset(args.data, args.split)
-    bands = {name: Confident(base, threshold=args.threshold, low=rule(args.threshold)[0], high=rule(args.threshold)[1])
+    bands = {name: Confident(base, *rule(args.threshold), threshold=args.threshold)
              for name, rule in BANDS.items()}
     labels: dict[str, list[np.ndarray]] = {name: [] for name in bands}
     masks = []

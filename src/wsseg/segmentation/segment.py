@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wsseg.data.classes import class_indices
@@ -141,6 +142,16 @@ def label_classifier_run(options: SegmentOptions, network_run: str | Path) -> Pa
         raise WssegError(f"{which}: its classes ({', '.join(classes)}) are not the network's "
                          f"({', '.join(config.classes)})")
     return run
+
+
+def network_segmenter(model: SegmentationNet, options: SegmentOptions, label_run: Path | None,
+                      device: str | torch.device) -> tuple[NetworkSegmenter, FCNClassifier | None]:
+    """Stage 2's segmenter as ``options`` shape it (the side the network sees, restricted to each
+    image's classes when ``--labels`` is given), and the classifier of ``label_run`` loaded on
+    ``device`` to predict them (None without one)."""
+    segmenter = NetworkSegmenter(model, options.tta, options.crf, resolve_max_side(model, options.map_side),
+                                 restrict=options.label_source is not None)
+    return segmenter, None if label_run is None else load_run(label_run, map_location=device)[0]
 
 
 @dataclass(frozen=True)
@@ -283,10 +294,7 @@ def segment_dataset(source: SplitSource, out: str | Path, options: SegmentOption
             record = {**segment_record(options, segmenter, threshold, source.run, stored),
                       **provenance(source, options.method, split.dataset)}
         else:
-            label_model = None if label_run is None else load_run(label_run, map_location=split.group.device)[0]
-            segmenter = NetworkSegmenter(split.model, options.tta, options.crf,
-                                         resolve_max_side(split.model, options.map_side),
-                                         restrict=options.label_source is not None)
+            segmenter, label_model = network_segmenter(split.model, options, label_run, split.group.device)
             record = network_record(options, source, split.config.labels, split.dataset, segmenter, label_run)
         SEGMENTATIONS.start(split.group, out, record, lambda: segment_record_differs(out, record), overwrite)
         if split.group.is_main and threshold is not None and threshold.oracle:
@@ -348,13 +356,10 @@ def segment_image_file(run: str | Path, image_path: str | Path, out: str | Path,
     else:
         if options.label_source == "gt":
             raise WssegError("--image has no ground-truth labels; use --labels predicted (or leave --labels out)")
-        label_run = label_classifier_run(options, run)
-        label_model = None if label_run is None else load_run(label_run, map_location=pick_device(device))[0]
+        device_used = next(model.parameters()).device
+        segmenter, label_model = network_segmenter(model, options, label_classifier_run(options, run), device_used)
         classes = ([[]] if label_model is None else
-                   predict_labels(label_model, to_tensor(image)[None].to(next(model.parameters()).device),
-                                  options.label_threshold))
-        segmenter = NetworkSegmenter(model, options.tta, options.crf, resolve_max_side(model, options.map_side),
-                                     label_model is not None)
+                   predict_labels(label_model, to_tensor(image)[None].to(device_used), options.label_threshold))
     (label_map,) = segmenter.segment_batch(model, [image], classes, {})
     if not info.uses_labels:  # the classes the network found
         classes = [class_indices(v for v in np.unique(label_map) if 0 < v <= len(config.classes))]
