@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from wsseg.data.transforms import batch_tensor
 from wsseg.data.voc import VOCDataset
+from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.fusion.crf import IRN, PSA
 from wsseg.fusion.misvm import MISVM_FILE, MiSVM
@@ -66,7 +67,7 @@ RAW_METHODS: dict[str, MapMethod] = {"dcsm": DCSM(), "dcsm/present": DCSM(min_ca
 SUBTRACTIONS = {"authors": None, "present": 1}
 CRF_CANDIDATES = {"psa": PSA, "irn": IRN, "psa-weak": dataclasses.replace(PSA, bilateral_compat=4.0),
                   "psa-narrow": dataclasses.replace(PSA, bilateral_sxy=40.0)}
-NORMALIZATIONS = ("linear-minmax", "linear-max", "saturated")
+NORMALIZATIONS = ("linear-otsu", "linear-minmax", "linear-max", "saturated")
 OBJECTNESS_WEIGHTS = (0.0, 0.5, 1.0)
 CAM_WEIGHTS = (0.25, 0.5, 0.75)
 MISVM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -97,7 +98,7 @@ class Record:
 
 def raw_key(method: MapMethod) -> str:
     """The RAW_METHODS entry whose raw maps ``method`` normalises."""
-    plain = dataclasses.replace(method, normalization="linear-minmax") if isinstance(method, DCSM) else method
+    plain = dataclasses.replace(method, normalization=DCSM().normalization) if isinstance(method, DCSM) else method
     for key, candidate in RAW_METHODS.items():
         if candidate == plain:
             return key
@@ -338,10 +339,16 @@ def cached_records(path: Path, benchmark: Benchmark, labels: str, images: int | 
 
 
 def quality(benchmarks: list[Benchmark], labels: str) -> dict:
-    """mIoU of every registry method at its defaults (and of all-background) per benchmark."""
+    """mIoU of every registry method at its defaults (and of all-background) per benchmark; a
+    method whose trained file the run lacks (an affinity network, a mi-SVM) is left out, and said."""
     result = {}
     for b in benchmarks:
-        segmenters = {name: build_segmenter(name, b.run) for name in SEGMENT_METHODS}
+        segmenters = {}
+        for name in SEGMENT_METHODS:
+            try:
+                segmenters[name] = build_segmenter(name, b.run)
+            except WssegError as exc:
+                print(f"  {b.kind}: {name} left out ({exc})", flush=True)
         values = score(b.records, list(segmenters.values()), b.dataset.num_classes + 1)
         matrix = ConfusionMatrix(b.dataset.num_classes + 1)
         for record in b.records:

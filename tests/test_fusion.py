@@ -313,12 +313,41 @@ def test_dcsm_normalisations() -> None:
     """linear-minmax removes the pedestal and the tanh, linear-max only the tanh, saturated neither."""
     linear = torch.tensor([[[[0.2, 0.6, 1.0]]]])  # one map with a pedestal of 0.2
     saturated = torch.tanh(3 * linear)
-    np.testing.assert_allclose(DCSM().normalize(saturated), [[[[0.0, 0.5, 1.0]]]], atol=1e-4)
+    np.testing.assert_allclose(DCSM(normalization="linear-minmax").normalize(saturated), [[[[0.0, 0.5, 1.0]]]],
+                               atol=1e-4)
     np.testing.assert_allclose(DCSM(normalization="linear-max").normalize(saturated), linear, atol=1e-4)
     np.testing.assert_allclose(DCSM(normalization="saturated").normalize(saturated), saturated / saturated.max(),
                                atol=1e-6)
     with pytest.raises(WssegError, match="normalisation"):
         DCSM(normalization="sigmoid")
+
+
+def test_otsu_normalisation_keeps_an_object_that_sits_below_a_few_peak_pixels() -> None:
+    """A photo-like map: an object body at 0.3 of the peak, four peak pixels at 1, background at
+    0.05. At threshold 0.5 the minmax-stretched map loses the body; centred on Otsu's cut it keeps
+    it (and nothing else). On a clean map (object at the peak) both keep the same object."""
+    from wsseg.maps.normalize import otsu_thresholds
+    linear = torch.full((1, 1, 64, 64), 0.05)
+    linear[..., 10:30, 10:30] = 0.3
+    linear[..., 20:22, 20:22] = 1.0
+    saturated = torch.tanh(3 * linear)
+    body = np.zeros((64, 64), bool)
+    body[10:30, 10:30] = True
+    for normalization, kept in (("linear-minmax", body & False), ("linear-otsu", body)):
+        maps = DCSM(normalization=normalization).normalize(saturated)[0].numpy()
+        labels = labels_from_maps(maps, [7], threshold=0.5)
+        kept = kept | (linear[0, 0].numpy() == 1.0)  # the peak is object under both
+        np.testing.assert_array_equal(labels == 7, kept, err_msg=normalization)
+    clean = torch.tanh(3 * torch.where(torch.from_numpy(body), 1.0, 0.05))[None, None]
+    masks = [labels_from_maps(DCSM(normalization=n).normalize(clean)[0].numpy(), [7], 0.5)
+             for n in ("linear-minmax", "linear-otsu")]
+    np.testing.assert_array_equal(masks[0], masks[1])
+    otsu = DCSM(normalization="linear-otsu").normalize(saturated)
+    assert float(otsu.min()) == 0.0 and float(otsu.max()) == pytest.approx(1.0)
+    two_levels = torch.cat([torch.full((1, 32, 64), 0.2), torch.full((1, 32, 64), 0.8)], dim=1)
+    assert 0.2 < float(otsu_thresholds(two_levels)[0]) <= 0.8
+    # maps stay on their device (a GPU's; "meta" checks the same without one)
+    assert DCSM(normalization="linear-otsu").normalize(saturated.to("meta")).device.type == "meta"
 
 
 def test_confident_pseudo_labels_mark_the_uncertain_band() -> None:
@@ -397,19 +426,25 @@ def test_dense_crf_on_a_shrunk_grid_agrees_with_the_full_grid_and_keeps_the_size
 def test_a_threshold_tuned_on_other_maps_is_not_used_on_these(tmp_path: Path, capsys) -> None:
     """A threshold belongs to the maps it was tuned on: tuned at map side 32, it is used for maps at
     32 and not for maps at the default side (the default threshold, and a warning, instead); a
-    choice stored before the record existed is used as before."""
+    choice stored before the record existed is used as before, except a DCSM one: those were
+    tuned on linear-minmax maps, and DCSM's default normalisation is now another."""
     from wsseg.registry import method_info
     from wsseg.segment import choose_threshold
     from wsseg.tune import map_settings, store_choice
 
     curve = [{"threshold": 0.3, "miou": 0.5}, {"threshold": 0.6, "miou": 0.4}]
-    store_choice(tmp_path, "dcsm-crf", curve, "train", map_settings(None, 32))
+    for method in ("dcsm-crf", "cam-crf"):
+        store_choice(tmp_path, method, curve, "train", map_settings(None, 32, method))
     assert choose_threshold(tmp_path, "dcsm-crf", map_side=32).value == 0.3
     capsys.readouterr()
     other = choose_threshold(tmp_path, "dcsm-crf", map_side="auto")
     assert other.value == method_info("dcsm-crf").threshold and other.source == "default"
     assert "tuned on other maps" in capsys.readouterr().err
     stored = json.loads((tmp_path / "background.json").read_text())
-    del stored["dcsm-crf"]["maps"]
+    for method in ("dcsm-crf", "cam-crf"):
+        del stored[method]["maps"]
     (tmp_path / "background.json").write_text(json.dumps(stored))
-    assert choose_threshold(tmp_path, "dcsm-crf").value == 0.3
+    assert choose_threshold(tmp_path, "cam-crf").value == 0.3
+    older = choose_threshold(tmp_path, "dcsm-crf")
+    assert older.value == method_info("dcsm-crf").threshold and older.source == "default"
+    assert "dcsm_normalization 'linear-minmax'" in capsys.readouterr().err

@@ -516,7 +516,9 @@ def test_a_folder_made_otherwise_is_refused_unless_overwrite(data: Path, tiny_ru
     for png in fresh.glob("*.png"):
         assert (out / "segment" / png.name).read_bytes() == png.read_bytes()
     assert json.loads((out / "segment" / "segment.json").read_text())["method"] == "dcsm-crf"
-    (run / "background.json").write_text(json.dumps({"dcsm-crf": {"threshold": 0.3, "split": "train", "miou": 0.5}}))
+    from wsseg.tune import map_settings
+    tuned_choice = {"threshold": 0.3, "split": "train", "miou": 0.5, "maps": map_settings(None, "auto", "dcsm-crf")}
+    (run / "background.json").write_text(json.dumps({"dcsm-crf": tuned_choice}))
     tuned = tmp_path / "tuned"
     assert main(_commands(data, run, tuned)["segment"]) == 0  # with the tuned threshold (an oracle)
     capsys.readouterr()

@@ -96,6 +96,14 @@ def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tin
         for method in ("", "b/", "a/"):  # dcsm-crf, pipeline-b from two folders, pipeline-a with its features
             assert (tmp_path / "computed" / f"{method}{image_id}.png").read_bytes() == (
                 tmp_path / "stored" / f"{method}{image_id}.png").read_bytes()
+    # maps stored by a wsseg whose default DCSM normalisation was another: the files are raw maps,
+    # normalised as they are read, so they still give today's segmentations
+    record["options"]["normalization"] = "linear-minmax"
+    (tmp_path / "dcsm" / "maps.json").write_text(json.dumps(record))
+    older = tmp_path / "older"
+    assert main(["segment", *common, "--method", "dcsm-crf", "--out", str(older), "--maps", str(tmp_path / "dcsm")]) == 0
+    for image_id in ids:
+        assert (older / f"{image_id}.png").read_bytes() == (tmp_path / "computed" / f"{image_id}.png").read_bytes()
 
 
 def test_segment_refuses_stored_maps_made_another_way(tiny_run: Path, tiny_bench: Path, tmp_path: Path,

@@ -69,8 +69,8 @@ METHODS: dict[str, MethodInfo] = {info.name: info for info in (
     MethodInfo("gradcam", "Grad-CAM baseline", 0.55, ("gradcam",), "threshold"),
     MethodInfo("gradient", "input-gradient saliency baseline (Simonyan et al.)", 0.05, ("gradient",), "threshold"),
     MethodInfo("guided", "guided back-propagation saliency baseline", 0.05, ("guided",), "threshold"),
-    MethodInfo("dcsm", "distinct class-specific saliency maps, background below 0.75 of their range", 0.75,
-               ("dcsm",), "threshold"),
+    MethodInfo("dcsm", "distinct class-specific saliency maps, background below 0.75 (each map centred on its "
+                       "Otsu cut)", 0.75, ("dcsm",), "threshold"),
     MethodInfo("dcsm-crf", "DCSM as unary potentials of the dense CRF (the ECCV paper)", 0.65, ("dcsm",), "crf"),
     MethodInfo("pipeline-a", "DCSM weighted by a mi-SVM on zoom-out superpixel features, refined by a superpixel "
                              "CRF (the poster's A)", 0.75, ("dcsm",), "pipeline-a", (MISVM,)),

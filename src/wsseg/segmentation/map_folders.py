@@ -188,6 +188,12 @@ class StoredMaps:
             if record.method.name not in expected:
                 raise WssegError(f"{folder / MAPS_RECORD}: {record.method.name} maps, but {segmenter_name} reads "
                                  f"{' and '.join(expected)} maps")
+            # the files hold raw maps, normalised as they are read by the method asked for: a
+            # normalisation of their own (an older default's) does not make them other maps
+            if hasattr(record.method, "normalization"):
+                wanted_normalization = getattr(expected[record.method.name].method, "normalization")
+                record = dataclasses.replace(record, method=dataclasses.replace(
+                    record.method, normalization=wanted_normalization))
             difference = record.difference(expected[record.method.name])
             if difference:
                 raise WssegError(f"{folder / MAPS_RECORD}: these maps are not the ones {segmenter_name} would "

@@ -180,7 +180,7 @@ def choose_threshold(run: str | Path | None, method: str, given: float | None = 
         return BackgroundThreshold(float(given), "given")
     stored = load_choices(run).get(method) if run is not None else None
     if stored:
-        differs = tuned_for_other_maps(stored, scales, map_side)
+        differs = tuned_for_other_maps(stored, scales, map_side, method)
         if differs is None:
             return BackgroundThreshold(float(stored["threshold"]), "tuned", stored.get("split"))
         print(f"[segment] warning: the {method} threshold in {Path(run) / BACKGROUND_FILE} was tuned on other maps "

@@ -17,8 +17,10 @@ from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import read_json_or_refuse, write_json_atomic
+from wsseg.maps.methods import DCSM
 from wsseg.maps.resolution import MaxSide
 from wsseg.models.classifier import FCNClassifier
+from wsseg.registry import method_info
 from wsseg.segmentation.base import SegmentInput, Segmenter, segment_inputs
 from wsseg.segmentation.methods import build_segmenter
 from wsseg.segmentation.runner import ImageItem, SplitSource, open_split, run_split
@@ -59,20 +61,34 @@ def tune_background_on_split(source: SplitSource, method: str, thresholds: Seque
     with open_split(source, device, batch_size, shard=False) as split:
         segmenter = build_segmenter(method, source.run, scales=scales, map_side=map_side)
         curve = tune_background(split.model, split.dataset, segmenter, thresholds, batch_size, skip_bad, progress)
-    return curve, store_choice(source.run, method, curve, source.split, map_settings(scales, map_side))
+    return curve, store_choice(source.run, method, curve, source.split, map_settings(scales, map_side, method))
 
 
-def map_settings(scales: Sequence[float] | None, map_side: MaxSide) -> dict[str, Any]:
-    """What shapes the maps a threshold is tuned on, besides the method: their scales and map side."""
-    return {"scales": None if scales is None else [float(s) for s in scales], "map_side": map_side}
+# the DCSM normalisation of every wsseg before "linear-otsu" became the default: what a stored
+# threshold without a record of it was tuned on
+EARLIER_DCSM_NORMALIZATION = "linear-minmax"
 
 
-def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: MaxSide) -> str | None:
+def map_settings(scales: Sequence[float] | None, map_side: MaxSide, method: str | None = None) -> dict[str, Any]:
+    """What shapes the maps a threshold is tuned on, besides the method: their scales and map side,
+    and for a method that reads DCSM's maps, their normalisation (a threshold is a level on it)."""
+    settings: dict[str, Any] = {"scales": None if scales is None else [float(s) for s in scales],
+                                "map_side": map_side}
+    if method is not None and "dcsm" in method_info(method).maps:
+        settings["dcsm_normalization"] = DCSM().normalization
+    return settings
+
+
+def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side: MaxSide,
+                         method: str | None = None) -> str | None:
     """How the maps a stored threshold was tuned on differ from these (None: they do not, or the
-    choice predates this record and cannot say: it is used as before)."""
+    choice predates this record and cannot say: it is used as before). A DCSM threshold stored
+    before its normalisation was recorded was tuned on linear-minmax maps."""
     recorded = stored.get("maps")
     recorded = recorded if isinstance(recorded, dict) else {}
-    wanted = map_settings(scales, map_side)
+    wanted = map_settings(scales, map_side, method)
+    if "dcsm_normalization" in wanted:
+        recorded = {"dcsm_normalization": EARLIER_DCSM_NORMALIZATION, **recorded}
     changed = [f"{key} {recorded[key]!r} (now {wanted[key]!r})" for key in recorded
                if key in wanted and recorded[key] != wanted[key]]
     return ", ".join(changed) or None
@@ -81,14 +97,16 @@ def tuned_for_other_maps(stored: dict, scales: Sequence[float] | None, map_side:
 def store_choice(run: str | Path, method: str, curve: list[dict], split: str,
                  maps: dict[str, Any] | None = None) -> dict:
     """Store the curve's best threshold for ``method`` in RUN/background.json (an oracle choice),
-    with ``maps``: the scales and map side of the maps it was tuned on (a threshold belongs to them)."""
+    with ``maps``: the scales, map side and DCSM normalisation of the maps it was tuned on (a
+    threshold belongs to them; default: the method's default maps, ``map_settings(None, "auto", method)``)."""
     best = max(curve, key=lambda row: -1.0 if row["miou"] is None else row["miou"])
     path = Path(run) / BACKGROUND_FILE
     if best["miou"] is None:  # nothing was scored: a stored choice would replace a good one with a guess
         raise WssegError(f"split {split!r}: no threshold could be scored (no labelled pixel); {path} left unchanged")
     stored = load_choices(run)
     stored[method] = {"threshold": best["threshold"], "miou": best["miou"], "split": split,
-                      "tuned_on_ground_truth": True, "curve": curve, "maps": maps or {}}
+                      "tuned_on_ground_truth": True, "curve": curve,
+                      "maps": map_settings(None, "auto", method) if maps is None else maps}
     write_json_atomic(path, stored)
     return stored[method]
 
