@@ -101,7 +101,8 @@ def test_segment_fuses_stored_maps_as_it_fuses_computed_ones(tiny_run: Path, tin
     record["options"]["normalization"] = "linear-minmax"
     (tmp_path / "dcsm" / "maps.json").write_text(json.dumps(record))
     older = tmp_path / "older"
-    assert main(["segment", *common, "--method", "dcsm-crf", "--out", str(older), "--maps", str(tmp_path / "dcsm")]) == 0
+    assert main(["segment", *common, "--method", "dcsm-crf", "--out", str(older),
+                 "--maps", str(tmp_path / "dcsm")]) == 0
     for image_id in ids:
         assert (older / f"{image_id}.png").read_bytes() == (tmp_path / "computed" / f"{image_id}.png").read_bytes()
 

@@ -27,8 +27,8 @@ from wsseg.maps.normalize import centre_on_otsu, normalize_maps
 from wsseg.maps.resolution import MaxSide, check_max_side, grow, resolve_max_side, shrink
 from wsseg.registry import MAP_METHOD_NAMES
 
-Classes = Sequence[Sequence[int]]
-DCSM_NORMALIZATIONS = ("linear-otsu", "linear-minmax", "linear-max", "saturated")  # per image, the 0-based classes to explain
+Classes = Sequence[Sequence[int]]  # per image, the 0-based classes to explain
+DCSM_NORMALIZATIONS = ("linear-otsu", "linear-minmax", "linear-max", "saturated")
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,8 @@ class DCSM(_Scaled):
           [0, 1]. The authors' maps saturate (tanh(3x) > 0.76 wherever x > 1/4 of the maximum)
           and their sums carry a pedestal over the whole image, so thresholds on them sit close
           to 1; here a threshold is a fraction of the map's range.
-        * ``linear-otsu`` (default): linear-minmax, then each map bent piecewise-linearly so that its Otsu
-          threshold lands on 0.5 (:func:`~wsseg.maps.normalize.centre_on_otsu`): the same
+        * ``linear-otsu`` (default): linear-minmax, then each map bent piecewise-linearly so
+          that its Otsu threshold lands on 0.5 (:func:`~wsseg.maps.normalize.centre_on_otsu`): the same
           background threshold then suits maps whose object stands near the peak (synthetic
           images) and maps whose object sits well below a few peak pixels (photographs).
         * ``linear-max``: undo the tanh, keep the pedestal (each map divided by its maximum).
