@@ -33,17 +33,17 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from segment_defaults import BENCHMARKS, Record  # noqa: E402  (the cached records are its Records)
-
-from segment_defaults import score  # noqa: E402
+import torch  # noqa: E402
+from segment_defaults import BENCHMARKS, Record, score  # noqa: E402  (the cached records are its Records)
 
 from wsseg.evaluate import ConfusionMatrix  # noqa: E402
-from wsseg.maps import CAM, DCSM  # noqa: E402
-from wsseg.registry import method_info  # noqa: E402
 from wsseg.fusion.background import labels_from_maps, soft_probabilities  # noqa: E402
 from wsseg.fusion.crf import dense_crf  # noqa: E402
 from wsseg.io import write_json_atomic  # noqa: E402
+from wsseg.maps import CAM, DCSM  # noqa: E402
+from wsseg.maps.normalize import centre_on_otsu  # noqa: E402
 from wsseg.pipelines import THRESHOLD_GRID, DenseCRF, PipelineB, Thresholded  # noqa: E402
+from wsseg.registry import method_info  # noqa: E402
 from wsseg.segmentation.base import to_labels  # noqa: E402
 from wsseg.segmentation.crf import DEFAULT_CRF  # noqa: E402
 
@@ -72,25 +72,11 @@ def by_quantile(q: float, base: Normalisation) -> Normalisation:
     return normalise
 
 
-def otsu(values: np.ndarray, bins: int = 64) -> float:
-    """Otsu's threshold of values in [0, 1]: the cut that best separates two groups."""
-    hist, edges = np.histogram(values, bins=bins, range=(0, 1))
-    share = hist / max(hist.sum(), 1)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight, mass = np.cumsum(share), np.cumsum(share * centres)
-    between = (mass[-1] * weight - mass) ** 2 / np.maximum(weight * (1 - weight), 1e-12)
-    return float(edges[1:][int(np.argmax(between[:-1]))])
-
-
 def otsu_centred(base: Normalisation) -> Normalisation:
-    """``base``, then bent piecewise-linearly so that each map's Otsu threshold lands on 0.5."""
+    """``base``, then bent piecewise-linearly so that each map's Otsu threshold lands on 0.5
+    (the library's :func:`~wsseg.maps.normalize.centre_on_otsu`, which ``linear-otsu`` applies)."""
     def normalise(maps: np.ndarray) -> np.ndarray:
-        values = base(maps)
-        out = np.empty_like(values)
-        for k, value in enumerate(values):
-            cut = float(np.clip(otsu(value), 0.02, 0.98))
-            out[k] = np.where(value < cut, 0.5 * value / cut, 0.5 + 0.5 * (value - cut) / (1 - cut))
-        return out
+        return centre_on_otsu(torch.from_numpy(np.ascontiguousarray(base(maps), dtype=np.float32))).numpy()
     return normalise
 
 
@@ -101,9 +87,9 @@ def linear(method: str, maps: np.ndarray) -> np.ndarray:
 
 # per map method: the shipped normalisation first, then the candidates
 CANDIDATES: dict[str, dict[str, Normalisation]] = {
-    "dcsm": {"linear-minmax (shipped)": minmax, "linear-max": by_max,
+    "dcsm": {"linear-minmax (the default until session 12)": minmax, "linear-max": by_max,
              "minmax / q0.95": by_quantile(0.95, minmax), "minmax / q0.9": by_quantile(0.9, minmax),
-             "minmax, Otsu at 0.5": otsu_centred(minmax)},
+             "linear-otsu (the default since session 12)": otsu_centred(minmax)},
     "cam": {"max (shipped)": by_max, "max / q0.95": by_quantile(0.95, by_max),
             "max, Otsu at 0.5": otsu_centred(by_max)},
 }
@@ -129,7 +115,7 @@ def curve(records: list[Record], method: str, normalise: Normalisation, crf: boo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="segment_defaults.py's --work (its cache/)")
+    parser.add_argument("--work", type=Path, help="segment_defaults.py's --work (its cache/)")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--real-images", type=int, default=81)
     parser.add_argument("--crf", action="store_true",
@@ -143,6 +129,8 @@ def main() -> None:
         table = json.loads(args.table.read_text())
         print_whole(table) if "whole" in table else print_table(table)
         return
+    if args.work is None:
+        parser.error("--work is required (segment_defaults.py's --work, with its cache/)")
     if args.whole:
         results = {"whole": whole(args.work)}
         write_json_atomic(args.results, results)
