@@ -41,7 +41,7 @@ from wsseg.fusion.background import labels_from_maps, soft_probabilities  # noqa
 from wsseg.fusion.crf import dense_crf  # noqa: E402
 from wsseg.io import write_json_atomic  # noqa: E402
 from wsseg.maps import CAM, DCSM  # noqa: E402
-from wsseg.maps.normalize import centre_on_otsu  # noqa: E402
+from wsseg.maps.normalize import centre_on_otsu, normalize_maps  # noqa: E402
 from wsseg.pipelines import THRESHOLD_GRID, DenseCRF, PipelineB, Thresholded  # noqa: E402
 from wsseg.registry import method_info  # noqa: E402
 from wsseg.segmentation.base import to_labels  # noqa: E402
@@ -53,13 +53,11 @@ Normalisation = Callable[[np.ndarray], np.ndarray]  # [K, H, W] linear maps -> [
 
 
 def minmax(maps: np.ndarray) -> np.ndarray:
-    low = maps.min(axis=(1, 2), keepdims=True)
-    return (maps - low) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-12)
+    return normalize_maps(torch.from_numpy(maps), "minmax").numpy()
 
 
 def by_max(maps: np.ndarray) -> np.ndarray:
-    clipped = np.clip(maps, 0, None)
-    return clipped / np.maximum(clipped.max(axis=(1, 2), keepdims=True), 1e-12)
+    return normalize_maps(torch.from_numpy(maps), "max").numpy()
 
 
 def by_quantile(q: float, base: Normalisation) -> Normalisation:

@@ -29,6 +29,9 @@ from wsseg.registry import MAP_METHOD_NAMES
 
 Classes = Sequence[Sequence[int]]  # per image, the 0-based classes to explain
 DCSM_NORMALIZATIONS = ("linear-otsu", "linear-minmax", "linear-max", "saturated")
+# the DCSM normalisation of every wsseg before "linear-otsu" became the default: what a record
+# (maps.json, segment.json, a tuned threshold) that names none was made with
+EARLIER_DCSM_NORMALIZATION = "linear-minmax"
 
 
 @dataclass(frozen=True)
@@ -226,8 +229,8 @@ def recorded_map_method(name: str, options: dict) -> MapMethod:
     at today's default "auto"."""
     if name in MAP_METHODS and "max_side" in {f.name for f in dataclasses.fields(MAP_METHODS[name])}:
         options = {"max_side": None, **options}
-    if name == DCSM.name:  # and before DCSM's normalisation was recorded, it was linear-minmax
-        options = {"normalization": "linear-minmax", **options}
+    if name == DCSM.name:  # and before DCSM's normalisation was recorded, it was the earlier default
+        options = {"normalization": EARLIER_DCSM_NORMALIZATION, **options}
     return map_method(name, **options)
 
 

@@ -17,7 +17,7 @@ from wsseg.data.voc import VOCDataset
 from wsseg.errors import WssegError
 from wsseg.evaluate import ConfusionMatrix
 from wsseg.io import read_json_or_refuse, write_json_atomic
-from wsseg.maps.methods import DCSM
+from wsseg.maps.methods import DCSM, EARLIER_DCSM_NORMALIZATION
 from wsseg.maps.resolution import MaxSide
 from wsseg.models.classifier import FCNClassifier
 from wsseg.registry import method_info
@@ -62,11 +62,6 @@ def tune_background_on_split(source: SplitSource, method: str, thresholds: Seque
         segmenter = build_segmenter(method, source.run, scales=scales, map_side=map_side)
         curve = tune_background(split.model, split.dataset, segmenter, thresholds, batch_size, skip_bad, progress)
     return curve, store_choice(source.run, method, curve, source.split, map_settings(scales, map_side, method))
-
-
-# the DCSM normalisation of every wsseg before "linear-otsu" became the default: what a stored
-# threshold without a record of it was tuned on
-EARLIER_DCSM_NORMALIZATION = "linear-minmax"
 
 
 def map_settings(scales: Sequence[float] | None, map_side: MaxSide, method: str | None = None) -> dict[str, Any]:
